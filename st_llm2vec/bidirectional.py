@@ -1,0 +1,125 @@
+"""Switch a transformers decoder to bidirectional attention, and prove that it worked.
+
+transformers 5.x honours ``config.is_causal = False`` for most decoders, but not all (StableLM with
+SDPA stays causal, some attention kernels read a per-module ``is_causal`` flag). So the switch sets
+every flag we know of and a behavioural probe then checks the result: a silently causal model is
+never handed back.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+
+
+class BidirectionalityError(ValueError):
+    """The model could not be made bidirectional (or is not a decoder-only LLM)."""
+
+
+def check_decoder_only(config) -> None:
+    """Refuse encoders (BERT, …) and encoder-decoders: the recipe is for decoder-only LLMs."""
+    model_type = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise BidirectionalityError(
+            f"{model_type!r} is an encoder-decoder model; st_llm2vec converts decoder-only LLMs "
+            "(Llama, Mistral, Qwen, Gemma, …). Use sentence_transformers.SentenceTransformer for it."
+        )
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise BidirectionalityError(
+            f"{model_type!r} is not a decoder-only LLM (it is an encoder or has no causal-LM head in transformers); "
+            "st_llm2vec converts decoder-only LLMs (Llama, Mistral, Qwen, Gemma, …). "
+            "For encoders use sentence_transformers.SentenceTransformer directly."
+        )
+
+
+def enable_bidirectional(model: PreTrainedModel) -> PreTrainedModel:
+    """Set every causality switch transformers reads: config flags and per-module ``is_causal``."""
+    configs = [model.config]
+    configs += [getattr(model.config, name) for name in getattr(model.config, "sub_configs", {}) or {}]
+    for config in configs:
+        if config is None:
+            continue
+        config.is_causal = False
+        if hasattr(config, "use_bidirectional_attention"):
+            config.use_bidirectional_attention = True
+    for module in model.modules():
+        if getattr(module, "is_causal", None) is True:
+            module.is_causal = False
+    return model
+
+
+def _probe_ids(model: PreTrainedModel, length: int) -> torch.Tensor:
+    """Ordinary (non-special) token ids, fixed by a seed, so the probe is repeatable."""
+    vocab = model.get_input_embeddings().num_embeddings
+    low = min(vocab // 4, 100)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(low, vocab, (1, length), generator=generator)
+
+
+def _relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).float().norm() / a.float().norm().clamp_min(1e-12)).item()
+
+
+def probe_bidirectional(model: PreTrainedModel, length: int = 8, pad: int = 3) -> dict[str, float]:
+    """One tiny forward pass that measures bidirectionality.
+
+    Returns ``early_token_shift`` (how much the first token's hidden state moves when only the last
+    token changes: 0 for a causal model) and ``padding_mismatch`` (left-padded vs unpadded row).
+    """
+    device = next(model.parameters()).device
+    ids = _probe_ids(model, length).to(device)
+    changed = ids.clone()
+    changed[0, -1] = ids[0, 0] if ids[0, 0] != ids[0, -1] else ids[0, 1] + 1
+    padded = torch.cat([torch.full((1, pad), int(ids[0, 0]), device=device), ids], dim=1)
+    padded_mask = torch.ones_like(padded)
+    padded_mask[0, :pad] = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            full = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+            moved = model(input_ids=changed, attention_mask=torch.ones_like(changed)).last_hidden_state
+            left = model(input_ids=padded, attention_mask=padded_mask).last_hidden_state
+    finally:
+        model.train(was_training)
+    return {
+        "early_token_shift": _relative_change(full[0, 0], moved[0, 0]),
+        "padding_mismatch": _relative_change(full[0], left[0, pad:]),
+    }
+
+
+def _tolerances(dtype: torch.dtype) -> tuple[float, float]:
+    """(minimum shift that counts as bidirectional, maximum padding mismatch) for a dtype."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return 1e-3, 5e-2
+    return 1e-5, 1e-3
+
+
+def ensure_bidirectional(model: PreTrainedModel) -> dict[str, float]:
+    """Switch ``model`` to bidirectional attention and prove it, or raise :class:`BidirectionalityError`."""
+    check_decoder_only(model.config)
+    enable_bidirectional(model)
+    result = probe_bidirectional(model)
+    min_shift, max_mismatch = _tolerances(next(model.parameters()).dtype)
+    arch = type(model).__name__
+    impl = getattr(model.config, "_attn_implementation", None)
+    if not result["early_token_shift"] > min_shift:
+        alternatives = [i for i in ("eager", "sdpa", "flex_attention") if i != impl]
+        raise BidirectionalityError(
+            f"{arch} (model_type={model.config.model_type!r}) with attn_implementation={impl!r} stays causal "
+            f"after setting config.is_causal=False: changing the last token moved the first token's hidden "
+            f"state by {result['early_token_shift']:.2e}. Try attn_implementation="
+            + " or ".join(repr(a) for a in alternatives)
+            + ", or a transformers version whose model honours is_causal=False."
+        )
+    if not result["padding_mismatch"] < max_mismatch:
+        raise BidirectionalityError(
+            f"{arch} with attn_implementation={impl!r} gives different hidden states for a left-padded row "
+            f"than for the same row unpadded (relative difference {result['padding_mismatch']:.2e}): the "
+            "attention mask is not applied bidirectionally. Try attn_implementation='eager'."
+        )
+    return result
