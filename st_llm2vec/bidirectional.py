@@ -119,7 +119,8 @@ def ensure_bidirectional(model: PreTrainedModel) -> dict[str, float]:
     if not result["padding_mismatch"] < max_mismatch:
         raise BidirectionalityError(
             f"{arch} with attn_implementation={impl!r} gives different hidden states for a left-padded row "
-            f"than for the same row unpadded (relative difference {result['padding_mismatch']:.2e}): the "
-            "attention mask is not applied bidirectionally. Try attn_implementation='eager'."
+            f"than for the same row unpadded (relative difference {result['padding_mismatch']:.2e}): either the "
+            "attention mask is not applied bidirectionally (try attn_implementation='eager') or the model uses "
+            "absolute position embeddings that shift under left padding (not supported: use a RoPE decoder)."
         )
     return result

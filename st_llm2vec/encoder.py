@@ -89,7 +89,9 @@ class LLM2VecTransformer(Transformer):
         tokenizer = self.tokenizer
         if tokenizer is None:
             raise ValueError(f"{model_name_or_path!r} has no tokenizer; st_llm2vec needs a text tokenizer.")
-        if tokenizer.pad_token is None:
+        vocab_rows = self.model.get_input_embeddings().num_embeddings
+        if tokenizer.pad_token_id is None or tokenizer.pad_token_id >= vocab_rows:
+            # transformers' Qwen2 tokenizer invents an <|endoftext|> pad past the embedding matrix
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         if bidirectional:

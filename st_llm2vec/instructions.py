@@ -53,15 +53,17 @@ def llm2vec_chat_template(name_or_path: str | None) -> str | None:
 def llm2vec_text_suffix(
     model_type: str, name_or_path: str | None, pooling_mode: str, eos_token: str | None
 ) -> str | None:
-    """The suffix llm2vec appends for eos_token pooling; other architectures get their EOS token."""
+    """The suffix llm2vec appends for eos_token pooling; other models get their own EOS token."""
     if normalize_pooling_mode(pooling_mode) != "eos_token":
         return None
     if name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct":
         return None  # llm2vec returns early after the Llama-3 instruct wrapper
     if name_or_path == "meta-llama/Meta-Llama-3-8B":
         return "<|end_of_text|>"
-    if model_type in _LLM2VEC_EOS_SUFFIX_BY_TYPE:
-        return _LLM2VEC_EOS_SUFFIX_BY_TYPE[model_type]
+    suffix = _LLM2VEC_EOS_SUFFIX_BY_TYPE.get(model_type)
+    if suffix is not None and (eos_token is None or suffix.strip() == eos_token):
+        return suffix
+    # e.g. SmolLM2 is a Llama whose EOS is <|im_end|>: llm2vec's " </s>" would be plain text there
     return eos_token
 
 
