@@ -93,7 +93,9 @@ def format_text(
 
 def truncate_words(text: str, count_tokens, doc_max_length: int | None) -> str:
     """llm2vec's ``doc_max_length``: drop trailing words until the text has at most that many tokens."""
-    if doc_max_length is None:
+    # No tokenizer splits text into more tokens than UTF-8 bytes (+ a prefix-space token), so short
+    # texts, the usual case, skip the extra tokenization llm2vec does for every text.
+    if doc_max_length is None or len(text.encode("utf-8")) + 2 <= doc_max_length:
         return text
     length = count_tokens(text)
     while length > doc_max_length:

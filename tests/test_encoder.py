@@ -153,3 +153,15 @@ def test_directory_without_config_is_refused(tmp_path):
 def test_bos_pooling_without_bos_token_is_refused(tiny_llm):
     with pytest.raises(ValueError, match="BOS"):
         st_llm2vec.from_llm(str(tiny_llm("qwen2", add_bos=False)), pooling_mode="bos_token")
+
+
+def test_doc_max_length_drops_trailing_words_like_llm2vec(tiny_llm):
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), doc_max_length=12)
+    encoder = model[0]
+    long_text = "The children are building a sand castle at the beach while two dogs run in the grass."
+    kept = encoder.tokenizer.decode(model.preprocess([long_text])["input_ids"][0], skip_special_tokens=True)
+    assert long_text.startswith(kept) and kept.split() == long_text.split()[: len(kept.split())]
+    assert len(encoder.tokenizer(kept, add_special_tokens=False)["input_ids"]) <= 12
+    assert kept != long_text
+    short = "Two dogs run."
+    assert encoder.tokenizer.decode(model.preprocess([short])["input_ids"][0], skip_special_tokens=True) == short
