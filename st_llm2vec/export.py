@@ -1,0 +1,462 @@
+"""``convert`` / ``push``: an HF causal LM or an llm2vec checkpoint stack to a standalone ST model dir, and to the Hub.
+
+The output is an ordinary Sentence-Transformers directory: merged safetensors weights with
+``is_causal: false`` in config.json, our two module configs, prompts in
+config_sentence_transformers.json and a model card saying how it was made. It is built in a temp
+dir next to OUTPUT and renamed into place, so a failed or interrupted convert leaves nothing behind
+and ``--overwrite`` replaces an old OUTPUT only once the new one is complete.
+
+Qwen2: llm2vec 0.2.3 (with the transformers it pins) leaves Qwen2 causal, so its Qwen2 embeddings
+are those of a causal model. Ours are bidirectional; ``causal=True`` (``--causal``) keeps the model
+causal and reproduces a causal llm2vec Qwen2 checkpoint's embeddings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sentence_transformers import SentenceTransformer
+
+from .bidirectional import BidirectionalityError
+from .build import from_llm, original_name_or_path
+from .checkpoints import CheckpointError, CheckpointStack, check_safetensors, merge_adapters, resolve_stack
+from .instructions import POOLING_MODES
+
+logger = logging.getLogger(__name__)
+
+# The retrieval instruction McGill-NLP's llm2vec model cards use for queries; documents get none.
+DEFAULT_PROMPTS: dict[str, str] = {
+    "query": "Given a web search query, retrieve relevant passages that answer the query:",
+    "document": "",
+}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+CARD_TAGS = ["llm2vec", "st-llm2vec"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+# -- convert --------------------------------------------------------------------------------------
+
+
+def convert(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    adapters: Sequence[str | os.PathLike] = (),
+    pooling_mode: str | None = None,
+    overwrite: bool = False,
+    keep_adapters: bool = False,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    allow_pickle: bool = False,
+    push_to_hub: str | None = None,
+    prompts: Mapping[str, str] | None = None,
+    causal: bool = False,
+    private: bool | None = None,
+) -> Path:
+    """Convert SOURCE (+ LoRA ``adapters``, merged in order) into a standalone ST model dir at OUTPUT.
+
+    SOURCE is a causal-LM dir / Hub id, or an llm2vec adapter whose base is followed. Settings come from
+    the last ``llm2vec_config.json`` found (llm2vec's defaults otherwise); ``pooling_mode`` overrides
+    its pooling. ``prompts`` (name -> instruction) default to a retrieval ``query`` instruction; pass
+    ``{}`` for none. ``keep_adapters`` also copies the source adapters into ``OUTPUT/adapters/``
+    (the model itself is always merged, so it loads without them). ``causal=True`` keeps attention
+    causal (llm2vec's Qwen2 behaviour). ``push_to_hub`` uploads the result to that repo. Returns OUTPUT.
+    """
+    output = Path(output).expanduser().absolute()
+    _check_output(output, overwrite)
+    if push_to_hub:
+        _check_push_target(push_to_hub)
+    stack = resolve_stack(source, tuple(adapters), pooling_mode, allow_pickle=allow_pickle)
+    _check_not_an_input(output, stack)
+    settings = stack.settings
+    prompts = dict(DEFAULT_PROMPTS if prompts is None else prompts)
+    model_kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        model_kwargs["dtype"] = _torch_dtype(dtype)
+    if attn_implementation is not None:
+        model_kwargs["attn_implementation"] = attn_implementation
+    if not allow_pickle:
+        model_kwargs["use_safetensors"] = True
+    logger.info("Loading base %s", stack.base)
+    model = from_llm(
+        stack.base,
+        settings.pooling_mode,
+        skip_instruction=settings.skip_instruction,
+        max_seq_length=settings.max_length,
+        doc_max_length=settings.doc_max_length,
+        prompts=prompts,
+        bidirectional=not causal,
+        **model_kwargs,
+    )
+    merge_adapters(model, stack.adapters)
+    _fill_card_data(model, stack, push_to_hub)
+    with _atomic_dir(output, overwrite) as tmp:
+        model.save(str(tmp), create_model_card=False)
+        if keep_adapters:
+            _copy_adapters(stack, tmp / "adapters")
+        (tmp / "README.md").write_text(_model_card(model, stack, str(source), dtype, causal, keep_adapters, tmp), encoding="utf-8")
+        _normalize_permissions(tmp)
+    logger.info("Saved %s", output)
+    if push_to_hub:
+        _push_dir(output, push_to_hub, private=private, model=model)
+    return output
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it, or choose another OUTPUT.")
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output} exists and is not a directory; remove it or choose another OUTPUT.")
+
+
+def _check_not_an_input(output: Path, stack: CheckpointStack) -> None:
+    """Never let --overwrite delete the checkpoint being converted (or a folder holding it)."""
+    resolved = output.resolve()
+    for path in stack.local_paths:
+        if resolved == path or resolved in path.parents:
+            raise FileExistsError(f"OUTPUT {output} is (or contains) the input {path}; choose another OUTPUT.")
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    """'bfloat16' -> torch.bfloat16; 'auto' and torch dtypes pass through."""
+    import torch
+
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+    return getattr(torch, dtype)
+
+
+@contextlib.contextmanager
+def _atomic_dir(output: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temp dir next to ``output``; on success it becomes ``output``, on any failure it vanishes."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        yield tmp
+        _publish(tmp, output, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``output``; an existing ``output`` is moved aside first and deleted only after."""
+    if not output.exists():
+        os.rename(tmp, output)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{output} appeared while converting; pass --overwrite to replace it.")
+    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
+    os.rmdir(old)
+    os.rename(output, old)
+    try:
+        os.rename(tmp, output)
+    except BaseException:
+        os.rename(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _normalize_permissions(root: Path) -> None:
+    """mkdtemp and some savers create owner-only files; give the tree the usual umask-based modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for path in root.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _copy_adapters(stack: CheckpointStack, target: Path) -> None:
+    """Copy each source adapter (config, weights, llm2vec_config.json) to ``target/NN_name``."""
+    for index, adapter in enumerate(stack.adapters, start=1):
+        folder = target / f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', adapter.path.name)}"
+        folder.mkdir(parents=True)
+        for name in ("adapter_config.json", adapter.weights.name, "llm2vec_config.json"):
+            if (adapter.path / name).is_file():
+                shutil.copy2(adapter.path / name, folder / name)
+
+
+# -- model card -------------------------------------------------------------------------------------
+
+
+def _display(ref: str) -> str:
+    """A local path relative to the cwd when below it (no home paths on a public card); Hub ids as-is."""
+    path = Path(ref)
+    if not path.is_absolute():
+        return ref
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(Path(*path.parts[-2:]))
+
+
+def _fill_card_data(model: SentenceTransformer, stack: CheckpointStack, repo_id: str | None) -> None:
+    """ST's card data: our tags, the Hub base model (no Hub lookups), model id and name."""
+    card = model.model_card_data
+    card.local_files_only = True  # never query the Hub while writing a card
+    card.add_tags(CARD_TAGS)
+    if not Path(stack.base).exists():
+        card.base_model = stack.base
+    if repo_id:
+        card.set_model_id(repo_id)
+    card.model_name = f"LLM2Vec {_base_title(stack)} ({stack.settings.pooling_mode} pooling)"
+
+
+def _base_title(stack: CheckpointStack) -> str:
+    """The base's original name (config.json ``_name_or_path``, e.g. a Hub id) or else its folder name."""
+    name = original_name_or_path(stack.base) or stack.base
+    return name if not Path(name).is_absolute() else Path(name).name
+
+
+def _model_card(
+    model: SentenceTransformer,
+    stack: CheckpointStack,
+    source: str,
+    dtype: str | None,
+    causal: bool,
+    keep_adapters: bool,
+    directory: Path,
+) -> str:
+    """ST's generated model card with a "How this model was made" section inserted before its details."""
+    from sentence_transformers.base.model_card import generate_model_card
+
+    model.model_card_data.save_dir = str(directory)
+    card = generate_model_card(model)
+    section = _provenance_section(model, stack, source, dtype, causal, keep_adapters)
+    marker = "\n## Model Details"
+    if marker in card:
+        return card.replace(marker, f"\n{section}{marker}", 1)
+    return f"{card.rstrip()}\n\n{section}"
+
+
+def _provenance_section(
+    model: SentenceTransformer, stack: CheckpointStack, source: str, dtype: str | None, causal: bool, keep_adapters: bool
+) -> str:
+    from . import __version__
+
+    settings = stack.settings
+    encoder = model[0]
+    adapters = "".join(f"\n   {i}. `{_display(a.name)}`" for i, a in enumerate(stack.adapters, start=1)) or " none"
+    pooling_from = (
+        "`--pooling-mode`" if settings.pooling_overridden
+        else f"`{_display(settings.config_file)}`" if settings.config_file else "llm2vec's default"
+    )
+    settings_from = f"`{_display(settings.config_file)}`" if settings.config_file else "llm2vec's defaults (no llm2vec_config.json)"
+    attention = (
+        "causal (`--causal`, as llm2vec 0.2.3 leaves Qwen2)" if causal else "bidirectional (`is_causal: false`)"
+    )
+    prompts = "".join(f"\n   - `{name}`: {text!r}" for name, text in model.prompts.items()) or " none"
+    lines = [
+        "## How this model was made",
+        "",
+        f"Converted from an llm2vec checkpoint with st-llm2vec {__version__} "
+        f"(`st-llm2vec convert`); it reproduces llm2vec 0.2.3 `encode()` embeddings.",
+        "",
+        f"- **Source:** `{_display(source)}`",
+        f"- **Base model:** `{_display(stack.base_name)}` ({_base_title(stack)})",
+        f"- **LoRA adapters merged, in order:**{adapters}",
+        f"- **Pooling:** `{settings.pooling_mode}` (from {pooling_from}), skip_instruction={settings.skip_instruction}",
+        f"- **llm2vec settings** (from {settings_from}): max_length={settings.max_length}, "
+        f"doc_max_length={settings.doc_max_length}",
+        f"- **Attention:** {attention}",
+        f"- **Instruction wrapper:** {'`' + repr(encoder.chat_template) + '`' if encoder.chat_template else 'none'}; "
+        f"**text suffix:** {repr(encoder.text_suffix) if encoder.text_suffix else 'none'}",
+        f"- **dtype:** {dtype or 'as stored'}; weights merged into one safetensors checkpoint"
+        + ("; source adapters kept in `adapters/`" if keep_adapters else ""),
+        f"- **Prompts:**{prompts}",
+        "",
+        "Load it with the `st-llm2vec` package imported (`pip install st-llm2vec`): importing it registers the "
+        "two module classes, so no `trust_remote_code` is needed.",
+        "",
+        "```python",
+        "import st_llm2vec  # noqa: F401",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f"model = SentenceTransformer({(model.model_card_data.model_id or 'path/to/this/model')!r})",
+        "embeddings = model.encode(texts, prompt=instruction)  # llm2vec's [instruction, text]",
+        "```",
+        "",
+        "Pass instructions as llm2vec users write them: `model.encode(texts, prompt=instruction)` gives what "
+        "llm2vec gives for `[instruction, text]`; `prompt_name=\"query\"` uses the stored query instruction.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -- push -----------------------------------------------------------------------------------------
+
+
+def _check_push_target(repo_id: str) -> None:
+    """Fail before a long conversion when the repo id is malformed or no Hub token is available."""
+    from huggingface_hub import get_token
+
+    if not _REPO_ID.match(repo_id):
+        raise ValueError(f"Hub repo id {repo_id!r} must look like 'user-or-org/model-name'.")
+    if not get_token():
+        raise PermissionError(
+            "No Hugging Face token found: run `hf auth login` or set HF_TOKEN, then push again."
+        )
+
+
+def _check_model_dir(directory: Path) -> None:
+    """A dir worth pushing: an ST model (modules.json) whose weights are readable safetensors."""
+    if not (directory / "modules.json").is_file():
+        raise FileNotFoundError(f"{directory} is not a Sentence-Transformers model dir (no modules.json); run `st-llm2vec convert` first.")
+    weights = sorted(directory.rglob("*.safetensors"))
+    if not weights:
+        raise CheckpointError(f"{directory} holds no safetensors weights; re-run `st-llm2vec convert`.")
+    for file in weights:
+        check_safetensors(file)
+
+
+def push(
+    directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Upload an exported model dir as-is with ST's ``push_to_hub``; returns the commit URL.
+
+    The dir is loaded (on CPU) first, so a broken export is never uploaded. The token comes from
+    ``token``, else HF_TOKEN / ``hf auth login``; it is never logged or written.
+    """
+    directory = Path(directory).expanduser().absolute()
+    _check_model_dir(directory)
+    if token is None:
+        _check_push_target(repo_id)
+    elif not _REPO_ID.match(repo_id):
+        raise ValueError(f"Hub repo id {repo_id!r} must look like 'user-or-org/model-name'.")
+    return _push_dir(directory, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+def _push_dir(
+    directory: Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    model: SentenceTransformer | None = None,
+) -> str:
+    # With local_model_path, push_to_hub uploads that folder verbatim (the model object only supplies
+    # card data). Loading the dir first proves it is a working model before anything is uploaded.
+    model = model if model is not None else SentenceTransformer(str(directory), device="cpu")
+    url = model.push_to_hub(
+        repo_id,
+        token=token,
+        private=private,
+        local_model_path=str(directory),
+        exist_ok=True,
+        commit_message=commit_message or f"Upload {directory.name} (st-llm2vec export)",
+    )
+    logger.info("Pushed %s to %s", directory, repo_id)
+    return url
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def _prompt(value: str) -> tuple[str, str]:
+    name, sep, text = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=TEXT (e.g. query='Retrieve relevant passages:'), got {value!r}")
+    return name, text
+
+
+def add_arguments_convert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SOURCE", help="base model dir / Hub id, or an llm2vec LoRA adapter dir")
+    parser.add_argument("output", metavar="OUTPUT", help="directory to write the Sentence-Transformers model to")
+    parser.add_argument("--adapter", action="append", default=[], metavar="DIR", help="LoRA adapter to merge; repeat, merged in the order given")
+    parser.add_argument("--pooling-mode", choices=POOLING_MODES + ("last_token",), help="override llm2vec_config.json's pooling_mode")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT (only once the new one is complete)")
+    parser.add_argument("--keep-adapters", action="store_true", help="also copy the source adapters into OUTPUT/adapters/")
+    parser.add_argument("--dtype", choices=DTYPES, help="load and save the weights in this dtype")
+    parser.add_argument("--attn-implementation", help="e.g. eager, sdpa, flash_attention_2")
+    parser.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt weights (can run code; trusted sources only)")
+    parser.add_argument("--causal", action="store_true", help="keep causal attention (reproduces llm2vec's Qwen2 models)")
+    parser.add_argument("--prompt", action="append", type=_prompt, default=None, metavar="NAME=TEXT",
+                        help="named instruction (repeat); replaces the default 'query' retrieval instruction")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the result to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+
+
+def _run(action) -> int:
+    """Run ``action`` with SIGTERM raising (so cleanup runs); report expected errors in one line."""
+    previous = None
+    if hasattr(signal, "SIGTERM") and _in_main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_on_signal)
+    try:
+        action()
+        return 0
+    except KeyboardInterrupt:
+        print("st-llm2vec: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (CheckpointError, BidirectionalityError, OSError, ValueError) as exc:
+        print(f"st-llm2vec: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_on_signal(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    def action() -> None:
+        output = convert(
+            args.source,
+            args.output,
+            adapters=args.adapter,
+            pooling_mode=args.pooling_mode,
+            overwrite=args.overwrite,
+            keep_adapters=args.keep_adapters,
+            dtype=args.dtype,
+            attn_implementation=args.attn_implementation,
+            allow_pickle=args.allow_pickle,
+            push_to_hub=args.push_to_hub,
+            prompts=dict(args.prompt) if args.prompt is not None else None,
+            causal=args.causal,
+            private=args.private or None,
+        )
+        print(f"Saved Sentence-Transformers model to {output}")
+        if args.push_to_hub:
+            print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
+
+    return _run(action)
+
+
+def add_arguments_push(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="a model dir written by `st-llm2vec convert`")
+    parser.add_argument("repo_id", metavar="REPO_ID", help="Hub repo, 'user-or-org/name' (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--commit-message", help="commit message for the upload")
+
+
+def run_push(args: argparse.Namespace) -> int:
+    def action() -> None:
+        url = push(args.directory, args.repo_id, private=args.private or None, commit_message=args.commit_message)
+        print(f"Pushed {args.directory} to {url}")
+
+    return _run(action)
