@@ -21,15 +21,19 @@ unmerged); ``--supervised DIR`` then wraps the model in
 base+mntp+supervised stack).
 
 Timing: ``torch.set_num_threads(T)`` first; one untimed warm-up encode of all
-inputs; then R encodes of all inputs, each timed with ``time.perf_counter``.
+inputs; then R encodes of all inputs, each timed with ``time.perf_counter``
+(wall) and ``time.process_time`` (CPU seconds of this process, all threads).
 Every encode is ``encode(inputs, batch_size=N, show_progress_bar=False,
 device="cpu")``.
 
 Output NPZ keys: ``embeddings`` (float32, [n, dim], from the last timed
-encode), ``timings`` (float64, [R], seconds per full encode), ``load_s``,
+encode), ``timings`` (float64, [R], wall seconds per full encode), ``cpu_timings``
+([R], CPU seconds per encode), ``load_s``,
 ``warmup_s``, ``n``, ``batch_size``, ``threads``.  The last line on stdout is
-one JSON object: {"n", "dim", "batch_size", "threads", "repeats", "pooling",
-"timings", "load_s", "warmup_s", "median_s", "min_s", "texts_per_s" (n /
+one JSON object: {"n", "key", "dim", "batch_size", "threads", "repeats", "pooling",
+"timings", "cpu_timings", "loadavg_1m" (1-minute load average before and after the
+timed encodes: a value above the core count means the machine was shared and
+the timings are noisy), "load_s", "warmup_s", "median_s", "min_s", "texts_per_s" (n /
 median), "versions", "out"}.  Everything else goes to stderr.
 """
 
@@ -120,12 +124,16 @@ def main(argv=None):
     encode()
     warmup_s = time.perf_counter() - t0
 
-    timings = []
+    load_before = os.getloadavg()[0]
+    timings, cpu_timings = [], []
     emb = None
     for _ in range(args.repeats):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         emb = encode()
         timings.append(time.perf_counter() - t0)
+        cpu_timings.append(time.process_time() - c0)
+    load_after = os.getloadavg()[0]
 
     emb = emb.detach().to(torch.float32).cpu().numpy()
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -134,6 +142,7 @@ def main(argv=None):
         args.out,
         embeddings=emb,
         timings=np.asarray(timings, dtype=np.float64),
+        cpu_timings=np.asarray(cpu_timings, dtype=np.float64),
         load_s=np.float64(load_s),
         warmup_s=np.float64(warmup_s),
         n=np.int64(len(items)),
@@ -150,6 +159,8 @@ def main(argv=None):
         "repeats": args.repeats,
         "pooling": args.pooling,
         "timings": timings,
+        "cpu_timings": cpu_timings,
+        "loadavg_1m": [load_before, load_after],
         "load_s": load_s,
         "warmup_s": warmup_s,
         "median_s": median,
