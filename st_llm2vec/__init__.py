@@ -3,12 +3,16 @@
 from .bidirectional import BidirectionalityError, enable_bidirectional, ensure_bidirectional, probe_bidirectional
 from .build import from_llm
 from .encoder import LLM2VecTransformer
+from .mntp import MNTPDataCollator, MNTPEvaluator, MNTPLoss
 from .pooling import LLM2VecPooling
 
 __all__ = [
     "BidirectionalityError",
     "LLM2VecPooling",
     "LLM2VecTransformer",
+    "MNTPDataCollator",
+    "MNTPEvaluator",
+    "MNTPLoss",
     "enable_bidirectional",
     "ensure_bidirectional",
     "from_llm",

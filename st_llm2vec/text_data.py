@@ -10,8 +10,8 @@ when the user names one). Two layouts, as in llm2vec's ``run_mntp.py``:
 - line by line: one row per text, truncated to ``max_seq_length``.
 
 Texts that tokenize to fewer than 2 tokens (special tokens included: e.g. an empty line that is only
-a BOS) are skipped and counted: MNTP predicts a token from the position before it, so such a row has
-nothing to learn from. ``streaming=True`` processes the corpus lazily (an ``IterableDataset``).
+a BOS) and whitespace-only texts are skipped and counted: MNTP predicts a token from the position
+before it, so such a row has nothing to learn from. ``streaming=True`` processes the corpus lazily (an ``IterableDataset``).
 Each output row is ``{"input_ids": [int, ...]}``, ready for :class:`st_llm2vec.mntp.MNTPDataCollator`.
 """
 
@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 from datasets import Dataset, DatasetDict, Features, IterableDataset, Value, load_dataset
 from datasets import Sequence as SequenceFeature
+from datasets.exceptions import DatasetGenerationError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ class TextStats:
     texts: int = 0
     skipped_short: int = 0
     rows: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -105,6 +105,9 @@ def load_texts(
         for path in train_files + validation_files:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"Data file {path!r} does not exist.")
+        for split, files in (("train", train_files), ("validation", validation_files)):
+            if files and all(os.path.getsize(path) == 0 for path in files):
+                raise EmptyDatasetError(f"The {split} data file(s) {files} are empty: no texts to train MNTP on.")
         builder, builder_kwargs = _builder_for(train_files + validation_files)
         data_files = {}
         if train_files:
@@ -113,9 +116,12 @@ def load_texts(
             data_files["validation"] = validation_files
         if builder == "text":
             builder_kwargs.setdefault("keep_linebreaks", False)
-        raw = load_dataset(
-            builder, data_files=data_files, streaming=streaming, cache_dir=cache_dir, **builder_kwargs, **load_kwargs
-        )
+        try:
+            raw = load_dataset(
+                builder, data_files=data_files, streaming=streaming, cache_dir=cache_dir, **builder_kwargs, **load_kwargs
+            )
+        except DatasetGenerationError as error:
+            raise ValueError(f"Could not read {train_files + validation_files} as {builder!r} data: {error.__cause__ or error}") from error
     elif dataset_name:
         raw = load_dataset(dataset_name, dataset_config_name, streaming=streaming, cache_dir=cache_dir, **load_kwargs)
     else:
@@ -174,38 +180,37 @@ def tokenize_corpus(
             encoded = tokenizer(texts, truncation=True, max_length=max_seq_length, return_attention_mask=False)
         else:
             encoded = tokenizer(texts, return_attention_mask=False, verbose=False)
-        ids = [list(x) for x in encoded["input_ids"]]
-        if streaming:  # running totals: the in-memory path counts exactly from the dataset lengths
-            stats.texts += len(ids)
-            stats.skipped_short += sum(len(x) < MIN_TOKENS for x in ids)
+        # whitespace-only texts count as empty (llm2vec's line-by-line mode drops them too)
+        ids = [list(x) for t, x in zip(texts, encoded["input_ids"]) if t.strip() and len(x) >= MIN_TOKENS]
         return {"input_ids": ids}
 
-    map_kwargs: dict[str, Any] = {"batched": True, "remove_columns": remove}
-    if streaming:
-        map_kwargs["features"] = OUTPUT_FEATURES
-    else:
-        map_kwargs.update(num_proc=num_proc, load_from_cache_file=load_from_cache_file, desc=f"Tokenizing {desc} texts")
-    n_texts = None if streaming else len(dataset)
-    if n_texts == 0:
-        raise EmptyDatasetError(f"The {desc} dataset has no texts.")
-    tokenized = dataset.map(tokenize, **map_kwargs)
+    def tokenize_counting(batch: dict[str, list]) -> dict[str, list]:
+        out = tokenize(batch)
+        stats.texts += len(batch[column])
+        stats.skipped_short += len(batch[column]) - len(out["input_ids"])
+        return out
 
-    keep = lambda batch: [len(x) >= MIN_TOKENS for x in batch["input_ids"]]  # noqa: E731
-    filter_kwargs: dict[str, Any] = {"batched": True}
-    if not streaming:
-        filter_kwargs.update(num_proc=num_proc, load_from_cache_file=load_from_cache_file, desc=f"Dropping short {desc} texts")
-    kept = tokenized.filter(keep, **filter_kwargs)
-    if not streaming:
+    if streaming:
+        kept = dataset.map(tokenize_counting, batched=True, remove_columns=remove, features=OUTPUT_FEATURES)
+    else:
+        n_texts = len(dataset)
+        if n_texts == 0:
+            raise EmptyDatasetError(f"The {desc} dataset has no texts.")
+        kept = dataset.map(
+            tokenize,
+            batched=True,
+            remove_columns=remove,
+            num_proc=num_proc,
+            load_from_cache_file=load_from_cache_file,
+            desc=f"Tokenizing {desc} texts",
+        )
+        skipped = n_texts - len(kept)
         stats.texts += n_texts
-        stats.skipped_short += n_texts - len(kept)
-        if stats.skipped_short:
-            logger.warning(
-                "%d of %d %s texts have fewer than %d tokens and were skipped.", n_texts - len(kept), n_texts, desc, MIN_TOKENS
-            )
+        stats.skipped_short += skipped
+        if skipped:
+            logger.warning("%d of %d %s texts have fewer than %d tokens and were skipped.", skipped, n_texts, desc, MIN_TOKENS)
         if len(kept) == 0:
-            raise EmptyDatasetError(
-                f"All {n_texts} {desc} texts are shorter than {MIN_TOKENS} tokens: nothing to train MNTP on."
-            )
+            raise EmptyDatasetError(f"All {n_texts} {desc} texts are shorter than {MIN_TOKENS} tokens: nothing to train MNTP on.")
 
     if line_by_line:
         result = kept
@@ -262,10 +267,10 @@ def split_validation(
         raise ValueError(f"The corpus has no 'train' split; splits: {list(raw)}")
     if "validation" in raw:
         return train, raw["validation"]
-    if isinstance(train, IterableDataset):
-        raise ValueError("A streaming corpus without a validation split cannot be split by percentage: set validation_file.")
     if not percentage:
         return train, None
+    if isinstance(train, IterableDataset):
+        raise ValueError("A streaming corpus without a validation split cannot be split by percentage: set validation_file.")
     n_val = int(len(train) * float(percentage) / 100)
     if n_val == 0:
         logger.warning("validation_split_percentage=%s of %d texts is 0 texts: no validation set.", percentage, len(train))
