@@ -82,6 +82,15 @@ def make_tiny_llm(out_dir: Path, arch: str = "llama", seed: int = 0, add_bos: bo
     return out_dir
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core machine two threads spin (~50x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_llm(tmp_path_factory):
     """Factory: ``tiny_llm(arch)`` → path of a cached tiny causal-LM checkpoint."""

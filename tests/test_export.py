@@ -22,20 +22,13 @@ import st_llm2vec  # noqa: F401
 from st_llm2vec import export
 from st_llm2vec.checkpoints import CheckpointError, resolve_stack
 from st_llm2vec.cli import main as cli
-from st_llm2vec.export import convert, push
+from st_llm2vec.export import convert
 
 from conftest import SENTENCES
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEXTS = SENTENCES[:5]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _save_lora(model, out: Path, seed: int, base_ref: str) -> None:

@@ -49,14 +49,6 @@ def fixture_dirs() -> list[str]:
     return sorted(set(found) | {"llama", "mistral", "gemma"})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one torch thread is ~50x faster than two contended ones on small CI machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def corpus_lines() -> list[str]:
     return [line.strip() for line in CORPUS.read_text().splitlines() if line.strip()]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sentence_transformers import SentenceTransformer
 
 import st_llm2vec  # noqa: F401  (registers our module classes for SentenceTransformer(path))
@@ -63,14 +62,6 @@ def _causal_stacks() -> list:
             cases += [pytest.param(fixture, s, p, id=f"{fixture.name}-{s}") for s, p in stacks]
     return cases or [pytest.param(None, None, None, marks=pytest.mark.skip(reason="no fixture of a causal-in-llm2vec type"))]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest and keeps parallel test runs from oversubscribing the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
