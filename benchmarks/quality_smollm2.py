@@ -35,8 +35,8 @@ LABELS = {
     "mntp": "+ MNTP",
     "simcse": "+ SimCSE",
     "supervised": "+ supervised",
-    "supervised_instructed": "+ supervised, instructed",
 }
+LABELS.update({f"{k}_instructed": v for k, v in LABELS.items()})
 # What a finished training run leaves in its output dir (written after the model).
 DONE_FILES = {"mntp": "mntp_config.json", "simcse": "st_llm2vec_stage.json", "supervised": "st_llm2vec_stage.json"}
 # Settings that change the numbers: a work dir refuses a run with other values.
@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", default="auto", help="torch threads (auto: the cores not already busy)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--model", default=None, help="a local causal-LM checkpoint instead of SmolLM2 (for testing)")
+    p.add_argument("--no-instructed", dest="instructed", action="store_false",
+                   help="skip the second STS evaluation of every model with the instruction on both sides")
     p.add_argument("--force", action="store_true", help="use a work dir recorded with other settings anyway")
     return p.parse_args(argv)
 
@@ -244,39 +246,44 @@ def main(argv: list[str] | None = None) -> int:
     from st_llm2vec.mntp import train_mntp
     from st_llm2vec.pair_data import SHARED_INSTRUCTIONS, join_instruction
 
+    instruction = join_instruction(SHARED_INSTRUCTIONS["msr"])
+
+    def score(stage: str, load_model, seconds: float | None, steps: int | None) -> None:
+        """Both evaluations of a model (plain; STS with the instruction), each skipped when recorded."""
+        model = None
+        if not done(stage):
+            model = load_model()
+            evaluate(stage, model, seconds, steps)
+        if args.instructed and not done(f"{stage}_instructed"):
+            model = model or load_model()
+            evaluate(stage, model, None, steps, instruction=instruction, sts_only=True, key=f"{stage}_instructed")
+
+    def saved(stage: str):
+        return lambda: SentenceTransformer(str(model_dir(stage)), device=device)
+
     need_mntp = {"mntp", "simcse"} | ({"supervised"} if args.supervised_from == "mntp" else set())
-    if "baseline" in stages and not done("baseline"):
-        evaluate("baseline", from_llm(base, bidirectional=False, device=device), None, None)
-    if "bi" in stages and not done("bi"):
-        evaluate("bi", from_llm(base, device=device), None, None)
-    if any(s in stages for s in need_mntp) and (not done("mntp") or not trained("mntp")):
+    need_simcse = {"simcse"} | ({"supervised"} if args.supervised_from == "simcse" else set())
+    if "baseline" in stages:
+        score("baseline", lambda: from_llm(base, bidirectional=False, device=device), None, None)
+    if "bi" in stages:
+        score("bi", lambda: from_llm(base, device=device), None, None)
+    if any(s in stages for s in need_mntp | need_simcse):
         t = train("mntp", train_mntp, q.mntp_config(
             base, corpus, model_dir("mntp"), steps=args.mntp_steps, batch_size=args.mntp_batch_size,
             max_seq_length=args.mntp_seq_length, learning_rate=args.mntp_lr, **common))
-        if not (work / "results" / "mntp.json").is_file():
-            evaluate("mntp", SentenceTransformer(str(model_dir("mntp")), device=device), train_seconds("mntp", t), args.mntp_steps)
-    if ("simcse" in stages or args.supervised_from == "simcse" and "supervised" in stages) and (
-        not done("simcse") or not trained("simcse")
-    ):
+        score("mntp", saved("mntp"), train_seconds("mntp", t), args.mntp_steps)
+    if any(s in stages for s in need_simcse):
         t = train("simcse", train_simcse, q.contrastive_config(
             "simcse", model_dir("mntp"), model_dir("simcse"), steps=args.simcse_steps,
             batch_size=args.simcse_batch_size, max_seq_length=args.train_seq_length, learning_rate=args.simcse_lr,
             dataset_file_path=corpus, **common))
-        if not (work / "results" / "simcse.json").is_file():
-            evaluate("simcse", SentenceTransformer(str(model_dir("simcse")), device=device), train_seconds("simcse", t), args.simcse_steps)
+        score("simcse", saved("simcse"), train_seconds("simcse", t), args.simcse_steps)
     if "supervised" in stages:
         t = train("supervised", train_supervised, q.contrastive_config(
             "supervised", model_dir(args.supervised_from), model_dir("supervised"), steps=args.supervised_steps,
             batch_size=args.supervised_batch_size, max_seq_length=args.train_seq_length,
             learning_rate=args.supervised_lr, dataset_file_path=args.data_dir, **common))
-        model = None
-        if not done("supervised"):
-            model = SentenceTransformer(str(model_dir("supervised")), device=device)
-            evaluate("supervised", model, train_seconds("supervised", t), args.supervised_steps)
-        if not done("supervised_instructed"):
-            model = model or SentenceTransformer(str(model_dir("supervised")), device=device)
-            evaluate("supervised", model, None, args.supervised_steps,
-                     instruction=join_instruction(SHARED_INSTRUCTIONS["msr"]), sts_only=True, key="supervised_instructed")
+        score("supervised", saved("supervised"), train_seconds("supervised", t), args.supervised_steps)
     invocations = load_json(work / "invocations.json") or []
     invocations.append({"started": started, "seconds": time.perf_counter() - t_start, "stages": stages,
                         "threads": threads, "command": command})
@@ -295,23 +302,33 @@ def report(work: Path) -> str:
     if run is None:
         return f"No run recorded in {work}."
     settings = run["settings"]
-    rows, records = [], []
-    for key in (*STAGES, "supervised_instructed"):
-        rec = load_json(work / "results" / f"{key}.json")
-        if rec is None:
-            continue
-        records.append(rec)
+    plain = [r for r in (load_json(work / "results" / f"{k}.json") for k in STAGES) if r]
+    instructed = [r for r in (load_json(work / "results" / f"{k}_instructed.json") for k in STAGES) if r]
+    records = plain + instructed
+    if not records:
+        return f"No finished stage in {work} yet."
+
+    def row(rec: dict) -> dict:
         train_s = rec.get("train_seconds")
-        rows.append({
-            "stage": rec["label"], **rec["scores"],
+        return {
+            "stage": LABELS.get(rec["stage"], rec["label"]), **rec["scores"],
             "steps": rec["steps"] if rec["steps"] is not None else "–",
             "train": f"{train_s / 60:.1f} min" if train_s else "–",
             "eval": f"{rec['eval_seconds'] / 60:.1f} min",
-        })
-    if not rows:
-        return f"No finished stage in {work} yet."
-    keys = [k for r in records for k in r["scores"]]
-    columns = [("stage", "model"), *score_columns(keys), ("steps", "steps"), ("train", "train time"), ("eval", "eval time")]
+        }
+
+    tail = [("steps", "steps"), ("train", "train time"), ("eval", "eval time")]
+    blocks = []
+    if plain:
+        keys = [k for r in plain for k in r["scores"]]
+        blocks += ["No instruction (every model encodes the raw texts):", "",
+                   format_table([row(r) for r in plain], [("stage", "model"), *score_columns(keys), *tail]), ""]
+    if instructed:
+        instr = instructed[0]["instruction"]
+        keys = [k for r in instructed for k in r["scores"]]
+        blocks += [f"STS with the instruction {instr!r} on both texts (how llm2vec evaluates; the supervised stage "
+                   "trains MSR pairs with it):", "",
+                   format_table([row(r) for r in instructed], [("stage", "model"), *score_columns(keys), *tail[:1], tail[2]]), ""]
     total = sum((r.get("train_seconds") or 0) + r["eval_seconds"] for r in records)
     invocations = load_json(work / "invocations.json") or []
     first = records[0]
@@ -320,8 +337,7 @@ def report(work: Path) -> str:
         eval_sets.update(r["eval_sets"])
     loads = [x for r in records for x in (r.get("loadavg") or []) if x is not None]
     lines = [
-        format_table(rows, columns),
-        "",
+        *blocks,
         f"- command: `{first['command']}`",
         f"- seed {settings['seed']}; MNTP {settings['mntp_steps']} steps × {settings['mntp_batch_size']} blocks of "
         f"{settings['mntp_seq_length']} tokens (lr {settings['mntp_lr']}); SimCSE {settings['simcse_steps']} steps × "
@@ -338,9 +354,6 @@ def report(work: Path) -> str:
         + (f"; wall time of the {len(invocations)} invocation(s), all included: {sum(i['seconds'] for i in invocations) / 60:.0f} min"
            if invocations else ""),
     ]
-    if any(r["stage"] == "supervised_instructed" for r in records):
-        instr = next(r["instruction"] for r in records if r["stage"] == "supervised_instructed")
-        lines.append(f"- '+ supervised, instructed': STS texts prefixed with the MSR training instruction {instr!r}")
     return "\n".join(lines)
 
 

@@ -704,6 +704,7 @@ def render_report(result: QuickstartResult, options: QuickstartOptions) -> str:
     lines += [
         "",
         f"Saved model: {result.output}  (reload check: max |Δ| {result.reload_max_diff:.1e})",
+        "  import st_llm2vec  # registers its module classes with Sentence-Transformers",
         "  from sentence_transformers import SentenceTransformer",
         f"  model = SentenceTransformer({result.output!r})",
         "",

@@ -238,3 +238,43 @@ def test_real_smollm2_quickstart(tmp_path, capsys):
     assert [r["stage"] for r in result["rows"]] == ["causal baseline", "bidirectional", "+ MNTP", "+ SimCSE"]
     assert result["reload_max_diff"] < 1e-4
     assert "| + SimCSE |" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the benchmark script
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("quality_smollm2", Path(__file__).resolve().parents[1] / "benchmarks" / "quality_smollm2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_in_pieces_and_reports(tmp_path, tiny_llm, capsys):
+    if devsets.find_shared_data() is None:
+        pytest.skip("the benchmark needs the shared data folder")
+    bench = _benchmark_module()
+    work = tmp_path / "work"
+    common = ["--model", str(tiny_llm("llama")), "--work-dir", str(work), "--mntp-steps", "2", "--simcse-steps", "2",
+              "--supervised-steps", "2", "--save-steps", "1", "--eval-pairs", "6", "--wang-queries", "2",
+              "--mntp-batch-size", "2", "--simcse-batch-size", "4", "--supervised-batch-size", "4", "--threads", "1",
+              "--corpus-size", "200", "--mntp-seq-length", "16", "--train-seq-length", "16"]
+    assert bench.main([*common, "--stages", "baseline,mntp"]) == 0
+    results = {p.name for p in (work / "results").glob("*.json")}
+    assert {"baseline.json", "baseline_instructed.json", "mntp.json", "mntp_train.json"} <= results
+    assert "bi.json" not in results and "simcse.json" not in results
+    mntp_record = json.loads((work / "results" / "mntp.json").read_text())
+
+    assert bench.main(common) == 0  # the rest; finished pieces are skipped, not redone
+    assert json.loads((work / "results" / "mntp.json").read_text()) == mntp_record
+    out = capsys.readouterr().out
+    assert "+ MNTP: done" in out and "causal baseline: done" in out
+
+    table = bench.report(work)
+    for label in ("causal baseline", "bidirectional", "+ MNTP", "+ SimCSE", "+ supervised"):
+        assert f"| {label} |" in table
+    assert "wang MAP" in table and "- command:" in table and "- hardware:" in table
+    assert len(json.loads((work / "invocations.json").read_text())) == 2
+
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.main([*common, "--mntp-steps", "3"])
