@@ -25,13 +25,6 @@ TEXTS = [
 INSTRUCTION = "Retrieve semantically similar text:"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _pair(path: str, **kwargs):
     padded = st_llm2vec.from_llm(path, **kwargs)
