@@ -273,7 +273,7 @@ def test_benchmark_runs_in_pieces_and_reports(tmp_path, tiny_llm, capsys):
     table = bench.report(work)
     for label in ("causal baseline", "bidirectional", "+ MNTP", "+ SimCSE", "+ supervised"):
         assert f"| {label} |" in table
-    assert "wang MAP" in table and "- command:" in table and "- hardware:" in table
+    assert "wang MAP" in table and "- command(s):" in table and "- hardware:" in table
     assert len(json.loads((work / "invocations.json").read_text())) == 2
 
     with pytest.raises(SystemExit, match="other settings"):
