@@ -351,13 +351,10 @@ class GlobalBatchSampler(torch.utils.data.BatchSampler):
 
 
 def _trainer_class():
-    """SentenceTransformerTrainer with llm2vec's global one-dataset batches and adapter checkpoints
-    (built lazily: importing the trainer is slow)."""
-    from peft import PeftModel, set_peft_model_state_dict
-    from peft.utils import load_peft_weights
-    from sentence_transformers import SentenceTransformerTrainer
+    """The trainer with llm2vec's global one-dataset batches (built lazily: importing the trainer is slow)."""
+    from .trainer import base_trainer_class
 
-    class ContrastiveTrainer(SentenceTransformerTrainer):
+    class ContrastiveTrainer(base_trainer_class()):
         def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
             # One batch sampler per dataset, over global batches (always complete ones).
             return super().get_batch_sampler(
@@ -367,24 +364,6 @@ def _trainer_class():
         def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):
             sampler = super().get_multi_dataset_batch_sampler(dataset, batch_samplers, generator, seed)
             return GlobalBatchSampler(sampler, self.args.world_size)
-
-        def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-            # transformers 5 calls _save on every process and lets _save decide; ST's override does not check.
-            if not self.args.should_save:
-                return
-            super()._save(output_dir, state_dict)
-
-        def _load_from_checkpoint(self, checkpoint_path: str) -> None:
-            backbone = self.model[0].model
-            if not isinstance(backbone, PeftModel):
-                return super()._load_from_checkpoint(checkpoint_path)
-            # The start model is rebuilt from the config on resume; only the adapter was trained.
-            weights = load_peft_weights(checkpoint_path, device="cpu")
-            result = set_peft_model_state_dict(backbone, weights)
-            unexpected = list(getattr(result, "unexpected_keys", []) or [])
-            if unexpected:
-                raise ValueError(f"{checkpoint_path}: adapter weights do not fit the model: {unexpected[:5]} …")
-            logger.info("Loaded adapter weights from %s", checkpoint_path)
 
     return ContrastiveTrainer
 
@@ -701,6 +680,8 @@ def prepare_stage(
 
 def run_stage(stage: Stage) -> StageResult:
     """Train a prepared stage, put the model back in its inference configuration and save it."""
+    from accelerate.utils import extract_model_from_parallel
+
     from .lora import merge_lora
 
     trainer, model, settings, data = stage.trainer, stage.model, stage.settings, stage.data
@@ -750,7 +731,8 @@ def run_stage(stage: Stage) -> StageResult:
             stage.name, result.global_step, loss_before, loss_after, args.output_dir, settings["save_mode"],
         )
     trainer.accelerator.wait_for_everyone()
-    result.model = model
+    # With bf16/fp16 the accelerator wrapped model.forward in autocast: hand back the plain model.
+    result.model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
     return result
 
 

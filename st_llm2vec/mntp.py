@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -47,6 +46,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .trainer import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -294,17 +295,6 @@ def _base_backbone(module: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else module
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The SentenceTransformer under DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def ties_word_embeddings(config: Any) -> bool:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     value = getattr(text_config, "tie_word_embeddings", None)
@@ -498,7 +488,7 @@ class MNTPLoss(nn.Module):
 
     def _head_params(self, model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.lm_head is None:  # tied: the model's (possibly resized) input embeddings
-            weight = _base_backbone(_unwrap(model)[0].model).get_input_embeddings().weight
+            weight = _base_backbone(unwrap_model(model)[0].model).get_input_embeddings().weight
             return (weight.detach() if self.freeze_lm_head else weight), None
         if self.lm_head.weight.device != device:
             self.lm_head.to(device)
@@ -806,36 +796,11 @@ def _dtype(name: str | None):
     return getattr(torch, name)
 
 
-@functools.lru_cache(maxsize=None)
 def mntp_trainer_class():
-    """``MNTPTrainer``: built on first use, so that importing this module does not import the trainer stack."""
-    from sentence_transformers import SentenceTransformerTrainer
+    """The trainer ``train_mntp`` uses: resumes a LoRA backbone from its adapter checkpoint (see :mod:`.trainer`)."""
+    from .trainer import base_trainer_class
 
-    class MNTPTrainer(SentenceTransformerTrainer):
-        """``SentenceTransformerTrainer`` that resumes a LoRA backbone from its own adapter checkpoint.
-
-        ST's resume rebuilds the model from the checkpoint dir through transformers' PEFT integration,
-        whose parameter names differ from a ``peft.get_peft_model`` backbone; load the adapter weights
-        into the live PeftModel instead.
-        """
-
-        def _load_from_checkpoint(self, checkpoint_path: str, model=None) -> None:
-            from peft import PeftModel, set_peft_model_state_dict
-
-            st_model = _unwrap(self.model)
-            backbone = st_model[0].model
-            adapter = os.path.join(checkpoint_path, "adapter_model.safetensors")
-            if isinstance(backbone, PeftModel) and os.path.isfile(adapter):
-                from safetensors.torch import load_file
-
-                result = set_peft_model_state_dict(backbone, load_file(adapter, device=str(st_model.device)))
-                missing = [k for k in getattr(result, "unexpected_keys", [])]
-                if missing:
-                    raise RuntimeError(f"Adapter checkpoint {adapter} has unexpected keys: {missing[:5]}")
-                return
-            return super()._load_from_checkpoint(checkpoint_path)
-
-    return MNTPTrainer
+    return base_trainer_class()
 
 
 def _stop_callback(n_steps: int):

@@ -323,6 +323,20 @@ def test_cached_loss_and_gradient_checkpointing_train(tiny_llm, tmp_path):
     assert "CachedMultipleNegativesRankingLoss" in (tmp_path / "out" / "README.md").read_text()
 
 
+def test_bf16_run_returns_the_plain_model_not_the_autocast_wrapper(tiny_llm, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    corpus = tmp_path / "wiki.txt"
+    corpus.write_text("\n".join(SENTENCES * 2))
+    result = train_simcse(_base_config(
+        tiny_llm(), tmp_path / "out", dataset_name="Wiki1M", dataset_file_path=str(corpus), per_device_train_batch_size=4,
+        max_steps=2, bf16=True,
+    ))
+    assert "_original_forward" not in vars(result.model)
+    reloaded = SentenceTransformer(str(tmp_path / "out"))
+    assert abs(result.model.encode(SENTENCES[:3]) - reloaded.encode(SENTENCES[:3])).max() < 1e-5
+
+
 def test_dev_evaluator_applies_the_eval_instruction_and_restores_prompts(tiny_llm):
     from st_llm2vec import from_llm
     from st_llm2vec.contrastive import _instructed_evaluator_class
