@@ -39,6 +39,7 @@ def from_llm(
     prompts: dict[str, str] | None = None,
     default_prompt_name: str | None = None,
     bidirectional: bool = True,
+    max_batch_tokens: int | None = None,
     device: str | None = None,
     **model_kwargs: Any,
 ) -> SentenceTransformer:
@@ -48,7 +49,8 @@ def from_llm(
     ``chat_template`` / ``text_suffix`` = "auto" apply llm2vec's instruct wrapper and eos suffix for the
     model; pass None to turn them off or a string to set them. Extra kwargs (``dtype``,
     ``attn_implementation``, …) reach the HF loader. ``bidirectional=False`` keeps the model causal
-    (a baseline, or llm2vec's causal Qwen2). Raises ``BidirectionalityError`` for a model that
+    (a baseline, or llm2vec's causal Qwen2). ``max_batch_tokens`` caps the tokens of one backbone call
+    (token-budget batching; see ``LLM2VecTransformer``). Raises ``BidirectionalityError`` for a model that
     cannot be made bidirectional.
     """
     pooling_mode = normalize_pooling_mode(pooling_mode)
@@ -59,6 +61,7 @@ def from_llm(
         chat_template=llm2vec_chat_template(name) if chat_template == AUTO else chat_template,
         max_seq_length=max_seq_length,
         bidirectional=bidirectional,
+        max_batch_tokens=max_batch_tokens,
         model_kwargs=model_kwargs,
     )
     if text_suffix == AUTO:

@@ -32,6 +32,12 @@ PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 _DOCUMENT_MASK_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 
 
+def _batch_tokens(features: dict[str, Any]) -> int:
+    """Tokens one backbone call processes for this batch: rows x width (padded) or the packed length."""
+    input_ids = features["input_ids"]
+    return int(input_ids.shape[0] * input_ids.shape[1])
+
+
 def _check_loadable(model_name_or_path: str) -> None:
     """A local directory must hold a transformers config (or a PEFT adapter naming its base)."""
     if os.path.isdir(model_name_or_path):
@@ -62,9 +68,15 @@ class LLM2VecTransformer(Transformer):
             "flash_attention_2"`` and flash-attn installed); otherwise, in ``encode``, each batch
             whose packed form costs fewer FLOPs than its padded form (sdpa / eager / flex_attention
             with a document mask). True: every batch, with any of these. False: always padded.
+        max_batch_tokens: token budget of one backbone call (None: off). A batch whose padded
+            size (rows x longest row; packed: its length) exceeds it runs as several calls of at most
+            this many tokens, rows grouped by length: pass a large ``batch_size`` to ``encode`` and
+            short texts go through in big batches, long ones in small batches, with bounded memory.
     """
 
-    config_keys: list[str] = Transformer.config_keys + ["doc_max_length", "chat_template", "text_suffix", "bidirectional"]
+    config_keys: list[str] = Transformer.config_keys + [
+        "doc_max_length", "chat_template", "text_suffix", "bidirectional", "max_batch_tokens",
+    ]
 
     def __init__(
         self,
@@ -74,6 +86,7 @@ class LLM2VecTransformer(Transformer):
         chat_template: str | None = None,
         text_suffix: str | None = None,
         bidirectional: bool = True,
+        max_batch_tokens: int | None = None,
         max_seq_length: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
@@ -100,6 +113,7 @@ class LLM2VecTransformer(Transformer):
         self.doc_max_length = doc_max_length
         self.chat_template = chat_template
         self.text_suffix = text_suffix
+        self.max_batch_tokens = max_batch_tokens
         tokenizer = self.tokenizer
         if tokenizer is None:
             raise ValueError(f"{model_name_or_path!r} has no tokenizer; st_llm2vec needs a text tokenizer.")
@@ -113,6 +127,16 @@ class LLM2VecTransformer(Transformer):
         else:
             self.model.config.is_causal = True
 
+
+    @property
+    def max_batch_tokens(self) -> int | None:
+        return self._max_batch_tokens
+
+    @max_batch_tokens.setter
+    def max_batch_tokens(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"max_batch_tokens must be a positive int or None (no budget), got {value!r}")
+        self._max_batch_tokens = value
 
     def _load_config(self, model_name_or_path: str, backend: str, config_kwargs: dict[str, Any]):
         """Refuse non-decoders before any weights load, and build the model bidirectional from the start."""
@@ -378,11 +402,21 @@ class LLM2VecTransformer(Transformer):
         """Run the backbone; ``embed_mask`` is for pooling only, so it bypasses the HF forward.
 
         A packed batch runs as one row: flash attention gets ``cu_seq_lens_*`` (varlen kernel), any
-        other attention a document mask in place of the (absent) padding mask.
+        other attention a document mask in place of the (absent) padding mask. Over the
+        ``max_batch_tokens`` budget, the batch runs in pieces (:meth:`_forward_in_pieces`).
         """
         embed_mask = features.pop(EMBED_MASK, None)
-        packed = CU_SEQ_LENS in features
-        if packed and not self._is_flash_attention_requested():
+        budget = self.max_batch_tokens
+        if budget is not None and _batch_tokens(features) > budget:
+            features = self._forward_in_pieces(features, budget, **kwargs)
+        else:
+            features = self._forward_batch(features, **kwargs)
+        if embed_mask is not None:
+            features[EMBED_MASK] = embed_mask
+        return features
+
+    def _forward_batch(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if CU_SEQ_LENS in features and not self._is_flash_attention_requested():
             # the document mask replaces the varlen metadata, which the model would otherwise receive
             mask = self._document_mask(features)
             meta = {key: features.pop(key) for key in PACKED_KEYS if key in features}
@@ -390,10 +424,59 @@ class LLM2VecTransformer(Transformer):
             features = super().forward(features, **kwargs)
             features.pop("attention_mask")
             features.update(meta)
-        else:
-            features = super().forward(features, **kwargs)
-        if embed_mask is not None:
-            features[EMBED_MASK] = embed_mask
+            return features
+        return super().forward(features, **kwargs)
+
+    def _forward_in_pieces(self, features: dict[str, Any], budget: int, **kwargs: Any) -> dict[str, Any]:
+        """Token-budget batching inside one ST batch (ST batches by count; nothing in ST or
+        transformers splits by tokens): rows (or packed texts) grouped so each call stays within the
+        budget, outputs put back where the whole batch would have put them. Rows are independent, so
+        the result equals one call's."""
+        name = self.module_output_name
+        input_ids = features["input_ids"]
+        if CU_SEQ_LENS in features:  # one packed row: cut it at text boundaries
+            cu = features[CU_SEQ_LENS].long()
+            pieces, start = [], 0
+            for end in range(1, cu.numel()):
+                if end - start > 1 and int(cu[end] - cu[start]) > budget:
+                    pieces.append((start, end - 1))
+                    start = end - 1
+            pieces.append((start, cu.numel() - 1))
+            outputs = []
+            for first, last in pieces:
+                a, b = int(cu[first]), int(cu[last])
+                sub_cu = (cu[first : last + 1] - a).to(features[CU_SEQ_LENS].dtype)
+                longest = int(sub_cu.diff().max())
+                sub = {k: v for k, v in features.items() if k not in PACKED_KEYS and k not in ("input_ids", "position_ids")}
+                sub.update(input_ids=input_ids[:, a:b], position_ids=features["position_ids"][:, a:b])
+                sub.update({"cu_seq_lens_q": sub_cu, "cu_seq_lens_k": sub_cu, "max_length_q": longest, "max_length_k": longest})
+                outputs.append(self._forward_batch(sub, **kwargs)[name])
+            features[name] = torch.cat(outputs, dim=1)
+            return features
+        # left-padded rows: group by length, each group trimmed to its own longest row
+        rows, width = input_ids.shape
+        lengths = features["attention_mask"].sum(dim=1)
+        order = torch.argsort(lengths, stable=True).tolist()
+        groups, current = [], []
+        for row in order:
+            if current and (len(current) + 1) * int(lengths[row]) > budget:
+                groups.append(current)
+                current = []
+            current.append(row)
+        groups.append(current)
+        output = None
+        for group in groups:
+            index = torch.tensor(group, device=input_ids.device)
+            w = max(int(lengths[group].max()), 1)
+            sub = {
+                k: v[index, width - w :] if torch.is_tensor(v) and v.dim() >= 2 and v.shape[:2] == (rows, width) else v
+                for k, v in features.items()
+            }
+            part = self._forward_batch(sub, **kwargs)[name]
+            if output is None:
+                output = part.new_zeros((rows, width, *part.shape[2:]))
+            output[index, width - w :] = part
+        features[name] = output
         return features
 
     def __repr__(self) -> str:
