@@ -10,7 +10,8 @@ differs:
   carry a label (~mlm_probability of them).
 
 The model is a random-init Llama with SmolLM2-135M's shape (hidden 576, 9 heads, 3 KV heads,
-intermediate 1536, vocab 49152, tied embeddings; ``--layers`` default 30 as in SmolLM2), float32 on CPU,
+intermediate 1536, vocab 49152 (``--vocab``: e.g. 128256 for Llama-3's), tied embeddings; ``--layers`` default 30
+as in SmolLM2), float32 on CPU,
 LoRA r=16 on all projections (llm2vec's setting), gradient checkpointing on (as in every llm2vec MNTP
 config), frozen LM head for both.
 
@@ -64,13 +65,12 @@ def reset_peak() -> bool:
         return False
 
 
-def build_model(path: str, layers: int) -> None:
+def build_model(path: str, layers: int, vocab: int) -> None:
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    vocab = 49152
-    # A word-level tokenizer over the 49152 ids: the benchmark feeds ids directly, the tokenizer only
+    # A word-level tokenizer over the vocab ids: the benchmark feeds ids directly, the tokenizer only
     # has to exist (with '_' for the blank mask token and EOS/BOS ids).
     words = {"<unk>": 0, "<s>": 1, "</s>": 2, "_": 3}
     words.update({f"w{i}": i for i in range(4, vocab)})
@@ -130,7 +130,7 @@ def worker(args: argparse.Namespace) -> dict:
     model.train()
     loss_fn = MNTPLoss(model, mlm_probability=args.mlm_probability)
     generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(4, 49152, (args.batch_size, args.seq_len), generator=generator)
+    ids = torch.randint(4, args.vocab, (args.batch_size, args.seq_len), generator=generator)
     mask = torch.ones_like(ids)
     inputs, labels = loss_fn.mask(ids, mask, generator=generator)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -191,6 +191,7 @@ def worker(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--vocab", type=int, default=49152, help="vocabulary size (SmolLM2: 49152; Llama-3: 128256)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3)
@@ -206,14 +207,14 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        build_model(tmp, args.layers)
+        build_model(tmp, args.layers, args.vocab)
         runs: dict[str, dict[str, list[dict]]] = {v: {"memory": [], "speed": []} for v in ("llm2vec", "ours")}
         for _ in range(args.rounds):
             for variant in ("llm2vec", "ours"):
                 for measure in ("memory", "speed"):
                     cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--model-dir", tmp]
                     cmd += ["--measure", measure]
-                    for flag in ("layers", "batch_size", "seq_len", "steps", "mlm_probability", "threads"):
+                    for flag in ("layers", "vocab", "batch_size", "seq_len", "steps", "mlm_probability", "threads"):
                         cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
                     env = dict(os.environ)
                     if measure == "memory":
@@ -237,7 +238,7 @@ def main() -> None:
     first = runs["ours"]["memory"][0]
     tokens = first["tokens"]
     print(
-        f"model: random-init Llama, SmolLM2-135M shape with {args.layers} layers (SmolLM2: 30), vocab 49152 tied, "
+        f"model: random-init Llama, SmolLM2-135M shape with {args.layers} layers (SmolLM2: 30), vocab {args.vocab} tied, "
         f"float32, CPU, {args.threads} thread(s); LoRA r=16 on all projections, gradient checkpointing, frozen LM head"
     )
     print(
@@ -259,7 +260,7 @@ def main() -> None:
         f"  wall clock, for reference: fastest step {ref['wall_min_s'] / ours['wall_min_s']:.2f}x, "
         f"median step {ref['wall_median_s'] / ours['wall_median_s']:.2f}x"
     )
-    flops_ref, flops_ours = step_flops(args.layers, args.batch_size, args.seq_len, first["labelled"])
+    flops_ref, flops_ours = step_flops(args.layers, args.batch_size, args.seq_len, first["labelled"], args.vocab)
     print(
         f"  by FLOP count the most a loss-only change can give here is {flops_ref / flops_ours:.2f}x "
         f"({flops_ref / 1e9:.0f} vs {flops_ours / 1e9:.0f} GFLOP per step: the transformer body is the same for both)"

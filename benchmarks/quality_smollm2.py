@@ -13,6 +13,7 @@ from its last checkpoint. Run it in the background and print the table at any ti
 
     nohup python benchmarks/quality_smollm2.py --work-dir /tmp/quality_smollm2 > /tmp/quality_smollm2.log 2>&1 &
     python benchmarks/quality_smollm2.py --work-dir /tmp/quality_smollm2 --report
+    python benchmarks/quality_smollm2.py --work-dir /tmp/rerun --report --compare /tmp/quality_smollm2
 
 Training uses bf16 autocast over float32 weights (llm2vec trains in bf16); evaluation runs in float32.
 Needs the shared data folder (``../shared/data`` or ``$ST_LLM2VEC_DATA``).
@@ -54,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", default="quality_smollm2_run", help="models, checkpoints and results (resumable)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--report", action="store_true", help="only print the table of the finished stages")
+    p.add_argument("--compare", default=None, metavar="WORK_DIR",
+                   help="with --report: how far this run's scores are from another run's (a rerun's reproducibility)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--mntp-steps", type=int, default=200)
     p.add_argument("--mntp-batch-size", type=int, default=8)
@@ -150,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir).expanduser().resolve()
     if args.report:
         print(report(work))
+        if args.compare:
+            print()
+            print(compare(work, Path(args.compare).expanduser().resolve()))
         return 0
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
@@ -357,6 +363,27 @@ def report(work: Path) -> str:
         + (f"; wall time of the {len(invocations)} invocation(s), all included: {sum(i['seconds'] for i in invocations) / 60:.0f} min"
            if invocations else ""),
     ]
+    return "\n".join(lines)
+
+
+def compare(work: Path, other: Path) -> str:
+    """Per finished stage, the largest score difference between two runs (×100 points) and the two means."""
+    lines = [f"Scores of {work} vs {other} (finished in both):", "",
+             "| stage | scoring | largest \\|Δ\\| | STS mean, this run | STS mean, other run |", "|---|---|---:|---:|---:|"]
+    worst = 0.0
+    for stage in STAGES:
+        for suffix, scoring in (("", "raw texts"), ("_instructed", "instruction")):
+            mine, theirs = (load_json(d / "results" / f"{stage}{suffix}.json") for d in (work, other))
+            if not mine or not theirs:
+                continue
+            shared = [k for k in mine["scores"] if k in theirs["scores"]]
+            delta = max(abs(mine["scores"][k] - theirs["scores"][k]) for k in shared)
+            worst = max(worst, delta)
+            lines.append(f"| {LABELS[stage]} | {scoring} | {delta:.2f} | {mine['scores'].get('sts_mean', float('nan')):.1f} "
+                         f"| {theirs['scores'].get('sts_mean', float('nan')):.1f} |")
+    if len(lines) == 4:
+        return f"No stage finished in both {work} and {other}."
+    lines += ["", f"largest difference over every score: {worst:.2f} points"]
     return "\n".join(lines)
 
 
