@@ -65,6 +65,11 @@ def reset_peak() -> bool:
         return False
 
 
+# SmolLM2-135M's shape (the layer count and vocabulary are arguments) and llm2vec's LoRA rank: the
+# model, the LoRA and the FLOP count below all read these.
+HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, LORA_R = 576, 1536, 9, 3, 16
+
+
 def build_model(path: str, layers: int, vocab: int) -> None:
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -81,11 +86,11 @@ def build_model(path: str, layers: int, vocab: int) -> None:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=vocab,
-        hidden_size=576,
-        intermediate_size=1536,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
         num_hidden_layers=layers,
-        num_attention_heads=9,
-        num_key_value_heads=3,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
         max_position_embeddings=2048,
         rms_norm_eps=1e-5,
         rope_theta=100000.0,
@@ -104,7 +109,7 @@ def step_flops(layers: int, batch: int, seq: int, labelled: int, vocab: int = 49
     attention scores and values 4x (their backward needs two matmuls). The frozen LM head runs forward
     and input-gradient only (2x): at every position for llm2vec, at the labelled ones for ours.
     """
-    d, inter, kv, r = 576, 1536, 192, 16
+    d, inter, kv, r = HIDDEN, INTERMEDIATE, HIDDEN // HEADS * KV_HEADS, LORA_R
     tokens = batch * seq
     per_layer = 2 * d * d + 2 * d * kv + 3 * d * inter  # q, o; k, v; gate, up, down
     lora = r * (2 * (d + d) + 2 * (d + kv) + 2 * (d + inter) + (inter + d))
@@ -125,7 +130,7 @@ def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = st_llm2vec.from_llm(args.model_dir, attn_implementation="sdpa")
-    add_lora(model, lora_config(r=16))
+    add_lora(model, lora_config(r=LORA_R))
     model[0].model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     loss_fn = MNTPLoss(model, mlm_probability=args.mlm_probability)

@@ -204,16 +204,6 @@ class StartModel:
     merged_in_memory: bool
 
 
-def _dtype(value: str | None):
-    if value in (None, "auto"):
-        return value
-    if isinstance(value, torch.dtype):
-        return value
-    if not hasattr(torch, str(value)) or not isinstance(getattr(torch, str(value)), torch.dtype):
-        raise ValueError(f"torch_dtype {value!r} is not a torch dtype (use bfloat16, float16, float32 or auto).")
-    return getattr(torch, value)
-
-
 def _merge_injected_adapters(hf_model) -> bool:
     """Fold LoRA layers that transformers' PEFT integration injected at load time (an ST dir saved as base +
     adapter) into the weights. Returns True if there were any."""
@@ -255,10 +245,11 @@ def load_start_model(
     from .build import from_llm
     from .instructions import normalize_pooling_mode
     from .lora import merge_lora
+    from .trainer import training_dtype
 
     model_kwargs: dict[str, Any] = {}
     if torch_dtype is not None:
-        model_kwargs["dtype"] = _dtype(torch_dtype)
+        model_kwargs["dtype"] = training_dtype(torch_dtype)
     if attn_implementation is not None:
         model_kwargs["attn_implementation"] = attn_implementation
     merged = False

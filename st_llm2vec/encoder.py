@@ -32,12 +32,6 @@ PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 _DOCUMENT_MASK_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 
 
-def _batch_tokens(features: dict[str, Any]) -> int:
-    """Tokens one backbone call processes for this batch: rows x width (padded) or the packed length."""
-    input_ids = features["input_ids"]
-    return int(input_ids.shape[0] * input_ids.shape[1])
-
-
 def _check_loadable(model_name_or_path: str) -> None:
     """A local directory must hold a transformers config (or a PEFT adapter naming its base)."""
     if os.path.isdir(model_name_or_path):
@@ -407,7 +401,7 @@ class LLM2VecTransformer(Transformer):
         """
         embed_mask = features.pop(EMBED_MASK, None)
         budget = self.max_batch_tokens
-        if budget is not None and _batch_tokens(features) > budget:
+        if budget is not None and features["input_ids"].numel() > budget:  # rows x width, or the packed length
             features = self._forward_in_pieces(features, budget, **kwargs)
         else:
             features = self._forward_batch(features, **kwargs)

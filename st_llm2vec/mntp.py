@@ -47,8 +47,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .trainer import unwrap_model
-
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -488,7 +486,9 @@ class MNTPLoss(nn.Module):
 
     def _head_params(self, model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.lm_head is None:  # tied: the model's (possibly resized) input embeddings
-            weight = _base_backbone(unwrap_model(model)[0].model).get_input_embeddings().weight
+            from accelerate.utils import extract_model_from_parallel
+
+            weight = _base_backbone(extract_model_from_parallel(model)[0].model).get_input_embeddings().weight
             return (weight.detach() if self.freeze_lm_head else weight), None
         if self.lm_head.weight.device != device:
             self.lm_head.to(device)
@@ -786,16 +786,6 @@ class MNTPResult:
     text_stats: Any
 
 
-def _dtype(name: str | None):
-    if name in (None, "auto"):
-        return name
-    if isinstance(name, torch.dtype):
-        return name
-    if not hasattr(torch, str(name)) or not isinstance(getattr(torch, str(name)), torch.dtype):
-        raise ValueError(f"torch_dtype must be auto, float32, bfloat16 or float16, got {name!r}")
-    return getattr(torch, name)
-
-
 def mntp_trainer_class():
     """The trainer ``train_mntp`` uses: resumes a LoRA backbone from its adapter checkpoint (see :mod:`.trainer`)."""
     from .trainer import base_trainer_class
@@ -827,6 +817,7 @@ def train_mntp(config: MNTPConfig | Mapping[str, Any] | str) -> MNTPResult:
 
     from .build import from_llm
     from .lora import add_lora, lora_config, merge_lora
+    from .trainer import training_dtype
     from .text_data import TextStats, check_not_empty, load_texts, split_validation, tokenize_corpus
 
     if isinstance(config, str):
@@ -866,7 +857,7 @@ def train_mntp(config: MNTPConfig | Mapping[str, Any] | str) -> MNTPResult:
     set_seed(args.seed)  # before LoRA init, as llm2vec does: the same config gives the same run
     model_kwargs: dict[str, Any] = {}
     if config.torch_dtype is not None:
-        model_kwargs["dtype"] = _dtype(config.torch_dtype)
+        model_kwargs["dtype"] = training_dtype(config.torch_dtype)
     if config.attn_implementation:
         model_kwargs["attn_implementation"] = config.attn_implementation
     model = from_llm(config.model_name_or_path, pooling_mode=config.pooling_mode, **model_kwargs)

@@ -320,6 +320,31 @@ def evaluate(
 # --------------------------------------------------------------------------- stage configs
 
 
+def _run_settings(
+    model: str | Path, output_dir: str | Path, steps: int, seed: int, batch_size: int, max_seq_length: int,
+    learning_rate: float, lora_r: int, progress: bool,
+) -> dict[str, Any]:
+    """The settings every quick-start training stage shares: a short seeded CPU LoRA run, linear warm-up."""
+    return {
+        "model_name_or_path": str(model),
+        "output_dir": str(output_dir),
+        "max_steps": steps,
+        "seed": seed,
+        "data_seed": seed,
+        "per_device_train_batch_size": batch_size,
+        "max_seq_length": max_seq_length,
+        "learning_rate": learning_rate,
+        "warmup_steps": max(1, steps // 10),
+        "lr_scheduler_type": "linear",
+        "logging_steps": max(1, steps // 5),
+        "lora_r": lora_r,
+        "use_cpu": True,
+        "report_to": "none",
+        "disable_tqdm": not progress,
+        "dataloader_num_workers": 0,
+    }
+
+
 def mntp_config(
     model: str | Path,
     train_file: str | Path,
@@ -340,34 +365,19 @@ def mntp_config(
     ``save_steps`` set: checkpoints every that many steps and resume from them (``overwrite_output_dir``
     False); unset: no checkpoints, any old output is overwritten.
     """
-    config = {
-        "model_name_or_path": str(model),
+    config = _run_settings(model, output_dir, steps, seed, batch_size, max_seq_length, learning_rate, lora_r, progress)
+    config.update({
         "train_file": str(train_file),
         "validation_split_percentage": 0,
-        "max_seq_length": max_seq_length,
         "mask_token_type": "blank",
         "data_collator_type": "default",
         "mlm_probability": 0.2,
-        "per_device_train_batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "warmup_steps": max(1, steps // 10),
-        "lr_scheduler_type": "linear",
-        "max_steps": steps,
         "stop_after_n_steps": steps,
-        "logging_steps": max(1, steps // 5),
-        "lora_r": lora_r,
         "do_train": True,
         "do_eval": False,
         "torch_dtype": "float32",
         "attn_implementation": "sdpa",
-        "use_cpu": True,
-        "seed": seed,
-        "data_seed": seed,
-        "output_dir": str(output_dir),
-        "report_to": "none",
-        "disable_tqdm": not progress,
-        "dataloader_num_workers": 0,
-    }
+    })
     config.update(_save_settings(save_steps))
     config.update(extra)
     return config
@@ -391,26 +401,8 @@ def contrastive_config(
 ) -> dict[str, Any]:
     """A config for :func:`st_llm2vec.contrastive.train_simcse` (``stage="simcse"``: sentences from a text
     file) or ``train_supervised`` (``"supervised"``: SICK triplets + MSR pairs from the shared data)."""
-    config: dict[str, Any] = {
-        "model_name_or_path": str(model),
-        "learning_rate": learning_rate,
-        "warmup_steps": max(1, steps // 10),
-        "lr_scheduler_type": "linear",
-        "loss_scale": 20.0,
-        "per_device_train_batch_size": batch_size,
-        "max_seq_length": max_seq_length,
-        "max_steps": steps,
-        "logging_steps": max(1, steps // 5),
-        "lora_r": lora_r,
-        "use_cpu": True,
-        "seed": seed,
-        "data_seed": seed,
-        "output_dir": str(output_dir),
-        "evaluator": "none",
-        "report_to": "none",
-        "disable_tqdm": not progress,
-        "dataloader_num_workers": 0,
-    }
+    config = _run_settings(model, output_dir, steps, seed, batch_size, max_seq_length, learning_rate, lora_r, progress)
+    config.update({"loss_scale": 20.0, "evaluator": "none"})
     if stage == "simcse":
         config.update({"dataset_name": "Wiki1M", "dataset_file_path": str(dataset_file_path), "simcse_dropout": 0.3})
     elif stage == "supervised":

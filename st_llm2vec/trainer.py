@@ -8,7 +8,8 @@ Two things the stock trainer (ST 6.2 + transformers 5.2x) gets wrong for us, and
 - ``_save`` under DDP: transformers 5 calls ``_save`` on every process and lets it decide whether to
   write; ST's override does not check, so every rank would write the same files at once.
 
-Built lazily (:func:`base_trainer_class`): importing the trainer stack costs seconds.
+Built lazily (:func:`base_trainer_class`): importing the trainer stack costs seconds. Also here: the
+``torch_dtype`` parsing both stages' configs share (:func:`training_dtype`).
 """
 
 from __future__ import annotations
@@ -20,20 +21,21 @@ import os
 logger = logging.getLogger(__name__)
 
 
-def unwrap_model(model):
-    """The SentenceTransformer under DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and hasattr(model.module, "forward"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+def training_dtype(value):
+    """A training config's ``torch_dtype`` ("bfloat16", "auto", a ``torch.dtype`` or None) for the HF loader."""
+    import torch
+
+    if value in (None, "auto") or isinstance(value, torch.dtype):
+        return value
+    if not isinstance(getattr(torch, str(value), None), torch.dtype):
+        raise ValueError(f"torch_dtype {value!r} is not a torch dtype (use bfloat16, float16, float32 or auto).")
+    return getattr(torch, value)
 
 
 @functools.lru_cache(maxsize=None)
 def base_trainer_class():
     """``LLM2VecTrainer``: ``SentenceTransformerTrainer`` with adapter-aware resume and main-process-only saves."""
+    from accelerate.utils import extract_model_from_parallel
     from peft import PeftModel, set_peft_model_state_dict
     from peft.utils import load_peft_weights
     from sentence_transformers import SentenceTransformerTrainer
@@ -45,7 +47,7 @@ def base_trainer_class():
             super()._save(output_dir, state_dict)
 
         def _load_from_checkpoint(self, checkpoint_path: str, model=None) -> None:
-            st_model = unwrap_model(self.model)
+            st_model = extract_model_from_parallel(self.model)
             backbone = st_model[0].model
             has_adapter = any(
                 os.path.isfile(os.path.join(checkpoint_path, name))

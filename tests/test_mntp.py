@@ -461,6 +461,20 @@ def recipe(model: Path, output_dir: Path, **overrides) -> dict:
     return config
 
 
+def test_bad_torch_dtype_is_refused_in_both_training_stages(tiny_llama, tmp_path):
+    from st_llm2vec.contrastive import train_simcse
+
+    with pytest.raises(ValueError, match="is not a torch dtype .use bfloat16, float16, float32 or auto"):
+        train_mntp(recipe(tiny_llama, tmp_path / "mntp", torch_dtype="bf16"))
+    corpus = tmp_path / "wiki.txt"
+    corpus.write_text("\n".join(corpus_lines()[:8]))
+    simcse = dict(model_name_or_path=str(tiny_llama), output_dir=str(tmp_path / "simcse"), use_cpu=True,
+                  dataset_name="Wiki1M", dataset_file_path=str(corpus), evaluator="none", torch_dtype="float33")
+    with pytest.raises(ValueError, match="'float33' is not a torch dtype"):
+        train_simcse(simcse)
+    assert not (tmp_path / "simcse").exists()
+
+
 def test_twenty_steps_lower_the_loss(tiny_llama, tmp_path):
     def fixed_mask_loss(model) -> float:
         loss = MNTPLoss(model, lm_head=str(tiny_llama))
