@@ -20,6 +20,10 @@ class BidirectionalityError(ValueError):
     """The model could not be made bidirectional (or is not a decoder-only LLM)."""
 
 
+class NonFiniteWeightsError(ValueError):
+    """The model computes NaN / inf: corrupt weights, or a dtype too narrow for them."""
+
+
 def check_decoder_only(config) -> None:
     """Refuse encoders (BERT, …) and encoder-decoders: the recipe is for decoder-only LLMs."""
     model_type = getattr(config, "model_type", None)
@@ -86,10 +90,44 @@ def probe_bidirectional(model: PreTrainedModel, length: int = 8, pad: int = 3) -
             left = model(input_ids=padded, attention_mask=padded_mask).last_hidden_state
     finally:
         model.train(was_training)
+    if not all(torch.isfinite(h).all() for h in (full, moved, left)):
+        raise _non_finite_error(model)
     return {
         "early_token_shift": _relative_change(full[0, 0], moved[0, 0]),
         "padding_mismatch": _relative_change(full[0], left[0, pad:]),
     }
+
+
+def _non_finite_error(model: PreTrainedModel) -> NonFiniteWeightsError:
+    """Name the parameters holding NaN / inf (or, if none does, the dtype overflow)."""
+    arch = type(model).__name__
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        return NonFiniteWeightsError(
+            f"{arch}: the weights are not finite (NaN / inf in {shown}); the checkpoint is corrupt or was "
+            "saved after a diverged training run. Re-download it or use an earlier checkpoint."
+        )
+    dtype = next(model.parameters()).dtype
+    return NonFiniteWeightsError(
+        f"{arch}: the weights are finite but the forward pass gives NaN / inf in {dtype}: the activations "
+        "overflow this dtype. Load with dtype=torch.bfloat16 or torch.float32."
+    )
+
+
+def check_finite(model: PreTrainedModel, length: int = 8) -> None:
+    """One tiny forward pass; a :class:`NonFiniteWeightsError` if it gives NaN / inf (causal models skip the probe)."""
+    device = next(model.parameters()).device
+    ids = _probe_ids(model, length).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    finally:
+        model.train(was_training)
+    if not torch.isfinite(hidden).all():
+        raise _non_finite_error(model)
 
 
 def _tolerances(dtype: torch.dtype) -> tuple[float, float]:
@@ -100,7 +138,8 @@ def _tolerances(dtype: torch.dtype) -> tuple[float, float]:
 
 
 def ensure_bidirectional(model: PreTrainedModel) -> dict[str, float]:
-    """Switch ``model`` to bidirectional attention and prove it, or raise :class:`BidirectionalityError`."""
+    """Switch ``model`` to bidirectional attention and prove it, or raise :class:`BidirectionalityError`
+    (:class:`NonFiniteWeightsError` when the model computes NaN / inf, which no probe can judge)."""
     check_decoder_only(model.config)
     enable_bidirectional(model)
     result = probe_bidirectional(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -10,7 +11,12 @@ from sentence_transformers import SentenceTransformer
 
 from .encoder import LLM2VecTransformer
 from .instructions import llm2vec_chat_template, llm2vec_text_suffix, normalize_pooling_mode
+from .model import LLM2VecModel
 from .pooling import LLM2VecPooling
+from .portable import AUTO as AUTO_FORMAT
+from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, make_portable, why_not_portable
+
+logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 
@@ -40,9 +46,10 @@ def from_llm(
     default_prompt_name: str | None = None,
     bidirectional: bool = True,
     max_batch_tokens: int | None = None,
+    format: str = AUTO_FORMAT,
     device: str | None = None,
     **model_kwargs: Any,
-) -> SentenceTransformer:
+) -> LLM2VecModel:
     """Load a decoder LLM as a bidirectional ``SentenceTransformer`` with llm2vec pooling.
 
     Defaults follow llm2vec 0.2.3 (``max_length`` 512, ``doc_max_length`` 400, ``skip_instruction``).
@@ -52,7 +59,15 @@ def from_llm(
     (a baseline, or llm2vec's causal Qwen2). ``max_batch_tokens`` caps the tokens of one backbone call
     (token-budget batching; see ``LLM2VecTransformer``). Raises ``BidirectionalityError`` for a model that
     cannot be made bidirectional.
+
+    ``format`` decides what the model computes for instructions and how ``save()`` writes it (see
+    ``portable.py``): ``"portable"`` — stock sentence-transformers semantics, saved as stock modules that
+    load anywhere without st_llm2vec (a ``PortableFormatError`` if the model cannot be); ``"exact"`` —
+    llm2vec's exact semantics, saved with our module classes; ``"auto"`` (default) — portable when the
+    model can be (mean / eos_token / bos_token pooling, no instruct wrapper), else exact (logged).
     """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     pooling_mode = normalize_pooling_mode(pooling_mode)
     name = original_name_or_path(model_name_or_path)
     encoder = LLM2VecTransformer(
@@ -74,12 +89,89 @@ def from_llm(
         )
 
     pooling = LLM2VecPooling(encoder.get_embedding_dimension(), pooling_mode, skip_instruction)
-    return SentenceTransformer(
+    model = LLM2VecModel(
         modules=[encoder, pooling], prompts=prompts, default_prompt_name=default_prompt_name, device=device
     )
+    if format != EXACT:
+        reason = why_not_portable(model) if skip_instruction else "skip_instruction=False has no stock equivalent"
+        if reason is None:
+            make_portable(model) if format == PORTABLE else _try_portable(model)
+        elif format == PORTABLE:
+            raise PortableFormatError(f"Cannot use the portable format: {reason}. Use format='exact'.")
+        else:
+            logger.info("Using the exact format (saved models need st_llm2vec to load): %s.", reason)
+    model.portable_required = format == PORTABLE
+    return model
+
+
+def _try_portable(model: LLM2VecModel) -> None:
+    try:
+        make_portable(model)
+    except PortableFormatError as exc:
+        logger.info("Using the exact format (saved models need st_llm2vec to load): %s", exc)
 
 
 def _adds_bos(encoder: LLM2VecTransformer) -> bool:
     tokenizer = encoder.tokenizer
     ids = tokenizer("a")["input_ids"]
     return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+_STOCK_TO_POOLING = {"mean": "mean", "lasttoken": "eos_token", "cls": "bos_token"}
+
+
+def read_portable_dir(path: str) -> dict[str, Any] | None:
+    """What ``from_llm`` needs to rebuild a portable dir written by st_llm2vec, or None if it is not one.
+
+    A portable dir is stock ``Transformer`` [+ ``WordWeights``] + ``Pooling`` (see ``portable.py``).
+    """
+    modules_file = os.path.join(path, "modules.json")
+    if not os.path.isfile(modules_file):
+        return None
+    with open(modules_file, encoding="utf-8") as f:
+        modules = json.load(f)
+    names = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+    stock = all(m.get("type", "").startswith("sentence_transformers.") for m in modules)
+    if not stock or names not in (["Transformer", "Pooling"], ["Transformer", "WordWeights", "Pooling"]):
+        return None
+    with open(os.path.join(path, modules[-1]["path"], "config.json"), encoding="utf-8") as f:
+        mode = _STOCK_TO_POOLING.get(json.load(f).get("pooling_mode"))
+    if mode is None:
+        return None
+    settings: dict[str, Any] = {"pooling_mode": mode}
+    st_config = os.path.join(path, "config_sentence_transformers.json")
+    if os.path.isfile(st_config):
+        with open(st_config, encoding="utf-8") as f:
+            data = json.load(f)
+        settings["prompts"] = data.get("prompts") or None
+        settings["default_prompt_name"] = data.get("default_prompt_name")
+    tokenizer_config = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(tokenizer_config):
+        with open(tokenizer_config, encoding="utf-8") as f:
+            settings["max_seq_length"] = json.load(f).get("model_max_length")
+    return settings
+
+
+def load_model(path: str, format: str = AUTO_FORMAT, **kwargs: Any) -> LLM2VecModel:
+    """A saved model dir of either format, for more training or encoding with st_llm2vec's encoder.
+
+    A portable dir (stock modules) is rebuilt with :func:`from_llm` (same embeddings, plus packing and
+    the probe); an exact dir loads as it was saved. ``format``: "auto" keeps the saved format,
+    "portable" / "exact" switch to it (``PortableFormatError`` if the model cannot be portable).
+    ``kwargs`` (``dtype``, ``attn_implementation``, ``device``, …) reach the loader.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    settings = read_portable_dir(path)
+    if settings is not None:
+        # the saved tokenizer appends any EOS suffix itself, and prompts are stored as stock prompts
+        return from_llm(path, **settings, doc_max_length=None, text_suffix=None, chat_template=None,
+                        format=PORTABLE if format == AUTO_FORMAT else format, **kwargs)
+    device = kwargs.pop("device", None)
+    model = LLM2VecModel(path, device=device, model_kwargs=kwargs or None)
+    if format == PORTABLE:
+        make_portable(model)
+        model.portable_required = True
+    elif format == EXACT and getattr(model[0], "format", EXACT) != EXACT:
+        raise PortableFormatError(f"{path} computes in the portable format; rebuild it with from_llm(..., format='exact').")
+    return model

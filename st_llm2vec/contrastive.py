@@ -30,12 +30,17 @@ import argparse
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from sentence_transformers.base.evaluation import SequentialEvaluator
+
+from .portable import prompt_for
+from .trainer import LLM2VecTrainer, StopAfterNSteps, training_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "max_seq_length": None,  # training token limit; None: the model's own max_seq_length
     "torch_dtype": None,
     "attn_implementation": None,
+    "format": "auto",  # portable (stock ST semantics, saved as stock modules) / exact (llm2vec's) / auto
     # LoRA
     "lora_r": 16,
     "lora_alpha": None,  # None: 2 * lora_r (llm2vec)
@@ -126,18 +132,12 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike, overrides: Mappin
     if isinstance(config, Mapping):
         data = dict(config)
     else:
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file {path} not found.")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        from .config_check import read_config_file
 
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON/YAML object of config keys.")
+        path = Path(config)
+        if not path.is_file() and not path.exists():
+            raise FileNotFoundError(f"Config file {path} not found.")
+        data = read_config_file(path)
         for key in PATH_KEYS:
             if key in data:
                 data[key] = _resolve_path(data[key], path.resolve().parent)
@@ -151,8 +151,77 @@ def _training_arg_names() -> set[str]:
     return {f.name for f in fields(SentenceTransformerTrainingArguments) if f.init}
 
 
-def split_config(config: Mapping[str, Any], stage: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(stage settings with defaults, SentenceTransformerTrainingArguments kwargs); unknown keys raise."""
+def _stage_keys(stage: str) -> dict[str, Any]:
+    """Type and range of every stage key (checked before anything loads)."""
+    from .config_check import Key, pooling_check, resume_value, torch_dtype_check
+
+    keys = {
+        "model_name_or_path": Key("str", nullable=False), "peft_model_name_or_path": Key("str"),
+        "bidirectional": Key("bool", nullable=False), "pooling_mode": Key("str", check=pooling_check),
+        "max_seq_length": Key("int", low=1), "torch_dtype": Key("any", check=torch_dtype_check),
+        "attn_implementation": Key("str"), "format": Key("str", nullable=False, choices=("auto", "portable", "exact")),
+        "lora_r": Key("int", nullable=False, low=1), "lora_alpha": Key("float", low=0, low_open=True),
+        "lora_dropout": Key("float", nullable=False, low=0, high=1, high_open=True),
+        "lora_target_modules": Key("list_str"),
+        "loss_class": Key("str", nullable=False, choices=tuple(LOSS_ALIASES)),
+        "loss_scale": Key("float", nullable=False, low=0, low_open=True),
+        "mini_batch_size": Key("int", nullable=False, low=1),
+        "gather_across_devices": Key("any", check=_gather_value),
+        "simcse_dropout": Key("float", low=0, high=1, high_open=True),
+        "dataset_name": Key("str"), "dataset_file_path": Key("str"), "max_train_samples": Key("int", low=1),
+        "stop_after_n_steps": Key("int", low=0), "save_mode": Key("str", nullable=False, choices=("merged", "adapter")),
+        "overwrite_output_dir": Key("bool", nullable=False), "eval_data_dir": Key("str"),
+        "eval_max_pairs": Key("int", low=1), "evaluator": Key("any", check=_evaluator_value),
+        "eval_instruction": Key("str"), "resume_from_checkpoint": Key("any", check=resume_value),
+    }
+    if stage == "supervised":
+        keys.update({
+            "instructions": Key("dict", check=_instructions_value), "symmetric_datasets": Key("list_str"),
+            "symmetric_instructions": Key("bool", nullable=False), "datasets": Key("list_str"),
+            "shared_sets": Key("list_str", nullable=False), "skip_small_datasets": Key("bool", nullable=False),
+        })
+    return keys
+
+
+def _gather_value(value: Any) -> None:
+    if value is not None and not isinstance(value, bool) and value != "auto":
+        raise ValueError(f"expected true, false or 'auto', got {value!r}")
+
+
+def _evaluator_value(value: Any) -> None:
+    if value not in (None, False) and str(value).lower() not in ("sts", "none", "false", ""):
+        raise ValueError(f"expected 'sts' or 'none', got {value!r}")
+
+
+def _instructions_value(value: Mapping[str, Any]) -> None:
+    for name, text in value.items():
+        if not (isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text))):
+            raise ValueError(f"{name!r}: expected an instruction string or a list of them, got {text!r}")
+
+
+def check_stage_config(
+    settings: Mapping[str, Any], train_args: Mapping[str, Any], stage: str, source: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every key's type and range and output_dir checked (numbers given as strings converted) before anything
+    loads; a :class:`~st_llm2vec.config_check.ConfigError` names ``source`` (the config file) and each bad key."""
+    from .config_check import check_keys, check_output_dir, check_training_args, raise_errors
+
+    settings, errors = check_keys(settings, _stage_keys(stage))
+    resume, more = check_keys({k: v for k, v in train_args.items() if k == "resume_from_checkpoint"},
+                              {"resume_from_checkpoint": _stage_keys(stage)["resume_from_checkpoint"]})
+    errors += more
+    train_args, more = check_training_args({k: v for k, v in train_args.items() if k != "resume_from_checkpoint"})
+    errors += more
+    raise_errors(errors, source)
+    check_output_dir(train_args["output_dir"], source)
+    return settings, {**train_args, **resume}
+
+
+def split_config(
+    config: Mapping[str, Any], stage: str, source: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(stage settings with defaults, SentenceTransformerTrainingArguments kwargs); unknown keys raise, every
+    value is checked (``source``, the config file, names where a bad value comes from)."""
     if stage not in STAGES:
         raise ValueError(f"Unknown stage {stage!r}; choose from {STAGES}.")
     ours = {**COMMON_DEFAULTS, **STAGE_DEFAULTS[stage]}
@@ -189,7 +258,7 @@ def split_config(config: Mapping[str, Any], stage: str) -> tuple[dict[str, Any],
         raise ValueError(f"loss_class {settings['loss_class']!r} is not one of {sorted(LOSS_ALIASES)}.")
     if stage == "supervised" and settings.get("max_train_samples") is not None:
         logger.info("max_train_samples caps the rows of each dataset in the supervised stage")
-    return settings, train_args
+    return check_stage_config(settings, train_args, stage, source)
 
 
 # --------------------------------------------------------------------------- model
@@ -231,6 +300,7 @@ def load_start_model(
     bidirectional: bool = True,
     torch_dtype: str | None = None,
     attn_implementation: str | None = None,
+    format: str = "auto",
 ):
     """The model a contrastive stage starts from, any earlier LoRA merged into its weights.
 
@@ -240,12 +310,10 @@ def load_start_model(
     Returns ``(SentenceTransformer, StartModel)``.
     """
     from peft import PeftModel
-    from sentence_transformers import SentenceTransformer
 
-    from .build import from_llm
+    from .build import from_llm, load_model
     from .instructions import normalize_pooling_mode
     from .lora import merge_lora
-    from .trainer import training_dtype
 
     model_kwargs: dict[str, Any] = {}
     if torch_dtype is not None:
@@ -254,7 +322,7 @@ def load_start_model(
         model_kwargs["attn_implementation"] = attn_implementation
     merged = False
     if os.path.isfile(os.path.join(model_name_or_path, "modules.json")):
-        model = SentenceTransformer(model_name_or_path, model_kwargs=model_kwargs or None, device="cpu")
+        model = load_model(model_name_or_path, format=format, device="cpu", **model_kwargs)  # either save format
         if pooling_mode is not None:
             mode = normalize_pooling_mode(pooling_mode)
             pooling = model[1]
@@ -269,7 +337,8 @@ def load_start_model(
         merged = _merge_injected_adapters(model[0].model)
     else:
         model = from_llm(
-            model_name_or_path, pooling_mode or "mean", bidirectional=bidirectional, device="cpu", **model_kwargs
+            model_name_or_path, pooling_mode or "mean", bidirectional=bidirectional, format=format, device="cpu",
+            **model_kwargs,
         )
     if merged and getattr(model[0], "bidirectional", True):
         from .bidirectional import ensure_bidirectional
@@ -341,36 +410,18 @@ class GlobalBatchSampler(torch.utils.data.BatchSampler):
             self.sampler.set_epoch(epoch)
 
 
-def _trainer_class():
-    """The trainer with llm2vec's global one-dataset batches (built lazily: importing the trainer is slow)."""
-    from .trainer import base_trainer_class
+class ContrastiveTrainer(LLM2VecTrainer):
+    """The trainer with llm2vec's global one-dataset batches."""
 
-    class ContrastiveTrainer(base_trainer_class()):
-        def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
-            # One batch sampler per dataset, over global batches (always complete ones).
-            return super().get_batch_sampler(
-                dataset, batch_size * self.args.world_size, True, valid_label_columns, generator, seed
-            )
+    def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
+        # One batch sampler per dataset, over global batches (always complete ones).
+        return super().get_batch_sampler(
+            dataset, batch_size * self.args.world_size, True, valid_label_columns, generator, seed
+        )
 
-        def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):
-            sampler = super().get_multi_dataset_batch_sampler(dataset, batch_samplers, generator, seed)
-            return GlobalBatchSampler(sampler, self.args.world_size)
-
-    return ContrastiveTrainer
-
-
-def _stop_after_steps(n_steps: int):
-    """llm2vec's ``stop_after_n_steps``: stop (and save) at that step, the LR schedule still spanning the
-    full ``num_train_epochs`` / ``max_steps`` run."""
-    from transformers import TrainerCallback
-
-    class StopAfterSteps(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= n_steps:
-                control.should_training_stop = True
-                control.should_save = True
-
-    return StopAfterSteps()
+    def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):
+        sampler = super().get_multi_dataset_batch_sampler(dataset, batch_samplers, generator, seed)
+        return GlobalBatchSampler(sampler, self.args.world_size)
 
 
 # --------------------------------------------------------------------------- data
@@ -498,6 +549,7 @@ class StageResult:
     world_size: int = 1
     gather_across_devices: bool = False
     global_batch_size: int = 0
+    already_complete: bool = False  # output_dir held this finished run: nothing was trained or saved
     model: Any = field(default=None, repr=False, compare=False)  # the trained SentenceTransformer (not saved in JSON)
 
     def to_dict(self) -> dict[str, Any]:
@@ -509,32 +561,27 @@ def _evaluators(settings: Mapping[str, Any], batch_size: int):
     from . import devsets
 
     evaluators = devsets.sts_evaluators(settings["eval_data_dir"], settings["eval_max_pairs"], batch_size=batch_size)
-    return _instructed_evaluator_class()(evaluators, settings["eval_instruction"])
+    return InstructedSequentialEvaluator(evaluators, settings["eval_instruction"])
 
 
-def _instructed_evaluator_class():
-    from sentence_transformers.base.evaluation import SequentialEvaluator
+class InstructedSequentialEvaluator(SequentialEvaluator):
+    """Runs its evaluators with ``instruction`` as the prompt of every text (llm2vec evaluates STS so);
+    the main score is the mean of theirs."""
 
-    class InstructedSequentialEvaluator(SequentialEvaluator):
-        """Runs its evaluators with ``instruction`` as the prompt of every text (llm2vec evaluates STS so);
-        the main score is the mean of theirs."""
+    def __init__(self, evaluators, instruction: str | None = None) -> None:
+        super().__init__(evaluators, main_score_function=_mean)
+        self.instruction = instruction or None
 
-        def __init__(self, evaluators, instruction: str | None = None) -> None:
-            super().__init__(evaluators, main_score_function=_mean)
-            self.instruction = instruction or None
-
-        def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1):
-            if self.instruction is None:
-                return super().__call__(model, output_path, epoch, steps)
-            saved = (dict(model.prompts or {}), model.default_prompt_name)
-            model.prompts = {**saved[0], "st_llm2vec_eval": self.instruction}
-            model.default_prompt_name = "st_llm2vec_eval"
-            try:
-                return super().__call__(model, output_path, epoch, steps)
-            finally:
-                model.prompts, model.default_prompt_name = saved
-
-    return InstructedSequentialEvaluator
+    def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1):
+        if self.instruction is None:
+            return super().__call__(model, output_path, epoch, steps)
+        saved = (dict(model.prompts or {}), model.default_prompt_name)
+        model.prompts = {**saved[0], "st_llm2vec_eval": prompt_for(model, self.instruction)}
+        model.default_prompt_name = "st_llm2vec_eval"
+        try:
+            return super().__call__(model, output_path, epoch, steps)
+        finally:
+            model.prompts, model.default_prompt_name = saved
 
 
 def _mean(scores: Sequence[float]) -> float:
@@ -568,10 +615,17 @@ class Stage:
     trainer: Any  # ContrastiveTrainer
     resume_from_checkpoint: str | bool | None = None
     restore: dict[str, Any] = field(default_factory=dict)  # inference settings changed for training
+    run: Any = field(default=None, repr=False)  # st_llm2vec.runs.TrainingRun: holds output_dir's lock until run_stage ends
 
-    @property
-    def args(self):
-        return self.trainer.args
+
+def stage_fingerprint(stage: str, settings: Mapping[str, Any], train_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The run fingerprint of a stage config: its training-relevant keys, start model and data files' identity."""
+    from .runs import run_fingerprint
+
+    return run_fingerprint(
+        {"stage": stage, **settings, **_jsonable(train_kwargs)},
+        path_keys=("model_name_or_path", "peft_model_name_or_path", "dataset_file_path"),
+    )
 
 
 def prepare_stage(
@@ -580,7 +634,35 @@ def prepare_stage(
     overrides: Mapping[str, Any] | None = None,
     callbacks: Sequence[Any] = (),
 ) -> Stage:
-    """Read the config, load data and start model, add the LoRA, build loss, collator and trainer."""
+    """Read and check the config, lock output_dir, load data and start model, add the LoRA, build loss,
+    collator and trainer. Raises :class:`~st_llm2vec.runs.RunAlreadyComplete` if output_dir holds this
+    finished run (``train_simcse`` / ``train_supervised`` return its saved result instead)."""
+    from .runs import TrainingRun
+
+    source = None if isinstance(config, Mapping) else os.fspath(config)
+    settings, train_kwargs = split_config(load_config(config, overrides), stage, source)
+    run = TrainingRun(
+        train_kwargs["output_dir"],
+        stage_fingerprint(stage, settings, train_kwargs),
+        overwrite=settings["overwrite_output_dir"],
+        resume=train_kwargs.get("resume_from_checkpoint"),
+        max_steps=train_kwargs.get("max_steps"),
+        stop_after_n_steps=settings["stop_after_n_steps"],
+        what=f"{stage} training",
+    )
+    run.acquire()
+    try:
+        run.check_finished()
+        return _prepare_stage(stage, settings, train_kwargs, callbacks, run)
+    except BaseException:
+        run.release()
+        raise
+
+
+def _prepare_stage(
+    stage: str, settings: dict[str, Any], train_kwargs: dict[str, Any], callbacks: Sequence[Any], run: Any
+) -> Stage:
+    """:func:`prepare_stage` once the config is checked and ``run`` holds output_dir's lock."""
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
     from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
@@ -588,8 +670,7 @@ def prepare_stage(
 
     from .lora import add_lora, lora_config
 
-    settings, train_kwargs = split_config(load_config(config, overrides), stage)
-    resume = train_kwargs.pop("resume_from_checkpoint", None)
+    train_kwargs.pop("resume_from_checkpoint", None)
     train_kwargs.setdefault("batch_sampler", BatchSamplers.NO_DUPLICATES)
     train_kwargs.setdefault("multi_dataset_batch_sampler", MultiDatasetBatchSamplers.PROPORTIONAL)
     train_kwargs.setdefault("report_to", "none")
@@ -609,16 +690,14 @@ def prepare_stage(
     args = SentenceTransformerTrainingArguments(**train_kwargs)
     world_size = args.world_size
     set_seed(args.seed)
-    if resume in (None, False, "") and not settings["overwrite_output_dir"] and os.path.isdir(args.output_dir):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(args.output_dir)
-        if resume:
-            logger.warning("Resuming from %s (set overwrite_output_dir: true to start over).", resume)
+    # An explicit checkpoint, the latest (true), or (unless overwrite_output_dir) the latest automatically:
+    # only complete checkpoints of this run (see st_llm2vec.runs).
+    resume = run.resolve_resume()
 
     data = _simcse_data(settings) if stage == "simcse" else _supervised_data(settings)
     global_batch = args.per_device_train_batch_size * world_size
     data = data.check_batch_size(global_batch, bool(settings.get("skip_small_datasets", False)))
+    data.check_in_batch_negatives(global_batch, simcse=stage == "simcse")
     if args.process_index == 0:
         logger.info("%s training data (%d rows, global batch %d):\n%s", stage, len(data), global_batch, data.summary())
 
@@ -629,6 +708,7 @@ def prepare_stage(
         bidirectional=settings["bidirectional"],
         torch_dtype=settings["torch_dtype"],
         attn_implementation=settings["attn_implementation"],
+        format=settings["format"],
     )
     if settings["save_mode"] == "adapter" and start.merged_in_memory:
         raise ValueError(
@@ -656,8 +736,8 @@ def prepare_stage(
     )
     all_callbacks = list(callbacks)
     if settings["stop_after_n_steps"]:
-        all_callbacks.append(_stop_after_steps(int(settings["stop_after_n_steps"])))
-    trainer = _trainer_class()(
+        all_callbacks.append(StopAfterNSteps(int(settings["stop_after_n_steps"]), save=True))
+    trainer = ContrastiveTrainer(
         model=model,
         args=args,
         train_dataset=data.to_dataset_dict(),
@@ -666,11 +746,27 @@ def prepare_stage(
         data_collator=collator,
         callbacks=all_callbacks,
     )
-    return Stage(stage, settings, train_kwargs, data, model, start, trainer, resume, restore)
+    return Stage(stage, settings, train_kwargs, data, model, start, trainer, resume, restore, run=run)
 
 
 def run_stage(stage: Stage) -> StageResult:
-    """Train a prepared stage, put the model back in its inference configuration and save it."""
+    """Train a prepared stage, put the model back in its inference configuration and save it; then record
+    the run as finished and release output_dir."""
+    run = stage.run
+    try:
+        if run is not None:
+            run.start(stage.trainer)
+        result = _run_stage(stage)
+        if run is not None:
+            run.finish(result.global_step, stage.trainer.state.max_steps)
+        return result
+    finally:
+        if run is not None:
+            run.release()
+
+
+def _run_stage(stage: Stage) -> StageResult:
+    """:func:`run_stage`'s training and saving."""
     from accelerate.utils import extract_model_from_parallel
 
     from .lora import merge_lora
@@ -774,7 +870,7 @@ def train_simcse(
 ) -> StageResult:
     """Unsupervised SimCSE from a config (dict or JSON/YAML path): (x, x) pairs, in-batch negatives,
     attention dropout ``simcse_dropout`` as the only difference between the two views."""
-    return run_stage(prepare_stage("simcse", config, overrides, callbacks))
+    return _train_stage("simcse", config, overrides, callbacks)
 
 
 def train_supervised(
@@ -782,7 +878,41 @@ def train_supervised(
 ) -> StageResult:
     """Supervised contrastive training from a config: (query, positive[, hard negative]) per dataset,
     per-dataset instructions, one dataset per global batch."""
-    return run_stage(prepare_stage("supervised", config, overrides, callbacks))
+    return _train_stage("supervised", config, overrides, callbacks)
+
+
+def _train_stage(stage: str, config, overrides, callbacks: Sequence = (), load_model: bool = True) -> StageResult:
+    """Prepare and run a stage; if output_dir holds this finished run, its saved result (nothing is trained)."""
+    from .runs import RunAlreadyComplete
+
+    try:
+        prepared = prepare_stage(stage, config, overrides, callbacks)
+    except RunAlreadyComplete as done:
+        logger.warning("%s", done)
+        return _finished_result(stage, done.record, load_model)
+    return run_stage(prepared)
+
+
+def _finished_result(stage: str, record: Mapping[str, Any], load_model: bool) -> StageResult:
+    """The result a finished run saved (``st_llm2vec_stage.json``), with the saved model if ``load_model``."""
+    from .runs import read_json
+
+    output_dir = record["output_dir"]
+    saved = (read_json(os.path.join(output_dir, STAGE_FILE)) or {}).get("result") or {}
+    names = {f.name for f in fields(StageResult)} - {"model", "already_complete"}
+    values = {k: v for k, v in saved.items() if k in names}
+    values.setdefault("stage", stage)
+    values.setdefault("output_dir", output_dir)
+    values.setdefault("save_mode", "merged")
+    values.setdefault("global_step", record.get("global_step", 0))
+    values.setdefault("loss_before", float("nan"))
+    values.setdefault("loss_after", float("nan"))
+    result = StageResult(**values, already_complete=True)
+    if load_model:
+        from sentence_transformers import SentenceTransformer
+
+        result.model = SentenceTransformer(output_dir, device="cpu")
+    return result
 
 
 # --------------------------------------------------------------------------- CLI
@@ -828,7 +958,7 @@ def _run(stage: str, args: argparse.Namespace) -> int:
     for key in ("model_name_or_path", "dataset_file_path", "output_dir", "stop_after_n_steps", "resume_from_checkpoint"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    result = run_stage(prepare_stage(stage, args.config, overrides))
+    result = _train_stage(stage, args.config, overrides, load_model=False)
     if int(os.environ.get("RANK", "0")) == 0:
         summary = {k: v for k, v in result.to_dict().items() if k not in ("train_losses", "prompts")}
         print(json.dumps(summary, indent=2))
@@ -852,7 +982,7 @@ def run_supervised(args: argparse.Namespace) -> int:
 
 
 def main(stage: str, argv: Sequence[str] | None = None) -> int:
-    """Entry point for the torchrun launchers: ``main("simcse", sys.argv[1:])``."""
-    parser = argparse.ArgumentParser(prog=f"st-llm2vec {stage}")
-    _add_arguments(parser, stage)
-    return _run(stage, parser.parse_args(argv))
+    """Entry point for the torchrun launchers: ``main("simcse", sys.argv[1:])`` (errors reported as by the CLI)."""
+    from .cli import main as cli_main
+
+    return cli_main([stage, *(sys.argv[1:] if argv is None else argv)], report_errors=True)

@@ -12,7 +12,11 @@ trainer integration stay ST's. What changes is what ST cannot be told:
 
 from __future__ import annotations
 
+import inspect
+import json
+import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +24,7 @@ import torch
 from transformers.utils import logging as hf_logging
 from sentence_transformers.base.modules.transformer import TRANSFORMER_TASK_DEFAULTS, Transformer
 
-from .bidirectional import check_decoder_only, ensure_bidirectional
+from .bidirectional import check_decoder_only, check_finite, ensure_bidirectional
 from .instructions import format_text, truncate_words
 
 EMBED_MASK = "embed_mask"
@@ -30,10 +34,28 @@ PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 # Attention implementations for which a packed batch gets a 4D document mask built by transformers'
 # own mask interface (flash attention instead reads cu_seq_lens_* and runs its varlen kernel).
 _DOCUMENT_MASK_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
+# What a Hugging Face Hub id can look like ("name" or "owner/name"); anything else is a local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+logger = logging.getLogger(__name__)
 
 
 def _check_loadable(model_name_or_path: str) -> None:
-    """A local directory must hold a transformers config (or a PEFT adapter naming its base)."""
+    """A local directory must hold a transformers config (or a PEFT adapter naming its base) and
+    readable safetensors; a path that cannot be a Hub id must exist."""
+    path = os.path.expanduser(model_name_or_path)
+    if os.path.isfile(path):
+        raise ValueError(
+            f"{model_name_or_path!r} is a file; pass the directory that holds the checkpoint (config.json, "
+            "weights and tokenizer files), or a Hub id."
+        )
+    if not os.path.isdir(path):
+        if not _HUB_ID.match(str(model_name_or_path)) or str(model_name_or_path).startswith((".", "~")):
+            raise FileNotFoundError(
+                f"{model_name_or_path!r} does not exist (looked relative to {os.getcwd()!r}): pass an existing "
+                "checkpoint directory or a Hugging Face Hub id such as 'owner/name'."
+            )
+        return
     if os.path.isdir(model_name_or_path):
         names = ("config.json", "adapter_config.json")
         if not any(os.path.isfile(os.path.join(model_name_or_path, n)) for n in names):
@@ -42,6 +64,35 @@ def _check_loadable(model_name_or_path: str) -> None:
                 "directory (config.json + safetensors weights + tokenizer), a PEFT adapter directory, "
                 "or a model saved by st_llm2vec."
             )
+        from .checkpoints import check_safetensors
+
+        for name in sorted(os.listdir(path)):
+            if name.endswith(".safetensors"):
+                check_safetensors(os.path.join(path, name))  # header and size: truncated / garbage files
+
+
+def _broken_json_file(directory: str) -> str | None:
+    """After a failed load: the message for the first JSON file of ``directory`` that does not parse."""
+    if not os.path.isdir(directory):
+        return None
+    for name in sorted(os.listdir(directory)):
+        file = os.path.join(directory, name)
+        if name.endswith(".json") and os.path.isfile(file):
+            try:
+                with open(file, encoding="utf-8") as f:
+                    json.load(f)
+            except (ValueError, UnicodeDecodeError) as exc:
+                return f"{file} is not valid JSON ({exc}); restore it from the original checkpoint or re-save the model."
+    return None
+
+
+def _check_positive(name: str, value: Any, none_means: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int or None ({none_means}), got {value!r}")
+
+
+# Keys of sentence_bert_config.json that __init__ does not name but ST's loader maps (old names).
+_LEGACY_CONFIG_KEYS = {"model_args", "tokenizer_args", "config_args", "cache_dir"}
 
 
 class LLM2VecTransformer(Transformer):
@@ -49,7 +100,8 @@ class LLM2VecTransformer(Transformer):
 
     Args:
         model_name_or_path: HF causal-LM checkpoint (id or dir), or a saved st_llm2vec model dir.
-        doc_max_length: llm2vec's word-level truncation of each text to this many tokens (None: off).
+        doc_max_length: llm2vec's word-level truncation of each text to this many tokens (None: off);
+            a text whose first word alone exceeds it (no spaces) is cut by tokens instead of emptied.
         chat_template: Jinja template wrapping ``instruction + text`` (off by default; llm2vec's
             instruct wrappers are such templates, see ``instructions.LLM2VEC_CHAT_TEMPLATES``).
         text_suffix: appended after stripping, as llm2vec does for ``eos_token`` pooling.
@@ -66,10 +118,14 @@ class LLM2VecTransformer(Transformer):
             size (rows x longest row; packed: its length) exceeds it runs as several calls of at most
             this many tokens, rows grouped by length: pass a large ``batch_size`` to ``encode`` and
             short texts go through in big batches, long ones in small batches, with bounded memory.
+        format: how instructions are tokenized and pooled, and so how ``save`` writes the model.
+            ``"exact"``: llm2vec's ``instruction.strip() + " " + text``, only the text's last N tokens
+            pooled (saved with these module classes). ``"portable"``: stock ST's ``prompt + text``, every
+            token but a leading BOS pooled (saved as stock modules, see ``portable.py``).
     """
 
     config_keys: list[str] = Transformer.config_keys + [
-        "doc_max_length", "chat_template", "text_suffix", "bidirectional", "max_batch_tokens",
+        "doc_max_length", "chat_template", "text_suffix", "bidirectional", "max_batch_tokens", "format",
     ]
 
     def __init__(
@@ -81,6 +137,7 @@ class LLM2VecTransformer(Transformer):
         text_suffix: str | None = None,
         bidirectional: bool = True,
         max_batch_tokens: int | None = None,
+        format: str = "exact",
         max_seq_length: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
@@ -96,21 +153,37 @@ class LLM2VecTransformer(Transformer):
         kwargs["module_output_name"] = output_name
         kwargs["transformer_task"] = "feature-extraction"
         kwargs.setdefault("unpad_inputs", None)
-        super().__init__(
-            model_name_or_path,
-            model_kwargs=model_kwargs,
-            processor_kwargs=processor_kwargs,
-            config_kwargs=config_kwargs,
-            max_seq_length=max_seq_length,
-            **kwargs,
-        )
+        _check_positive("max_seq_length", max_seq_length, "the tokenizer's model_max_length")
+        try:
+            super().__init__(
+                model_name_or_path,
+                model_kwargs=model_kwargs,
+                processor_kwargs=processor_kwargs,
+                config_kwargs=config_kwargs,
+                max_seq_length=max_seq_length,
+                **kwargs,
+            )
+        except Exception as exc:  # a broken JSON file surfaces as unrelated errors: name it instead
+            if isinstance(exc, OSError) and not os.path.isdir(os.path.expanduser(model_name_or_path)):
+                raise OSError(
+                    f"{model_name_or_path!r} is not a local directory (looked relative to {os.getcwd()!r}), and "
+                    f"loading it as a Hugging Face Hub id failed: {exc}"
+                ) from exc
+            broken = _broken_json_file(os.path.expanduser(model_name_or_path))
+            if broken is None:
+                raise
+            raise ValueError(broken) from exc
         self.doc_max_length = doc_max_length
         self.chat_template = chat_template
         self.text_suffix = text_suffix
         self.max_batch_tokens = max_batch_tokens
+        if format not in ("exact", "portable"):
+            raise ValueError(f"format must be 'exact' or 'portable', got {format!r}")
+        self.format = format
         tokenizer = self.tokenizer
         if tokenizer is None:
             raise ValueError(f"{model_name_or_path!r} has no tokenizer; st_llm2vec needs a text tokenizer.")
+        self._check_tokenizer(model_name_or_path)
         vocab_rows = self.model.get_input_embeddings().num_embeddings
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id >= vocab_rows:
             # transformers' Qwen2 tokenizer invents an <|endoftext|> pad past the embedding matrix
@@ -120,7 +193,66 @@ class LLM2VecTransformer(Transformer):
             self.probe = ensure_bidirectional(self.model)
         else:
             self.model.config.is_causal = True
+            check_finite(self.model)  # the probe checks this for bidirectional models
 
+    def _check_tokenizer(self, model_name_or_path: str) -> None:
+        """An EOS token (llm2vec pads with it and encodes empty texts as it) and a positive length limit."""
+        files = os.path.join(model_name_or_path, "tokenizer_config.json")
+        if self.tokenizer.eos_token is None:
+            raise ValueError(
+                f"The tokenizer of {model_name_or_path!r} has no EOS token: st_llm2vec pads with EOS (as llm2vec) "
+                f"and encodes empty texts as EOS. Set \"eos_token\" in {files} (the model's end-of-text token)."
+            )
+        limit = self.max_seq_length
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError(
+                f"max_seq_length is {limit!r} (the tokenizer's model_max_length): set \"model_max_length\" in {files} "
+                "to a positive int, or pass max_seq_length=<positive int>."
+            )
+
+    def _check_chat_template(self, template: str) -> None:
+        """A chat template must render, with the message content in it exactly once."""
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": "\ue000"}], chat_template=template, tokenize=False
+            )
+        except Exception as exc:
+            raise ValueError(f"chat_template does not render ({type(exc).__name__}: {exc}); fix it or pass None.") from exc
+        if rendered.count("\ue000") != 1:
+            raise ValueError(
+                "chat_template must contain the message content exactly once (e.g. \"[INST] {{ messages[0]['content'] "
+                f"| trim }} [/INST]\"); this one renders it {rendered.count(chr(0xE000))} times. Fix it or pass None."
+            )
+
+    @property
+    def doc_max_length(self) -> int | None:
+        return self._doc_max_length
+
+    @doc_max_length.setter
+    def doc_max_length(self, value: int | None) -> None:
+        _check_positive("doc_max_length", value, "no truncation")
+        self._doc_max_length = value
+
+    @property
+    def max_seq_length(self) -> int | None:
+        return Transformer.max_seq_length.fget(self)
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int | None) -> None:
+        _check_positive("max_seq_length", value, "the tokenizer's model_max_length")
+        Transformer.max_seq_length.fset(self, value)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._chat_template
+
+    @chat_template.setter
+    def chat_template(self, value: str | None) -> None:
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"chat_template must be a Jinja template string or None, got {value!r}")
+        if value is not None and getattr(self, "processor", None) is not None and self.tokenizer is not None:
+            self._check_chat_template(value)
+        self._chat_template = value
 
     @property
     def max_batch_tokens(self) -> int | None:
@@ -131,6 +263,46 @@ class LLM2VecTransformer(Transformer):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"max_batch_tokens must be a positive int or None (no budget), got {value!r}")
         self._max_batch_tokens = value
+
+    @classmethod
+    def load_config(cls, model_name_or_path: str, subfolder: str = "", config_filename: str | None = None, **kwargs: Any):
+        """ST's loader, plus errors naming ``sentence_bert_config.json`` and the key for invalid JSON,
+        unknown keys and bad values, and a warning when it keeps the model causal."""
+        where = os.path.join(model_name_or_path, subfolder, config_filename or cls.config_file_name)
+        if os.path.isdir(os.path.join(model_name_or_path, subfolder)) and not os.path.isfile(where):
+            raise FileNotFoundError(
+                f"{where} is missing: it holds this model's encode settings (doc_max_length, chat_template, "
+                "text_suffix, bidirectional), which would otherwise silently fall back to defaults. Restore it or re-save the model."
+            )
+        try:
+            config = super().load_config(model_name_or_path, subfolder=subfolder, config_filename=config_filename, **kwargs)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{where} is not valid JSON ({exc}); fix it or re-save the model.") from exc
+        allowed = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(Transformer.__init__).parameters)
+        allowed = (allowed | _LEGACY_CONFIG_KEYS) - {"self", "model_name_or_path", "args", "kwargs"}
+        unknown = sorted(set(config) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown key(s) {unknown} (a typo, or a file written by a newer st_llm2vec?). "
+                f"Valid keys: {sorted(cls.config_keys)}. Remove or rename them."
+            )
+        try:
+            _check_positive("doc_max_length", config.get("doc_max_length"), "no truncation")
+            _check_positive("max_batch_tokens", config.get("max_batch_tokens"), "no budget")
+            _check_positive("max_seq_length", config.get("max_seq_length"), "the tokenizer's model_max_length")
+            for key in ("chat_template", "text_suffix"):
+                if config.get(key) is not None and not isinstance(config[key], str):
+                    raise ValueError(f"{key} must be a string or null, got {config[key]!r}")
+            if not isinstance(config.get("bidirectional", True), bool):
+                raise ValueError(f"bidirectional must be true or false, got {config['bidirectional']!r}")
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if config.get("bidirectional") is False:
+            logger.warning(
+                f'{where} has "bidirectional": false, so this model loads causal (every token sees only the tokens '
+                "before it), as from_llm(..., bidirectional=False) saves it. If that is not intended, set it to true."
+            )
+        return config
 
     def _load_config(self, model_name_or_path: str, backend: str, config_kwargs: dict[str, Any]):
         """Refuse non-decoders before any weights load, and build the model bidirectional from the start."""
@@ -196,6 +368,8 @@ class LLM2VecTransformer(Transformer):
         """
         tokenizer = self.tokenizer
         texts = list(inputs)
+        if self.format == "portable":
+            return self._tokenize_stock(texts, prompt, max_length)
         if self.doc_max_length is not None:
             texts = [truncate_words(text, self._count_tokens, self.doc_max_length) for text in texts]
         plain = not prompt and not self.chat_template and self.text_suffix is None
@@ -230,6 +404,18 @@ class LLM2VecTransformer(Transformer):
             lengths = [len(row) for row in parts["input_ids"]]
         return ids, lengths
 
+    def _tokenize_stock(self, texts: list[str], prompt: str | None, max_length: int | None):
+        """Stock ST's tokenization (the portable format): ``prompt + text`` as given, every token but a
+        leading BOS pooled (what ``WordWeights`` with BOS weight 0 + ``Pooling("mean")`` computes)."""
+        tokenizer = self.tokenizer
+        full = [prompt + text for text in texts] if prompt else texts
+        ids = tokenizer(full, truncation=True, max_length=max_length)["input_ids"]
+        for i, row in enumerate(ids):
+            if not row:  # only possible without BOS: encoded as the EOS token alone, as in the exact format
+                ids[i] = tokenizer([tokenizer.eos_token], truncation=True, max_length=max_length)["input_ids"][0]
+        bos = tokenizer.bos_token_id
+        return ids, [len(row) - (1 if bos is not None and row[0] == bos else 0) for row in ids]
+
     def preprocess(
         self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any
     ) -> dict[str, torch.Tensor | Any]:
@@ -248,7 +434,9 @@ class LLM2VecTransformer(Transformer):
                     f"Input {index} is {type(text).__name__}, not str: st_llm2vec encodes text. "
                     "Pass instructions with encode(..., prompt=instruction) or prompt_name=..."
                 )
-        max_length = kwargs.get("max_length") or self.max_seq_length
+        max_length = self._max_length(kwargs)
+        if prompt:
+            self._check_prompt(prompt, max_length)
         ids, text_lengths = self._tokenize(inputs, prompt, max_length)
         lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
         n = torch.minimum(torch.tensor(text_lengths, dtype=torch.long), lengths)
@@ -264,6 +452,73 @@ class LLM2VecTransformer(Transformer):
         # llm2vec pools the last N positions, N = length of the text part tokenized alone.
         embed_mask = (columns >= (width - n).unsqueeze(1)).long()
         return {"input_ids": input_ids, "attention_mask": attention_mask, EMBED_MASK: embed_mask, "modality": "text"}
+
+    def _max_length(self, kwargs: dict[str, Any]) -> int | None:
+        """This call's token limit, by ST's precedence: ``processing_kwargs`` (per call over the module's)
+        ``text`` / ``common`` ``max_length``, then ``max_length=`` (ST's trainer), then ``max_seq_length``.
+        Other processing overrides are refused: llm2vec's tokenization (left padding with EOS,
+        truncation) is fixed, and silently ignoring them would give a different result than asked."""
+        merged = self._merge_processing_kwargs(kwargs.get("processing_kwargs"))
+        unsupported = [
+            f"{group}.{key}" for group, values in merged.items() for key in (values or {})
+            if group not in ("text", "common") or key != "max_length"
+        ]
+        if unsupported:
+            raise ValueError(
+                f"processing_kwargs {unsupported} are not supported by st_llm2vec, which tokenizes as llm2vec "
+                "does (left padding with EOS, truncation to max_length); only 'max_length' can be overridden."
+            )
+        limit = merged.get("text", {}).get("max_length", merged.get("common", {}).get("max_length"))
+        if limit is None:
+            limit = kwargs.get("max_length")
+        if limit is None:
+            return self.max_seq_length
+        _check_positive("max_length", limit, "max_seq_length")
+        return limit
+
+    def _check_prompt(self, prompt: Any, max_length: int | None) -> None:
+        """A prompt must be a string and leave room for text: one that fills ``max_length`` tokens would
+        leave no text token, so every text would get the same embedding."""
+        if not isinstance(prompt, str):  # a ValueError: ST retries a TypeError as prompt + text, garbling it
+            raise ValueError(f"prompt must be a str (an instruction), got {type(prompt).__name__}: {prompt!r}")
+        if max_length is None:
+            return
+        portable = getattr(self, "format", "exact") == "portable"
+        key = (prompt, max_length, self.chat_template, self.text_suffix, portable, id(self.tokenizer))
+        checked = getattr(self, "_checked_prompts", None)
+        if checked is None or len(checked) > 256:
+            checked = self._checked_prompts = set()
+        if key in checked:
+            return
+        if portable:
+            head = prompt  # stock ST: prompt + text
+        else:
+            formatted = format_text("x", prompt, self._render if self.chat_template else None, self.text_suffix)
+            head = formatted.full[: len(formatted.full) - len(formatted.text_part)]
+        length = len(self.tokenizer(head.rstrip())["input_ids"])
+        if length >= max_length:
+            name = "max_seq_length" if max_length == self.max_seq_length else "max_length"
+            wrapper = ", chat template" if self.chat_template and not portable else ""
+            raise ValueError(
+                f"The prompt is {length} tokens long (with special tokens{wrapper}) and {name} is {max_length}: "
+                "no token of the text would be encoded, so every text would get the same embedding. Shorten the "
+                f"prompt, or raise max_seq_length (model.max_seq_length = {length + 64}, within the model's context)."
+            )
+        checked.add(key)
+
+    def _apply(self, fn, *args: Any, **kwargs: Any):
+        """Refuse the meta device before anything moves: weights moved there are gone, and every later
+        call would fail (``encode(device="meta")`` would otherwise leave the model unusable)."""
+        try:
+            target = fn(torch.empty(0))
+        except Exception:  # e.g. a device this machine lacks: the real move reports it
+            target = None
+        if isinstance(target, torch.Tensor) and target.is_meta:
+            raise ValueError(
+                "st_llm2vec models cannot be moved to the 'meta' device: the weights would be dropped and every "
+                "later call would fail. Use device='cpu' or 'cuda'; to free memory, delete the model instead."
+            )
+        return super()._apply(fn, *args, **kwargs)
 
     def _packed_features(self, ids: list[list[int]], lengths: torch.Tensor, n: torch.Tensor) -> dict[str, Any]:
         """All texts in one row: positions restart at 0 per text, ``embed_mask`` marks each text's last N."""

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,7 +32,10 @@ from sentence_transformers import SentenceTransformer
 from .bidirectional import BidirectionalityError
 from .build import from_llm, original_name_or_path
 from .checkpoints import CheckpointError, CheckpointStack, check_safetensors, merge_adapters, resolve_stack
+from .cards import usage_section
 from .instructions import POOLING_MODES
+from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, switch_if_faithful
+from .runs import normalize_permissions
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ def convert(
     prompts: Mapping[str, str] | None = None,
     causal: bool = False,
     private: bool | None = None,
+    format: str = "auto",
 ) -> Path:
     """Convert SOURCE (+ LoRA ``adapters``, merged in order) into a standalone ST model dir at OUTPUT.
 
@@ -71,7 +76,15 @@ def convert(
     ``{}`` for none. ``keep_adapters`` also copies the source adapters into ``OUTPUT/adapters/``
     (the model itself is always merged, so it loads without them). ``causal=True`` keeps attention
     causal (llm2vec's Qwen2 behaviour). ``push_to_hub`` uploads the result to that repo. Returns OUTPUT.
+
+    ``format``: ``"portable"`` writes stock sentence-transformers modules (loads anywhere without
+    st_llm2vec; documents must match llm2vec's embeddings within 1e-4, queries pool the instruction the
+    stock way — the difference is measured and written into the model card) or refuses;
+    ``"exact"`` keeps llm2vec's exact semantics with our module classes; ``"auto"`` (default): portable
+    when possible, else exact, saying why. What was written is in ``convert.last_report``.
     """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     output = Path(output).expanduser().absolute()
     _check_output(output, overwrite)
     if push_to_hub:
@@ -96,17 +109,26 @@ def convert(
         doc_max_length=settings.doc_max_length,
         prompts=prompts,
         bidirectional=not causal,
+        format=EXACT,
         **model_kwargs,
     )
     merge_adapters(model, stack.adapters)
+    comparison, reason = (None, "--format exact") if format == EXACT else switch_if_faithful(model)
+    if reason and format == PORTABLE:
+        raise PortableFormatError(f"Cannot convert to the portable format: {reason}. Use --format exact (or auto).")
+    model.portable_required = format == PORTABLE
     _fill_card_data(model, stack, push_to_hub)
     with _atomic_dir(output, overwrite) as tmp:
         model.save(str(tmp), create_model_card=False)
+        saved = dict(model.save_report or {}, comparison=comparison)
+        saved["reason"] = saved.get("reason") or reason
         if keep_adapters:
             _copy_adapters(stack, tmp / "adapters")
-        (tmp / "README.md").write_text(_model_card(model, stack, str(source), dtype, causal, keep_adapters, tmp), encoding="utf-8")
-        _normalize_permissions(tmp)
-    logger.info("Saved %s", output)
+        card = _model_card(model, stack, str(source), dtype, causal, keep_adapters, tmp, saved)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        normalize_permissions(tmp)
+    convert.last_report = saved
+    logger.info("Saved %s (%s format)", output, saved["format"])
     if push_to_hub:
         _push_dir(output, push_to_hub, private=private, model=model)
     return output
@@ -140,9 +162,14 @@ def _torch_dtype(dtype: Any) -> Any:
 
 @contextlib.contextmanager
 def _atomic_dir(output: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temp dir next to ``output``; on success it becomes ``output``, on any failure it vanishes."""
+    """Yield a temp dir next to ``output``; on success it becomes ``output``, on any failure it vanishes.
+
+    The temp dir's name carries this host and pid (``.OUTPUT.st-HOST-PID.XXXX.partial``), so the leftovers
+    of a convert that was killed (SIGKILL: no cleanup ran) are removed by the next one.
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    _clean_stale_temp_dirs(output)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.{_temp_tag()}.", suffix=".partial", dir=output.parent))
     try:
         yield tmp
         _publish(tmp, output, overwrite)
@@ -158,7 +185,7 @@ def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FileExistsError(f"{output} appeared while converting; pass --overwrite to replace it.")
-    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.{_temp_tag()}.", suffix=".old", dir=output.parent))
     os.rmdir(old)
     os.rename(output, old)
     try:
@@ -169,13 +196,35 @@ def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _normalize_permissions(root: Path) -> None:
-    """mkdtemp and some savers create owner-only files; give the tree the usual umask-based modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(root, 0o777 & ~umask)
-    for path in root.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
+
+
+def _temp_tag() -> str:
+    return f"st-{_host_tag()}-{os.getpid()}"
+
+
+def _clean_stale_temp_dirs(output: Path) -> None:
+    """Remove ``.OUTPUT.st-HOST-PID.*.partial`` dirs of dead processes on this host; restore a stale ``.old``
+    (a convert killed between moving the old OUTPUT aside and moving the new one in) if OUTPUT is missing,
+    else remove it. Dirs of live processes, of other hosts, and without a pid tag are left alone."""
+    from .runs import pid_alive
+
+    pattern = re.compile(rf"^\.{re.escape(output.name)}\.st-{re.escape(_host_tag())}-(\d+)\.[^/]+\.(partial|old)$")
+    try:
+        entries = list(output.parent.iterdir())
+    except OSError:
+        return
+    for entry in sorted(entries, key=lambda p: p.name):
+        match = pattern.match(entry.name)
+        if not match or not entry.is_dir() or pid_alive(int(match.group(1))):
+            continue
+        if match.group(2) == "old" and not output.exists():
+            os.rename(entry, output)
+            logger.warning("Restored %s from %s, left by an interrupted convert.", output, entry.name)
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        logger.warning("Removed %s, left by an interrupted convert (pid %s).", entry, match.group(1))
 
 
 def _copy_adapters(stack: CheckpointStack, target: Path) -> None:
@@ -228,13 +277,14 @@ def _model_card(
     causal: bool,
     keep_adapters: bool,
     directory: Path,
+    saved: dict[str, Any],
 ) -> str:
     """ST's generated model card with a "How this model was made" section inserted before its details."""
     from sentence_transformers.base.model_card import generate_model_card
 
     model.model_card_data.save_dir = str(directory)
     card = generate_model_card(model)
-    section = _provenance_section(model, stack, source, dtype, causal, keep_adapters)
+    section = _provenance_section(model, stack, source, dtype, causal, keep_adapters, saved)
     marker = "\n## Model Details"
     if marker in card:
         return card.replace(marker, f"\n{section}{marker}", 1)
@@ -242,7 +292,8 @@ def _model_card(
 
 
 def _provenance_section(
-    model: SentenceTransformer, stack: CheckpointStack, source: str, dtype: str | None, causal: bool, keep_adapters: bool
+    model: SentenceTransformer, stack: CheckpointStack, source: str, dtype: str | None, causal: bool, keep_adapters: bool,
+    saved: dict[str, Any],
 ) -> str:
     from . import __version__
 
@@ -275,24 +326,27 @@ def _provenance_section(
         f"**text suffix:** {repr(encoder.text_suffix) if encoder.text_suffix else 'none'}",
         f"- **dtype:** {dtype or 'as stored'}; weights merged into one safetensors checkpoint"
         + ("; source adapters kept in `adapters/`" if keep_adapters else ""),
+        f"- **Format:** {format_line(saved)}",
         f"- **Prompts:**{prompts}",
         "",
-        "Load it with the `st-llm2vec` package imported (`pip install st-llm2vec`): importing it registers the "
-        "two module classes, so no `trust_remote_code` is needed.",
-        "",
-        "```python",
-        "import st_llm2vec  # noqa: F401",
-        "from sentence_transformers import SentenceTransformer",
-        "",
-        f"model = SentenceTransformer({(model.model_card_data.model_id or 'path/to/this/model')!r})",
-        "embeddings = model.encode(texts, prompt=instruction)  # llm2vec's [instruction, text]",
-        "```",
-        "",
-        "Pass instructions as llm2vec users write them: `model.encode(texts, prompt=instruction)` gives what "
-        "llm2vec gives for `[instruction, text]`; `prompt_name=\"query\"` uses the stored query instruction.",
-        "",
+        usage_section(saved["format"], model.model_card_data.model_id, model.prompts, saved.get("proof")),
     ]
     return "\n".join(lines)
+
+
+def format_line(saved: dict[str, Any]) -> str:
+    """One line on the format written and how it compares with llm2vec (for the card and the CLI)."""
+    if saved["format"] != PORTABLE:
+        return f"exact (llm2vec's semantics, needs st-llm2vec to load): {saved.get('reason') or 'requested'}"
+    comparison = saved.get("comparison") or {}
+    parts = [f"portable (stock sentence-transformers modules); documents vs llm2vec max relative difference "
+             f"{comparison.get('documents_max_difference', float('nan')):.1e}"]
+    for key, value in comparison.items():
+        if key.startswith("query_min_cosine"):
+            name = key[len("query_min_cosine"):]
+            parts.append(f"queries{name} vs llm2vec: min cosine {value:.4f}, "
+                         f"mean {comparison['query_mean_cosine' + name]:.4f}")
+    return "; ".join(parts)
 
 
 # -- push -----------------------------------------------------------------------------------------
@@ -387,6 +441,9 @@ def add_arguments_convert(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, help="load and save the weights in this dtype")
     parser.add_argument("--attn-implementation", help="e.g. eager, sdpa, flash_attention_2")
     parser.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt weights (can run code; trusted sources only)")
+    parser.add_argument("--format", choices=FORMATS, default="auto",
+                        help="portable: stock ST modules, loads anywhere (refused if impossible); exact: llm2vec's "
+                             "exact semantics, needs st-llm2vec; auto (default): portable when possible")
     parser.add_argument("--causal", action="store_true", help="keep causal attention (reproduces llm2vec's Qwen2 models)")
     parser.add_argument("--prompt", action="append", type=_prompt, default=None, metavar="NAME=TEXT",
                         help="named instruction (repeat); replaces the default 'query' retrieval instruction")
@@ -405,8 +462,20 @@ def _run(action) -> int:
     except KeyboardInterrupt:
         print("st-llm2vec: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except (CheckpointError, BidirectionalityError, OSError, ValueError) as exc:
-        print(f"st-llm2vec: error: {exc}", file=sys.stderr)
+    except (CheckpointError, BidirectionalityError, OSError, ValueError) as exc:  # PortableFormatError included
+        from .cli import debug_requested, user_error_message
+
+        if debug_requested():
+            raise
+        print(f"st-llm2vec: error: {user_error_message(exc) or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # e.g. safetensors' SafetensorError for a full disk: one line, not a traceback
+        from .cli import debug_requested, user_error_message
+
+        message = user_error_message(exc)
+        if message is None or debug_requested():
+            raise
+        print(f"st-llm2vec: error: {message}", file=sys.stderr)
         return 1
     finally:
         if previous is not None:
@@ -439,8 +508,10 @@ def run_convert(args: argparse.Namespace) -> int:
             prompts=dict(args.prompt) if args.prompt is not None else None,
             causal=args.causal,
             private=args.private or None,
+            format=args.format,
         )
         print(f"Saved Sentence-Transformers model to {output}")
+        print(f"Format: {format_line(convert.last_report)}")
         if args.push_to_hub:
             print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# A private-use character marks where the text starts inside the formatted string; llm2vec uses
-# "!@#$%^&*()" for the same purpose, which breaks on texts that contain it.
-_TEXT_START = "\ue000"
+# llm2vec marks where the text starts with the separator "!@#$%^&*()" and splits on it afterwards,
+# which breaks on inputs that contain it. We split structurally instead (``format_text``); only a chat
+# template, which is opaque, is rendered once on a marker chosen absent from the instruction and the
+# text, and checked to come out exactly once.
+_MARKER_CANDIDATES = tuple(chr(c) for c in range(0xE000, 0xE040))
 
 # llm2vec picks these wrappers by ``config._name_or_path`` (prepare_for_tokenization). They are kept
 # as chat templates so a user can also give their own.
@@ -40,7 +42,7 @@ def normalize_pooling_mode(mode: str) -> str:
     mode = POOLING_ALIASES.get(mode, mode)
     if mode not in POOLING_MODES:
         raise ValueError(
-            f"Unknown pooling mode {mode!r}; choose one of {', '.join(POOLING_MODES)} (or the alias 'last_token')."
+            f"Unknown pooling_mode {mode!r}; choose one of {', '.join(POOLING_MODES)} (or the alias 'last_token')."
         )
     return mode
 
@@ -81,25 +83,86 @@ def format_text(
     render_template=None,
     text_suffix: str | None = None,
 ) -> FormattedText:
-    """Join instruction and text exactly as llm2vec does; ``render_template(str) -> str`` wraps it."""
-    joined = f"{instruction.strip()} {_TEXT_START}{text}" if instruction else f"{_TEXT_START}{text}"
-    if render_template is not None:
-        joined = render_template(joined)
-    if text_suffix is not None:
-        joined = joined.strip() + text_suffix
-    head, _, tail = joined.partition(_TEXT_START)
-    return FormattedText(full=head + tail, text_part=tail)
+    """Join instruction and text exactly as llm2vec does; ``render_template(str) -> str`` wraps it.
+
+    llm2vec builds ``instruction.strip() + " " + SEP + text``, wraps and strips that string, appends
+    the suffix and pools what follows SEP. Here the split is computed without any separator character,
+    so instructions and texts may contain any character: without a template from the known parts
+    (``strip`` stops at the text's start, as at llm2vec's non-blank separator); with a template by
+    rendering it on a marker absent from the inputs (see :func:`_render_around_text`).
+    """
+    head = f"{instruction.strip()} " if instruction else ""
+    if render_template is None:
+        if text_suffix is None:
+            return FormattedText(full=head + text, text_part=text)
+        part = text.rstrip() + text_suffix
+        return FormattedText(full=head.lstrip() + part, text_part=part)
+    before, after = _render_around_text(head, text, render_template, text_suffix is not None)
+    part = after + text_suffix if text_suffix is not None else after
+    return FormattedText(full=before + part, text_part=part)
+
+
+def _render_around_text(head: str, text: str, render_template, strip: bool) -> tuple[str, str]:
+    """``render_template(head + text)`` split where the text starts: (before, text part)."""
+    for marker in _MARKER_CANDIDATES:
+        if marker not in head and marker not in text:
+            break
+    else:  # 64 distinct private-use characters all present: fall back to a long unique marker
+        marker = "\ue000st_llm2vec_text_start\ue000"
+        while marker in head or marker in text:
+            marker += "\ue000"
+    rendered = render_template(head + marker + text)
+    if strip:
+        rendered = rendered.strip()
+    if rendered.count(marker) != 1:
+        raise ValueError(
+            "chat_template must contain the message content exactly once, unchanged (e.g. "
+            "\"[INST] {{ messages[0]['content'] | trim }} [/INST]\"); this one renders it "
+            f"{rendered.count(marker)} times. Fix the template or pass chat_template=None."
+        )
+    before, _, after = rendered.partition(marker)
+    return before, after
 
 
 def truncate_words(text: str, count_tokens, doc_max_length: int | None) -> str:
-    """llm2vec's ``doc_max_length``: drop trailing words until the text has at most that many tokens."""
+    """llm2vec's ``doc_max_length``: drop trailing words until the text has at most that many tokens.
+
+    Where llm2vec's word truncation is not well defined — the cut keeps under half the budget because a
+    word-less run (Chinese, Japanese, Thai, a URL, code) straddles the limit, which llm2vec turns into
+    the empty string or a few words, so that different texts get the same embedding — the text is cut by
+    tokens instead: the longest prefix with at most ``doc_max_length`` tokens. Spaced text is truncated
+    as llm2vec does.
+    """
+    if doc_max_length is None:
+        return text
+    if isinstance(doc_max_length, bool) or not isinstance(doc_max_length, int) or doc_max_length < 1:
+        raise ValueError(f"doc_max_length must be a positive int or None (no truncation), got {doc_max_length!r}")
     # No tokenizer splits text into more tokens than UTF-8 bytes (+ a prefix-space token), so short
     # texts, the usual case, skip the extra tokenization llm2vec does for every text.
-    if doc_max_length is None or len(text.encode("utf-8")) + 2 <= doc_max_length:
+    if len(text.encode("utf-8")) + 2 <= doc_max_length:
         return text
+    original = text
     length = count_tokens(text)
+    if length <= doc_max_length:
+        return text
     while length > doc_max_length:
         words = text.split()
         text = " ".join(words[: int(len(words) * doc_max_length / length)])
         length = count_tokens(text)
+    if length < doc_max_length // 2 and original.strip():
+        # the words cut away held more than half the budget (an unspaced run: "a <2,000 CJK characters>"
+        # would become "a", or ""): llm2vec's cut is not well defined here; keep the token prefix instead
+        return _token_prefix(original, count_tokens, doc_max_length)
     return text
+
+
+def _token_prefix(text: str, count_tokens, limit: int) -> str:
+    """The longest character prefix of ``text`` with at most ``limit`` tokens (binary search)."""
+    low, high = 0, len(text)  # count_tokens(text[:low]) <= limit < count_tokens(text[:high])
+    while high - low > 1:
+        middle = (low + high) // 2
+        if count_tokens(text[:middle]) <= limit:
+            low = middle
+        else:
+            high = middle
+    return text[:low]

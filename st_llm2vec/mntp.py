@@ -27,7 +27,7 @@ With the stock trainer::
         evaluator=MNTPEvaluator(loss, eval_texts, MNTPDataCollator(model[0].tokenizer)),
     )
 
-Resuming a LoRA run from a checkpoint needs :func:`mntp_trainer_class` (``MNTPTrainer``), which
+Resuming a LoRA run from a checkpoint needs :class:`~st_llm2vec.trainer.LLM2VecTrainer`, which
 ``train_mntp`` uses: ST's own resume path rebuilds the model through transformers' PEFT integration,
 whose parameter names differ from a ``peft.get_peft_model`` backbone.
 """
@@ -45,7 +45,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sentence_transformers.base.evaluation import BaseEvaluator
 from torch import nn
+
+from .trainer import LLM2VecTrainer, StopAfterNSteps, training_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -574,13 +577,7 @@ class MNTPLoss(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _base_evaluator():
-    from sentence_transformers.base.evaluation import BaseEvaluator
-
-    return BaseEvaluator
-
-
-class MNTPEvaluator(_base_evaluator()):
+class MNTPEvaluator(BaseEvaluator):
     """Masked-token cross entropy and accuracy on fixed masks (drawn once from ``seed`` with ``loss``'s settings).
 
     ``rows``: texts, or dicts with ``input_ids`` (+ ``labels`` if already masked), batched by ``collator``.
@@ -620,6 +617,12 @@ class MNTPEvaluator(_base_evaluator()):
                 ids, labels = loss.mask(ids, mask, generator=generator)
                 batch = {f"{FEATURE_PREFIX}_input_ids": ids, f"{FEATURE_PREFIX}_attention_mask": mask, f"{FEATURE_PREFIX}_labels": labels}
             self.batches.append(batch)
+        self.num_tokens = int(sum((b[f"{FEATURE_PREFIX}_labels"] != IGNORE_INDEX).sum().item() for b in self.batches))
+        if self.num_tokens == 0:
+            logger.warning(
+                "MNTPEvaluator: no eval tokens: none of the %d rows has a masked token (too short, or only special "
+                "tokens); its loss and accuracy are NaN.", len(rows),
+            )
 
     @torch.no_grad()
     def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
@@ -637,7 +640,11 @@ class MNTPEvaluator(_base_evaluator()):
                     count += targets.numel()
         finally:
             model.train(was_training)
-        metrics = {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)}
+        if count == 0:  # nothing evaluated: NaN, not a perfect-looking 0.0 loss
+            logger.warning("MNTPEvaluator: no eval tokens (no masked token in the eval rows): loss and accuracy are NaN.")
+            metrics = {"loss": float("nan"), "accuracy": float("nan")}
+        else:
+            metrics = {"loss": total_loss / count, "accuracy": correct / count}
         metrics = self.prefix_name_to_metrics(metrics, self.name)
         self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
         return metrics
@@ -681,6 +688,7 @@ class MNTPConfig:
     torch_dtype: str | None = None
     attn_implementation: str | None = "sdpa"
     pooling_mode: str = "mean"
+    format: str = "auto"  # portable (stock ST modules when saved) / exact (llm2vec's semantics) / auto
     lm_head: str | None = None
     freeze_lm_head: bool = True
     # LoRA (llm2vec: r=16 in its configs, alpha = 2r, dropout 0.05, all projections)
@@ -712,20 +720,56 @@ def _training_args_class():
 
 
 def load_config_file(path: str) -> dict[str, Any]:
-    """A JSON or YAML config file as a dict."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MNTP config {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
+    """A JSON or YAML config file as a dict (a syntax error names the file and line)."""
+    from .config_check import read_config_file
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"MNTP config {path!r} must hold a mapping of keys to values.")
-    return data
+    return read_config_file(path, "MNTP config")
+
+
+def _recipe_keys() -> dict[str, Any]:
+    """Type and range of every :class:`MNTPConfig` key (checked before anything loads)."""
+    from .config_check import Key, nonempty, pooling_check, resume_value, torch_dtype_check
+
+    return {
+        "model_name_or_path": Key("str", nullable=False),
+        "dataset_name": Key("str"), "dataset_config_name": Key("str"),
+        "train_file": Key("strs"), "validation_file": Key("strs"), "text_column": Key("str"),
+        "validation_split_percentage": Key("float", nullable=False, low=0, high=100, high_open=True),
+        "max_seq_length": Key("int", low=2),
+        "line_by_line": Key("bool", nullable=False), "streaming": Key("bool", nullable=False),
+        "preprocessing_num_workers": Key("int", low=1), "overwrite_cache": Key("bool", nullable=False),
+        "max_train_samples": Key("int", low=1), "max_eval_samples": Key("int", low=1),
+        "mask_token_type": Key("str", nullable=False, check=nonempty),
+        "data_collator_type": Key("str", nullable=False, choices=COLLATOR_TYPES),
+        "mlm_probability": Key("float", nullable=False, low=0, high=1, low_open=True, high_open=True),
+        "torch_dtype": Key("any", check=torch_dtype_check), "attn_implementation": Key("str"),
+        "pooling_mode": Key("str", nullable=False, check=pooling_check), "lm_head": Key("str"),
+        "format": Key("str", nullable=False, choices=("auto", "portable", "exact")),
+        "freeze_lm_head": Key("bool", nullable=False), "use_lora": Key("bool", nullable=False),
+        "lora_r": Key("int", nullable=False, low=1), "lora_alpha": Key("float", low=0, low_open=True),
+        "lora_dropout": Key("float", nullable=False, low=0, high=1, high_open=True),
+        "lora_modules": Key("list_str"),
+        "do_train": Key("bool", nullable=False), "do_eval": Key("bool", nullable=False),
+        "stop_after_n_steps": Key("int", low=0), "overwrite_output_dir": Key("bool", nullable=False),
+        "resume_from_checkpoint": Key("any", check=resume_value),
+        "merge_lora": Key("bool", nullable=False),
+    }
+
+
+def check_config(config: MNTPConfig, source: str | None = None) -> MNTPConfig:
+    """Every key's type and range, and output_dir, checked (numbers given as strings converted) before
+    anything loads; a :class:`~st_llm2vec.config_check.ConfigError` names ``source`` and each bad key."""
+    from .config_check import check_keys, check_output_dir, check_training_args, raise_errors
+
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(MNTPConfig) if f.name != "training_args"}
+    checked, errors = check_keys(values, _recipe_keys())
+    targs, more = check_training_args(config.training_args)
+    errors += more
+    if "output_dir" not in targs:
+        errors.append("output_dir: missing (where checkpoints and the trained model go)")
+    raise_errors(errors, source)
+    check_output_dir(targs["output_dir"], source)
+    return dataclasses.replace(config, **checked, training_args=targs)
 
 
 def _resolve_path(value: Any, base_dir: str | None) -> Any:
@@ -741,8 +785,9 @@ def _resolve_path(value: Any, base_dir: str | None) -> Any:
     return value
 
 
-def build_config(data: Mapping[str, Any], base_dir: str | None = None) -> MNTPConfig:
-    """Split a flat llm2vec-style mapping into :class:`MNTPConfig` + training arguments; reject unknown keys."""
+def build_config(data: Mapping[str, Any], base_dir: str | None = None, source: str | None = None) -> MNTPConfig:
+    """Split a flat llm2vec-style mapping into :class:`MNTPConfig` + training arguments; reject unknown keys
+    and check every value (``source``, the config file, names where a bad value comes from)."""
     own = {f.name for f in dataclasses.fields(MNTPConfig)} - {"training_args"}
     targ_names = {f.name for f in dataclasses.fields(_training_args_class())}
     kwargs: dict[str, Any] = {}
@@ -773,6 +818,7 @@ def build_config(data: Mapping[str, Any], base_dir: str | None = None) -> MNTPCo
         raise ValueError("The MNTP config needs model_name_or_path (a causal-LM checkpoint).")
     if "output_dir" not in config.training_args:
         raise ValueError("The MNTP config needs output_dir.")
+    config = check_config(config, source)
     check_mlm_probability(config.mlm_probability)
     check_strategy(config.data_collator_type)
     return config
@@ -784,26 +830,7 @@ class MNTPResult:
     adapter_dir: str | None
     metrics: dict[str, Any]
     text_stats: Any
-
-
-def mntp_trainer_class():
-    """The trainer ``train_mntp`` uses: resumes a LoRA backbone from its adapter checkpoint (see :mod:`.trainer`)."""
-    from .trainer import base_trainer_class
-
-    return base_trainer_class()
-
-
-def _stop_callback(n_steps: int):
-    from transformers import TrainerCallback
-
-    class StopAfterNSteps(TrainerCallback):
-        """llm2vec's ``stop_after_n_steps``: end training at that global step (the schedule is unchanged)."""
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= n_steps:
-                control.should_training_stop = True
-
-    return StopAfterNSteps()
+    already_complete: bool = False  # the output_dir held this finished run: nothing was trained or saved
 
 
 def train_mntp(config: MNTPConfig | Mapping[str, Any] | str) -> MNTPResult:
@@ -812,18 +839,78 @@ def train_mntp(config: MNTPConfig | Mapping[str, Any] | str) -> MNTPResult:
     Writes to ``output_dir``: HF checkpoints (``checkpoint-N/``), the LoRA adapter (``adapter/``), and
     at the top level the merged model as a SentenceTransformer (``SentenceTransformer(output_dir)``,
     or ``st_llm2vec.from_llm(output_dir)`` for the next stage), plus ``mntp_config.json``.
+
+    The whole config is checked before anything loads. ``output_dir`` is locked for the run, and only
+    this config's complete checkpoints are resumed; a finished run of the same config is not trained
+    again (see :mod:`st_llm2vec.runs`).
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from .runs import RunAlreadyComplete, TrainingRun
 
-    from .build import from_llm
-    from .lora import add_lora, lora_config, merge_lora
-    from .trainer import training_dtype
-    from .text_data import TextStats, check_not_empty, load_texts, split_validation, tokenize_corpus
-
-    if isinstance(config, str):
-        config = build_config(load_config_file(config), base_dir=os.path.dirname(os.path.abspath(config)))
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        config = build_config(load_config_file(path), base_dir=os.path.dirname(os.path.abspath(path)), source=path)
     elif not isinstance(config, MNTPConfig):
         config = build_config(config)
+    else:
+        config = check_config(config)
+    _check_inputs(config)
+    run = TrainingRun(
+        config.training_args["output_dir"],
+        mntp_fingerprint(config),
+        overwrite=config.overwrite_output_dir,
+        resume=config.resume_from_checkpoint,
+        do_train=config.do_train,
+        max_steps=config.training_args.get("max_steps"),
+        stop_after_n_steps=config.stop_after_n_steps,
+        what="MNTP training",
+    )
+    with run:
+        try:
+            run.check_finished()
+        except RunAlreadyComplete as done:
+            logger.warning("%s", done)
+            return _finished_result(config)
+        result = _train_mntp(config, run)
+        if run.trainer is not None:
+            run.finish(run.trainer.state.global_step, run.trainer.state.max_steps)
+    return result
+
+
+def _check_inputs(config: MNTPConfig) -> None:
+    """Local data files exist (before the model loads)."""
+    from .config_check import check_files_exist
+
+    check_files_exist(dataclasses.asdict(config), ("train_file", "validation_file"))
+
+
+def mntp_fingerprint(config: MNTPConfig) -> dict[str, Any]:
+    """The run fingerprint of an MNTP config: its training-relevant keys, model and data files' identity."""
+    from .runs import run_fingerprint
+
+    return run_fingerprint(
+        {"stage": "mntp", **_config_dict(config)}, path_keys=("model_name_or_path", "train_file", "lm_head")
+    )
+
+
+def _finished_result(config: MNTPConfig) -> MNTPResult:
+    """The result of a finished run, from the files it saved."""
+    from .runs import read_json
+    from .text_data import TextStats
+
+    output_dir = config.training_args["output_dir"]
+    saved = read_json(os.path.join(output_dir, "mntp_metrics.json")) or {}
+    adapter_dir = os.path.join(output_dir, "adapter")
+    stats = TextStats(**{k: v for k, v in (saved.get("data") or {}).items() if k in ("texts", "skipped_short", "rows")})
+    return MNTPResult(output_dir=output_dir, adapter_dir=adapter_dir if os.path.isdir(adapter_dir) else None,
+                      metrics=saved.get("metrics") or {}, text_stats=stats, already_complete=True)
+
+
+def _train_mntp(config: MNTPConfig, run: Any) -> MNTPResult:
+    """:func:`train_mntp` once the config is checked and ``run`` (a :class:`~st_llm2vec.runs.TrainingRun`) holds the lock."""
+    from .build import from_llm
+    from .lora import add_lora, lora_config, merge_lora
+    from .text_data import EmptyDatasetError, TextStats, check_not_empty, load_texts, split_validation, tokenize_corpus
+
     targs = dict(config.training_args)
     output_dir = targs["output_dir"]
     targs.setdefault("report_to", "none")
@@ -837,20 +924,9 @@ def train_mntp(config: MNTPConfig | Mapping[str, Any] | str) -> MNTPResult:
         targs["max_steps"] = config.stop_after_n_steps
     args = _training_args_class()(**targs)
 
-    # Resume: an explicit checkpoint, "latest"/true, or (llm2vec) the last checkpoint of a non-overwritten dir.
-    resume = config.resume_from_checkpoint
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if resume in (True, "latest", "last", "auto"):
-        if last is None:
-            raise ValueError(f"resume_from_checkpoint={resume!r} but {output_dir!r} holds no checkpoint-N directory.")
-        resume = last
-    elif resume in (False, "", None):
-        resume = None
-        if last is not None and not config.overwrite_output_dir and config.do_train:
-            logger.warning("Checkpoint detected, resuming training at %s (set overwrite_output_dir to start over).", last)
-            resume = last
-    if resume is not None and not os.path.isdir(resume):
-        raise FileNotFoundError(f"resume_from_checkpoint {resume!r} is not a directory.")
+    # Resume: an explicit checkpoint, "latest"/true, or (llm2vec) the last checkpoint of a non-overwritten dir;
+    # only complete checkpoints of this run (see st_llm2vec.runs).
+    resume = run.resolve_resume()
 
     from transformers import set_seed
 
@@ -860,7 +936,7 @@ def train_mntp(config: MNTPConfig | Mapping[str, Any] | str) -> MNTPResult:
         model_kwargs["dtype"] = training_dtype(config.torch_dtype)
     if config.attn_implementation:
         model_kwargs["attn_implementation"] = config.attn_implementation
-    model = from_llm(config.model_name_or_path, pooling_mode=config.pooling_mode, **model_kwargs)
+    model = from_llm(config.model_name_or_path, pooling_mode=config.pooling_mode, format=config.format, **model_kwargs)
     tokenizer = model[0].tokenizer
     mask_id = setup_mask_token(model, config.mask_token_type)
 
@@ -917,8 +993,14 @@ def train_mntp(config: MNTPConfig | Mapping[str, Any] | str) -> MNTPResult:
     if eval_ds is not None:
         eval_rows = list(eval_ds.take(config.max_eval_samples or 256)) if config.streaming else eval_ds
         evaluator = MNTPEvaluator(loss, eval_rows, collator, batch_size=args.per_device_eval_batch_size, seed=args.seed)
+        if evaluator.num_tokens == 0:
+            raise EmptyDatasetError(
+                f"No eval tokens: none of the {len(evaluator.batches)} validation batches has a token to predict "
+                "(texts too short: with line_by_line each row needs tokens besides the first and special ones). "
+                "Use longer validation texts, leave line_by_line off, or set do_eval: false."
+            )
 
-    trainer = mntp_trainer_class()(
+    trainer = LLM2VecTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -926,10 +1008,11 @@ def train_mntp(config: MNTPConfig | Mapping[str, Any] | str) -> MNTPResult:
         loss=loss,
         evaluator=evaluator,
         data_collator=collator,
-        callbacks=[_stop_callback(config.stop_after_n_steps)] if config.stop_after_n_steps else None,
+        callbacks=[StopAfterNSteps(config.stop_after_n_steps)] if config.stop_after_n_steps else None,
     )
     metrics: dict[str, Any] = {}
     adapter_dir = None
+    run.start(trainer)
     if config.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
         metrics.update(result.metrics)
@@ -1008,7 +1091,7 @@ def config_from_args(args: argparse.Namespace) -> MNTPConfig:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         data[key.strip()] = _parse_value(value)
-    return build_config(data, base_dir=os.path.dirname(os.path.abspath(args.config)))
+    return build_config(data, base_dir=os.path.dirname(os.path.abspath(args.config)), source=args.config)
 
 
 def run_mntp(args: argparse.Namespace | MNTPConfig | Mapping[str, Any] | str) -> int:
@@ -1016,5 +1099,8 @@ def run_mntp(args: argparse.Namespace | MNTPConfig | Mapping[str, Any] | str) ->
     config = config_from_args(args) if isinstance(args, argparse.Namespace) else args
     result = train_mntp(config)
     if int(os.environ.get("RANK", "0")) == 0:
+        if result.already_complete:
+            print(f"MNTP run in {result.output_dir} is already complete: nothing trained, nothing re-saved")
+            return 0
         print(f"MNTP model saved to {result.output_dir}" + (f" (adapter: {result.adapter_dir})" if result.adapter_dir else ""))
     return 0

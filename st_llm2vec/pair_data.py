@@ -80,8 +80,6 @@ SHARED_INSTRUCTIONS: dict[str, str] = {
 }
 SHARED_SYMMETRIC: frozenset[str] = frozenset({"msr"})
 
-COLUMNS = ("query", "positive", "negative")
-
 
 def join_instruction(instruction: str) -> str:
     """llm2vec's training join: ``instruction + "; "``; the encoder strips it and adds one space."""
@@ -177,6 +175,30 @@ class PairData:
             )
         logger.warning("Skipping datasets smaller than the global batch size %d: %s", global_batch_size, listing)
         return PairData([s for s in self.subsets if s.name not in small], self.dropped)
+
+    def check_in_batch_negatives(self, global_batch_size: int, simcse: bool = False) -> None:
+        """Refuse batches a contrastive loss cannot learn from: with in-batch negatives only, a batch of one row
+        gives its query a single candidate (the loss is exactly 0); and batches never hold a text twice, so a
+        SimCSE set with fewer distinct sentences than one batch yields no batch at all (0 training steps)."""
+        without_negatives = [s.name for s in self.subsets if not s.has_negatives]
+        if global_batch_size < 2 and (simcse or without_negatives):
+            what = "SimCSE needs" if simcse else f"Datasets without hard negatives ({', '.join(without_negatives)}) need"
+            raise ValueError(
+                f"{what} at least 2 rows per batch: the other rows are the negatives, so with a global batch "
+                f"of {global_batch_size} (per_device_train_batch_size × processes) the loss is always 0. Set "
+                "per_device_train_batch_size to 2 or more (llm2vec uses 128 for SimCSE)."
+            )
+        if not simcse:
+            return
+        for subset in self.subsets:
+            distinct = len(set(subset.dataset["anchor"] if "anchor" in subset.dataset.column_names
+                               else subset.dataset[subset.dataset.column_names[0]]))
+            if distinct < global_batch_size:
+                raise ValueError(
+                    f"{subset.source or subset.name} has {distinct} distinct sentences ({len(subset.dataset)} rows), "
+                    f"fewer than one batch of {global_batch_size}: a batch never holds a sentence twice, so SimCSE "
+                    "would train 0 steps. Add sentences, or lower per_device_train_batch_size."
+                )
 
 
 # --------------------------------------------------------------------------- rows

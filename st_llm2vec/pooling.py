@@ -6,17 +6,25 @@ no ``bos_token`` mode, and ``include_prompt=False`` drops a prefix counted from 
 llm2vec pools the last N tokens (text part plus any wrapper suffix). The encoder supplies that
 selection as ``embed_mask``; everything here is vectorised (llm2vec loops over rows in Python).
 A packed batch (one row of texts delimited by ``cu_seq_lens_q``, see ``encoder.py``) is pooled per
-segment, then laid out again as a left-padded batch so that ``token_embeddings`` outputs keep their shape.
+segment, then laid out again as a batch of rows so that ``token_embeddings`` outputs keep their shape.
+
+Token-level outputs in ``encode`` (inside ``torch.inference_mode``): rows are laid out right-padded
+(each text's own tokens first, then zeros), on the padded and the packed path alike, so that ST's
+``encode(output_value="token_embeddings")``, which cuts each row after its last attended position,
+returns each text's own tokens only, as for a stock model. Outside ``encode`` (training, direct
+``model(features)`` calls) the left-padded layout of the inputs is kept.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import torch
 from sentence_transformers.base.modules.module import Module
 
-from .encoder import CU_SEQ_LENS, EMBED_MASK, PACKED_KEYS
+from .encoder import CU_SEQ_LENS, EMBED_MASK, PACKED_KEYS, LLM2VecTransformer
 from .instructions import normalize_pooling_mode
 
 
@@ -32,12 +40,67 @@ class LLM2VecPooling(Module):
 
     def __init__(self, embedding_dimension: int, pooling_mode: str = "mean", skip_instruction: bool = True) -> None:
         super().__init__()
+        if isinstance(embedding_dimension, bool) or not isinstance(embedding_dimension, int) or embedding_dimension < 1:
+            raise ValueError(f"embedding_dimension must be a positive int, got {embedding_dimension!r}")
+        if not isinstance(skip_instruction, bool):
+            raise ValueError(f"skip_instruction must be true or false, got {skip_instruction!r}")
         self.embedding_dimension = embedding_dimension
         self.pooling_mode = normalize_pooling_mode(pooling_mode)
         self.skip_instruction = skip_instruction
 
     def get_embedding_dimension(self) -> int:
         return self.embedding_dimension
+
+    @classmethod
+    def load_config(cls, model_name_or_path: str, subfolder: str = "", config_filename: str | None = None, **kwargs: Any):
+        """ST's loader, plus errors naming the file for invalid JSON and unknown keys."""
+        where = os.path.join(model_name_or_path, subfolder, config_filename or cls.config_file_name)
+        try:
+            config = super().load_config(model_name_or_path, subfolder=subfolder, config_filename=config_filename, **kwargs)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{where} is not valid JSON ({exc}); fix it or re-save the model.") from exc
+        if not config:
+            raise FileNotFoundError(f"{where} is missing or empty: it holds the pooling settings. Restore it or re-save the model.")
+        unknown = sorted(set(config) - set(cls.config_keys))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {cls.config_keys}. Remove or rename them.")
+        return config
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", *args: Any, **kwargs: Any) -> LLM2VecPooling:
+        """ST's loader; bad values are reported with the file they came from."""
+        where = os.path.join(model_name_or_path, subfolder, cls.config_file_name)
+        try:
+            module = super().load(model_name_or_path, subfolder, *args, **kwargs)
+        except ValueError as exc:
+            if where in str(exc):
+                raise
+            raise ValueError(f"{where}: {exc}") from None
+        module.config_path = where
+        return module
+
+    def on_model_ready(self, model: Any) -> None:
+        """The pooled size must be the backbone's hidden size (a hand-edited config would be believed)."""
+        modules = list(model._modules.values())
+        position = next((i for i, module in enumerate(modules) if module is self), 0)
+        backbone = next((m for m in reversed(modules[:position]) if isinstance(m, LLM2VecTransformer)), None)
+        if backbone is None:
+            return
+        hidden = backbone.get_embedding_dimension()
+        where = getattr(self, "config_path", None) or "LLM2VecPooling"
+        if hidden != self.embedding_dimension:
+            raise ValueError(
+                f"{where}: embedding_dimension is {self.embedding_dimension} but the backbone's hidden size is "
+                f"{hidden}, and pooling does not change the size. Set embedding_dimension to {hidden}."
+            )
+        tokenizer = backbone.tokenizer
+        if self.pooling_mode == "bos_token" and tokenizer is not None:
+            ids = tokenizer("a")["input_ids"]
+            if tokenizer.bos_token_id is None or not ids or ids[0] != tokenizer.bos_token_id:
+                raise ValueError(
+                    f"{where}: pooling_mode 'bos_token' needs a tokenizer that starts every input with a BOS token, "
+                    "and this one adds none (the first text token would be pooled). Use 'mean', 'weighted_mean' or 'eos_token'."
+                )
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         if CU_SEQ_LENS in features:
@@ -66,6 +129,8 @@ class LLM2VecPooling(Module):
             weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1e-9)
             pooled = torch.einsum("bs,bsd->bd", weights, tokens)
         features["sentence_embedding"] = pooled
+        if torch.is_inference_mode_enabled():
+            _right_align(features)
         return features
 
     def _forward_packed(self, features: dict[str, Any]) -> dict[str, Any]:
@@ -98,23 +163,46 @@ class LLM2VecPooling(Module):
             pooled = torch.zeros(count, tokens.shape[1], device=device, dtype=tokens.dtype)
             pooled.index_add_(0, segment, tokens * weights.unsqueeze(1))
         features["sentence_embedding"] = pooled
-        return _repad(features, segment, cu, lengths)
+        return _repad(features, segment, cu, lengths, right=torch.is_inference_mode_enabled())
 
     def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
         """Only a config: the module has no weights."""
         self.save_config(output_path)
 
 
-def _repad(features: dict[str, Any], segment: torch.Tensor, cu: torch.Tensor, lengths: torch.Tensor) -> dict[str, Any]:
-    """Packed ``(1, total, …)`` token-level features back to left-padded ``(batch, width, …)`` ones.
+def _right_align(features: dict[str, Any]) -> None:
+    """Padded ``(batch, width, …)`` token-level features re-laid out right-padded: each row's attended
+    positions first, in order, then padding (zeros in ``token_embeddings``)."""
+    attention_mask = features["attention_mask"]
+    if bool(attention_mask[:, -1].all()) and bool(attention_mask[:, 0].all()):
+        return  # no padding at all
+    rows, width = attention_mask.shape
+    order = torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)  # attended first
+    keep = torch.gather(attention_mask, 1, order) != 0
+    for key in ("token_embeddings", "input_ids", "attention_mask", EMBED_MASK, "position_ids", "token_type_ids"):
+        value = features.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[:2] == (rows, width):
+            index = order.view(rows, width, *([1] * (value.dim() - 2))).expand_as(value)
+            moved = torch.gather(value, 1, index)
+            mask = keep.view(rows, width, *([1] * (value.dim() - 2)))
+            features[key] = torch.where(mask, moved, torch.zeros((), dtype=moved.dtype, device=moved.device))
+
+
+def _repad(
+    features: dict[str, Any], segment: torch.Tensor, cu: torch.Tensor, lengths: torch.Tensor, right: bool = False
+) -> dict[str, Any]:
+    """Packed ``(1, total, …)`` token-level features back to padded ``(batch, width, …)`` ones.
 
     Keeps ``token_embeddings`` outputs (``encode(output_value="token_embeddings")``) shaped as in the
-    padded path; padding positions hold zeros. The packing metadata is dropped.
+    padded path: left-padded, or right-padded when ``right`` (in ``encode``, see the module doc);
+    padding positions hold zeros. The packing metadata is dropped.
     """
     device = segment.device
     width = int(features.get("max_length_q") or lengths.max())
     total = segment.numel()
-    column = torch.arange(total, device=device) - cu[:-1][segment] + (width - lengths)[segment]
+    column = torch.arange(total, device=device) - cu[:-1][segment]
+    if not right:
+        column = column + (width - lengths)[segment]
     count = lengths.numel()
     attention_mask = torch.zeros(count, width, device=device, dtype=torch.long)
     attention_mask[segment, column] = 1

@@ -130,7 +130,11 @@ def load_texts(
 
 
 def text_column_of(dataset: Dataset | IterableDataset, text_column: str | None = None) -> str:
-    """``text_column`` if given, else ``"text"`` if present, else the first string column."""
+    """``text_column`` if given, else ``"text"`` if present, else the only string column.
+
+    With several string columns and none named ``text`` (e.g. an ``id`` and a ``body``), guessing could
+    train on the wrong one: that is an error asking for ``text_column``. The column used is logged.
+    """
     features = dataset.features
     if features is None and isinstance(dataset, IterableDataset):
         features = Features({k: Value("string") if isinstance(v, str) else Value("null") for k, v in next(iter(dataset)).items()})
@@ -138,14 +142,24 @@ def text_column_of(dataset: Dataset | IterableDataset, text_column: str | None =
     if text_column is not None:
         if text_column not in names:
             raise ValueError(f"text_column {text_column!r} is not a column of the dataset; columns: {names}")
-        return text_column
-    if "text" in names:
-        return "text"
-    for name in names:
-        feature = features[name]
-        if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
-            return name
-    raise ValueError(f"The dataset has no text (string) column; columns: {names}. Set text_column.")
+        column = text_column
+    elif "text" in names:
+        column = "text"
+    else:
+        strings = [
+            name for name in names
+            if isinstance(features[name], Value) and features[name].dtype in ("string", "large_string")
+        ]
+        if not strings:
+            raise ValueError(f"The dataset has no text (string) column; columns: {names}. Set text_column.")
+        if len(strings) > 1:
+            raise ValueError(
+                f"The dataset has several string columns {strings} and none named 'text': set text_column "
+                "to the one to train on."
+            )
+        column = strings[0]
+    logger.info("Training text comes from the %r column (columns: %s).", column, names)
+    return column
 
 
 def tokenize_corpus(

@@ -61,7 +61,7 @@ def test_token_budget_groups_short_rows_together(tiny_llm):
 def test_token_budget_is_saved_and_checked(tiny_llm, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    model = st_llm2vec.from_llm(str(tiny_llm("llama")), max_batch_tokens=4096)
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), max_batch_tokens=4096, format="exact")
     model.save(str(tmp_path / "m"))
     assert SentenceTransformer(str(tmp_path / "m"))[0].max_batch_tokens == 4096
     for bad in (0, -5, 1.5, True):

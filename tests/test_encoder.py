@@ -17,13 +17,14 @@ TEXTS = ["A man is playing a guitar.", "Two dogs run.", "The children are buildi
 
 @pytest.fixture(scope="module")
 def llama_model(tiny_llm):
-    return st_llm2vec.from_llm(str(tiny_llm("llama")))
+    """llm2vec's exact semantics (the portable format's are in tests/test_portable.py)."""
+    return st_llm2vec.from_llm(str(tiny_llm("llama")), format="exact")
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_save_load_round_trip_keeps_embeddings_and_bidirectionality(tiny_llm, tmp_path, arch, impl):
-    model = st_llm2vec.from_llm(str(tiny_llm(arch)), attn_implementation=impl)
+    model = st_llm2vec.from_llm(str(tiny_llm(arch)), attn_implementation=impl, format="exact")
     before = model.encode(TEXTS)
     first = model.encode("A man is playing a guitar.", output_value="token_embeddings")[0]
     changed = model.encode("A man is playing a cat.", output_value="token_embeddings")[0]
@@ -78,7 +79,7 @@ def test_instruction_tokens_are_excluded_from_mean_pooling(llama_model):
 
 
 def test_named_prompts_are_saved_and_used(tiny_llm, tmp_path):
-    model = st_llm2vec.from_llm(str(tiny_llm("llama")), prompts={"query": "Retrieve semantically similar text:"})
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), prompts={"query": "Retrieve semantically similar text:"}, format="exact")
     expected = model.encode(["Two dogs run."], prompt="Retrieve semantically similar text:")
     np.testing.assert_allclose(model.encode(["Two dogs run."], prompt_name="query"), expected, atol=1e-6)
     model.save(str(tmp_path))
@@ -88,7 +89,7 @@ def test_named_prompts_are_saved_and_used(tiny_llm, tmp_path):
 
 @pytest.mark.parametrize("mode", ["mean", "weighted_mean", "eos_token", "last_token", "bos_token"])
 def test_every_pooling_mode_round_trips(tiny_llm, tmp_path, mode):
-    model = st_llm2vec.from_llm(str(tiny_llm("llama")), pooling_mode=mode)
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), pooling_mode=mode, format="exact")
     before = model.encode(TEXTS)
     model.save(str(tmp_path))
     np.testing.assert_allclose(SentenceTransformer(str(tmp_path)).encode(TEXTS), before, atol=1e-5)
@@ -96,15 +97,15 @@ def test_every_pooling_mode_round_trips(tiny_llm, tmp_path, mode):
 
 def test_chat_template_is_off_by_default_and_applied_when_configured(tiny_llm):
     path = str(tiny_llm("llama"))
-    plain = st_llm2vec.from_llm(path)
+    plain = st_llm2vec.from_llm(path, format="exact")
     assert plain.preprocess(["hello"])["input_ids"].shape[1] == len(plain[0].tokenizer("hello")["input_ids"])
-    wrapped = st_llm2vec.from_llm(path, chat_template="[INST] {{ messages[0]['content'] | trim }} [/INST]")
+    wrapped = st_llm2vec.from_llm(path, chat_template="[INST] {{ messages[0]['content'] | trim }} [/INST]", format="exact")
     ids = wrapped.preprocess(["hello"])["input_ids"][0]
     assert wrapped[0].tokenizer.decode(ids, skip_special_tokens=True).startswith("[INST] hello [/INST]")
 
 
 def test_causal_option_is_explicit_and_saved(tiny_llm, tmp_path):
-    model = st_llm2vec.from_llm(str(tiny_llm("qwen2")), bidirectional=False)
+    model = st_llm2vec.from_llm(str(tiny_llm("qwen2")), bidirectional=False, format="exact")
     first = model.encode("A man is playing a guitar.", output_value="token_embeddings")[0]
     changed = model.encode("A man is playing a cat.", output_value="token_embeddings")[0]
     assert torch.allclose(first[0], changed[0])  # causal: the first token cannot see the change
@@ -156,7 +157,7 @@ def test_bos_pooling_without_bos_token_is_refused(tiny_llm):
 
 
 def test_doc_max_length_drops_trailing_words_like_llm2vec(tiny_llm):
-    model = st_llm2vec.from_llm(str(tiny_llm("llama")), doc_max_length=12)
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), doc_max_length=12, format="exact")
     encoder = model[0]
     long_text = "The children are building a sand castle at the beach while two dogs run in the grass."
     kept = encoder.tokenizer.decode(model.preprocess([long_text])["input_ids"][0], skip_special_tokens=True)

@@ -7,6 +7,7 @@ llm2vec_config.json), so it needs no downloads and no shared fixtures.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -22,7 +23,11 @@ import st_llm2vec  # noqa: F401
 from st_llm2vec import export
 from st_llm2vec.checkpoints import CheckpointError, resolve_stack
 from st_llm2vec.cli import main as cli
-from st_llm2vec.export import convert
+from st_llm2vec.export import convert as _convert
+
+# These tests are about the exact format (llm2vec's semantics, our module classes); the portable
+# format, convert's default, is covered by tests/test_portable.py.
+convert = functools.partial(_convert, format="exact")
 
 from conftest import SENTENCES
 
@@ -70,7 +75,7 @@ def full(stack, tmp_path_factory) -> Path:
     """base+mntp+supervised converted once through the CLI (shared by read-only tests)."""
     out = tmp_path_factory.mktemp("full") / "model"
     with contextlib.chdir(stack):
-        assert cli(["convert", "base", str(out), "--adapter", "mntp", "--adapter", "supervised", "--prompt", "query=Find:"]) == 0
+        assert cli(["convert", "base", str(out), "--adapter", "mntp", "--adapter", "supervised", "--prompt", "query=Find:", "--format", "exact"]) == 0
     return out
 
 
@@ -115,7 +120,7 @@ def test_adapter_source_follows_base_relative_to_adapter_parent(stack, full, tmp
     """SOURCE=supervised → base "base" (relative to its parent); same weights as base + supervised."""
     out = tmp_path / "m"
     with contextlib.chdir(tmp_path):
-        assert cli(["convert", str(stack / "mntp"), str(out), "--adapter", str(stack / "supervised")]) == 0
+        assert cli(["convert", str(stack / "mntp"), str(out), "--adapter", str(stack / "supervised"), "--format", "exact"]) == 0
     np.testing.assert_allclose(_encode(out), _encode(full), atol=1e-5)
 
 
@@ -249,7 +254,7 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(stack, tmp_path
     (out / "old.txt").write_text("old")
     assert cli(["convert", str(stack / "base"), str(out)]) == 1
     assert "--overwrite" in capsys.readouterr().err and (out / "old.txt").is_file()
-    assert cli(["convert", str(stack / "base"), str(out), "--overwrite"]) == 0
+    assert cli(["convert", str(stack / "base"), str(out), "--overwrite", "--format", "exact"]) == 0
     assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
     assert _leftovers(tmp_path) == []
 

@@ -74,7 +74,8 @@ def converted(tmp_path_factory):
         if key not in cache:
             out = tmp_path_factory.mktemp("parity") / f"{fixture.name}-{stack}-{pooling}"
             base, *adapters = stack.split("+")
-            argv = ["convert", base, str(out), "--pooling-mode", pooling]
+            # llm2vec's semantics to the letter, instructions included: the exact format
+            argv = ["convert", base, str(out), "--pooling-mode", pooling, "--format", "exact"]
             argv += [arg for adapter in adapters for arg in ("--adapter", adapter)]
             argv += ["--causal"] if causal else []
             with contextlib.chdir(fixture):

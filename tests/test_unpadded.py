@@ -27,6 +27,7 @@ INSTRUCTION = "Retrieve semantically similar text:"
 
 
 def _pair(path: str, **kwargs):
+    kwargs.setdefault("format", "exact")  # the tests below spell out llm2vec's instruction join
     padded = st_llm2vec.from_llm(path, **kwargs)
     packed = st_llm2vec.from_llm(path, **kwargs)
     packed[0].unpad_inputs = True
@@ -141,7 +142,7 @@ def test_unpad_false_forces_padding(tiny_llm):
 def test_no_second_tokenization_without_instruction_is_exact(tiny_llm):
     """The text-part length read off the full tokenization equals llm2vec's separate tokenization."""
     for add_bos in (True, False):
-        model = st_llm2vec.from_llm(str(tiny_llm("llama", add_bos=add_bos)), max_seq_length=16)
+        model = st_llm2vec.from_llm(str(tiny_llm("llama", add_bos=add_bos)), max_seq_length=16, format="exact")
         encoder = model[0]
         texts = TEXTS + ["   ", "</s>", "word " * 30]
         features = model.preprocess(texts)

@@ -13,4 +13,4 @@ import sys
 from st_llm2vec.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["mntp", *sys.argv[1:]]))
+    sys.exit(main(["mntp", *sys.argv[1:]], report_errors=True))

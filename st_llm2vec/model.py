@@ -1,0 +1,74 @@
+"""``LLM2VecModel``: the ``SentenceTransformer`` that ``from_llm`` returns, whose ``save`` writes the format its
+encoder computes in.
+
+ST's ``save`` names each module's own class in modules.json; for a model in the portable format that
+would be our classes, which stock loaders cannot import. So ``save`` hands portable models to
+:func:`st_llm2vec.portable.save_portable` (stock modules, proven in a fresh process) and everything else
+— the exact format, training checkpoints with an unmerged LoRA — to ST's own ``save``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sentence_transformers import SentenceTransformer
+
+from .cards import patch_card
+from .portable import EXACT, PORTABLE, PortableFormatError, save_portable, why_not_portable
+from .runs import normalize_permissions
+
+logger = logging.getLogger(__name__)
+
+
+class LLM2VecModel(SentenceTransformer):
+    """A SentenceTransformer built by st_llm2vec; ``save`` writes the portable format when the model is in it.
+
+    ``portable_required`` (set by ``from_llm(format="portable")``): a failed portability proof raises
+    instead of falling back to the exact format. After each ``save``, ``save_report`` says which format
+    was written, why (for a fallback) and the proof's figures.
+    """
+
+    portable_required: bool = False
+    save_report: dict[str, Any] | None = None
+
+    def save(
+        self,
+        path: str,
+        model_name: str | None = None,
+        create_model_card: bool = True,
+        train_datasets: list[str] | None = None,
+        safe_serialization: bool = True,
+    ) -> None:
+        encoder = self[0]
+        fallback = None
+        if getattr(encoder, "format", EXACT) == PORTABLE:
+            fallback = why_not_portable(self)
+            if fallback is None:
+                card = None
+                if create_model_card:
+                    def card(directory: Path, report: dict[str, Any]) -> str:
+                        return self._card_text(directory, model_name, PORTABLE, report)
+                try:
+                    report = save_portable(self, path, card=card)
+                    self.save_report = {"format": PORTABLE, "proof": report}
+                    return
+                except PortableFormatError as exc:
+                    if self.portable_required:
+                        raise
+                    fallback = str(exc)
+            if not fallback.startswith("the backbone carries an unmerged LoRA"):  # checkpoints: exact, quietly
+                logger.warning("Saving %s in the exact format (needs st_llm2vec to load): %s", path, fallback)
+        super().save(path, model_name=model_name, create_model_card=False, safe_serialization=safe_serialization)
+        if create_model_card:
+            (Path(path) / "README.md").write_text(self._card_text(Path(path), model_name, EXACT, None), encoding="utf-8")
+        normalize_permissions(path)  # safetensors writes 0600 files; a saved model follows the umask
+        self.save_report = {"format": EXACT, "reason": fallback}
+
+    def _card_text(self, directory: Path, model_name: str | None, save_format: str, report: dict[str, Any] | None) -> str:
+        """ST's generated card, with the loading section for ``save_format``."""
+        SentenceTransformer._create_model_card(self, str(directory), model_name)
+        readme = directory / "README.md"
+        text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+        return patch_card(text, save_format, self.model_card_data.model_id or model_name, self.prompts, report)
