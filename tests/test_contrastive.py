@@ -109,7 +109,7 @@ def test_missing_instruction_lists_the_datasets(tmp_path):
     assert read_pair_folder(tmp_path, datasets=["fever"]).names == ["fever"]
 
 
-def test_bad_rows_and_files(tmp_path):
+def test_pair_files_without_usable_rows_or_with_bad_json_are_refused_naming_the_line(tmp_path):
     _write_jsonl(tmp_path / "fever.jsonl", [{"query": "", "positive": "x"}, {"query": "q", "positive": None}])
     with pytest.raises(ValueError, match="No usable rows"):
         read_pair_folder(tmp_path)

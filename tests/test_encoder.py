@@ -123,10 +123,6 @@ def test_empty_and_whitespace_texts_get_a_finite_embedding(tiny_llm):
         assert out.shape[0] == 3 and np.isfinite(out).all()
 
 
-def test_empty_list_gives_an_empty_result(llama_model):
-    assert len(llama_model.encode([])) == 0
-
-
 @pytest.mark.parametrize("bad", [None, 3, ["nested"]])
 def test_non_string_items_raise_a_clear_error(llama_model, bad):
     with pytest.raises(TypeError, match="not str"):

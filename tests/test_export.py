@@ -337,7 +337,7 @@ def test_cli_push(full, hub, capsys):
     assert "hf_secret_test_token" not in output.out + output.err
 
 
-def test_push_refusals(full, stack, tmp_path, hub, monkeypatch, capsys):
+def test_push_refuses_non_model_dirs_bad_repo_ids_and_missing_tokens_before_uploading(full, stack, tmp_path, hub, monkeypatch, capsys):
     assert cli(["push", str(stack / "base"), "someone/x"]) == 1 and "modules.json" in capsys.readouterr().err
     assert cli(["push", str(full), "not-a-repo-id"]) == 1 and "user-or-org/model-name" in capsys.readouterr().err
     monkeypatch.delenv("HF_TOKEN")

@@ -297,7 +297,7 @@ def test_loss_masks_itself_reproducibly_in_eval(tiny_llama):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_mask_token_types(tiny_llama):
+def test_each_mask_token_type_names_its_token_or_is_refused_clearly(tiny_llama):
     model = st_llm2vec.from_llm(str(tiny_llama))
     tok = model[0].tokenizer
     assert resolve_mask_token_id(tok, "blank") == tok.convert_tokens_to_ids("_")

@@ -47,7 +47,7 @@ def _options(tmp_path: Path, name: str = "out", **kw) -> QuickstartOptions:
 # --------------------------------------------------------------------------- pieces
 
 
-def test_choose_threads(monkeypatch):
+def test_auto_threads_use_the_cores_the_load_average_leaves_free(monkeypatch):
     monkeypatch.setattr(quickstart.os, "cpu_count", lambda: 4)
     assert quickstart.choose_threads(3) == 3
     assert quickstart.choose_threads("2") == 2
@@ -59,7 +59,7 @@ def test_choose_threads(monkeypatch):
     assert quickstart.choose_threads("auto") == 1
 
 
-def test_resolve_bf16(monkeypatch):
+def test_bf16_auto_follows_the_cpus_bf16_support(monkeypatch):
     assert quickstart.resolve_bf16(True) is True and quickstart.resolve_bf16("off") is False
     assert quickstart.resolve_bf16("on") is True
     monkeypatch.setattr(quickstart, "cpu_has_bf16", lambda: False)
