@@ -14,7 +14,7 @@ from .instructions import llm2vec_chat_template, llm2vec_text_suffix, normalize_
 from .model import LLM2VecModel
 from .pooling import LLM2VecPooling
 from .portable import AUTO as AUTO_FORMAT
-from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, make_portable, why_not_portable
+from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, adds_bos, make_portable
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def from_llm(
     if text_suffix == AUTO:
         text_suffix = llm2vec_text_suffix(encoder.config.model_type, name, pooling_mode, encoder.tokenizer.eos_token)
     encoder.text_suffix = text_suffix
-    if pooling_mode == "bos_token" and not _adds_bos(encoder):
+    if pooling_mode == "bos_token" and not adds_bos(encoder.tokenizer):
         raise ValueError(
             f"pooling_mode='bos_token' needs a tokenizer that starts every input with a BOS token; "
             f"{model_name_or_path!r} adds none. Use 'mean', 'weighted_mean' or 'eos_token'."
@@ -93,28 +93,14 @@ def from_llm(
         modules=[encoder, pooling], prompts=prompts, default_prompt_name=default_prompt_name, device=device
     )
     if format != EXACT:
-        reason = why_not_portable(model) if skip_instruction else "skip_instruction=False has no stock equivalent"
-        if reason is None:
-            make_portable(model) if format == PORTABLE else _try_portable(model)
-        elif format == PORTABLE:
-            raise PortableFormatError(f"Cannot use the portable format: {reason}. Use format='exact'.")
-        else:
-            logger.info("Using the exact format (saved models need st_llm2vec to load): %s.", reason)
+        try:
+            make_portable(model)
+        except PortableFormatError as exc:
+            if format == PORTABLE:
+                raise
+            logger.info("Using the exact format (saved models need st_llm2vec to load): %s", exc)
     model.portable_required = format == PORTABLE
     return model
-
-
-def _try_portable(model: LLM2VecModel) -> None:
-    try:
-        make_portable(model)
-    except PortableFormatError as exc:
-        logger.info("Using the exact format (saved models need st_llm2vec to load): %s", exc)
-
-
-def _adds_bos(encoder: LLM2VecTransformer) -> bool:
-    tokenizer = encoder.tokenizer
-    ids = tokenizer("a")["input_ids"]
-    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 _STOCK_TO_POOLING = {"mean": "mean", "lasttoken": "eos_token", "cls": "bos_token"}

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,7 +34,7 @@ from .checkpoints import CheckpointError, CheckpointStack, check_safetensors, me
 from .cards import usage_section
 from .instructions import POOLING_MODES
 from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, switch_if_faithful
-from .runs import normalize_permissions
+from .runs import normalize_permissions, temp_dir_beside, temp_tag
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +167,7 @@ def _atomic_dir(output: Path, overwrite: bool) -> Iterator[Path]:
     of a convert that was killed (SIGKILL: no cleanup ran) are removed by the next one.
     """
     output.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_temp_dirs(output)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.{_temp_tag()}.", suffix=".partial", dir=output.parent))
+    tmp = temp_dir_beside(output, ".partial")
     try:
         yield tmp
         _publish(tmp, output, overwrite)
@@ -185,7 +183,7 @@ def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FileExistsError(f"{output} appeared while converting; pass --overwrite to replace it.")
-    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.{_temp_tag()}.", suffix=".old", dir=output.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.{temp_tag()}.", suffix=".old", dir=output.parent))
     os.rmdir(old)
     os.rename(output, old)
     try:
@@ -194,37 +192,6 @@ def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
         os.rename(old, output)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
-
-
-def _temp_tag() -> str:
-    return f"st-{_host_tag()}-{os.getpid()}"
-
-
-def _clean_stale_temp_dirs(output: Path) -> None:
-    """Remove ``.OUTPUT.st-HOST-PID.*.partial`` dirs of dead processes on this host; restore a stale ``.old``
-    (a convert killed between moving the old OUTPUT aside and moving the new one in) if OUTPUT is missing,
-    else remove it. Dirs of live processes, of other hosts, and without a pid tag are left alone."""
-    from .runs import pid_alive
-
-    pattern = re.compile(rf"^\.{re.escape(output.name)}\.st-{re.escape(_host_tag())}-(\d+)\.[^/]+\.(partial|old)$")
-    try:
-        entries = list(output.parent.iterdir())
-    except OSError:
-        return
-    for entry in sorted(entries, key=lambda p: p.name):
-        match = pattern.match(entry.name)
-        if not match or not entry.is_dir() or pid_alive(int(match.group(1))):
-            continue
-        if match.group(2) == "old" and not output.exists():
-            os.rename(entry, output)
-            logger.warning("Restored %s from %s, left by an interrupted convert.", output, entry.name)
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        logger.warning("Removed %s, left by an interrupted convert (pid %s).", entry, match.group(1))
 
 
 def _copy_adapters(stack: CheckpointStack, target: Path) -> None:

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
 from sentence_transformers import SentenceTransformer
 
 from .cards import patch_card
@@ -58,7 +59,7 @@ class LLM2VecModel(SentenceTransformer):
                     if self.portable_required:
                         raise
                     fallback = str(exc)
-            if not fallback.startswith("the backbone carries an unmerged LoRA"):  # checkpoints: exact, quietly
+            if not isinstance(encoder.model, PeftModel):  # a checkpoint with its LoRA: exact, quietly
                 logger.warning("Saving %s in the exact format (needs st_llm2vec to load): %s", path, fallback)
         super().save(path, model_name=model_name, create_model_card=False, safe_serialization=safe_serialization)
         if create_model_card:

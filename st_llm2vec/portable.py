@@ -34,14 +34,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .runs import normalize_permissions
+from .runs import normalize_permissions, temp_dir_beside
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +147,8 @@ def why_not_portable(model: Any) -> str | None:
     encoder, pooling = modules
     if isinstance(encoder.model, PeftModel):
         return "the backbone carries an unmerged LoRA adapter (merge it first)"
+    if not pooling.skip_instruction:
+        return "skip_instruction=False (pool every token, BOS included) has no stock equivalent"
     if pooling.pooling_mode not in STOCK_POOLING:
         return (f"pooling_mode={pooling.pooling_mode!r} has no stock equivalent (ST's weightedmean numbers the "
                 "BOS token as position 1; llm2vec weights the text tokens 1..N)")
@@ -190,7 +191,10 @@ def make_portable(model: Any) -> Callable[[], None]:
                 f"Cannot use the portable format: the EOS suffix {encoder.text_suffix!r} does not tokenize to the same "
                 "tokens after every text. Use format='exact'."
             )
-        append_suffix_in_tokenizer(encoder.tokenizer, suffix_ids)
+        try:
+            append_suffix_in_tokenizer(encoder.tokenizer, suffix_ids)
+        except PortableFormatError as exc:
+            raise PortableFormatError(f"Cannot use the portable format: {exc}. Use format='exact'.") from exc
         encoder.text_suffix = None
     encoder.doc_max_length = None
     encoder.format = PORTABLE
@@ -434,8 +438,7 @@ def save_portable(model: Any, path: str | os.PathLike, *, card=None) -> dict[str
     if reason or model[0].format != PORTABLE:
         raise PortableFormatError(f"Cannot save in the portable format: {reason or 'the model is in the exact format'}.")
     target = Path(path).expanduser().absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    tmp = temp_dir_beside(target)
     try:
         write_portable(model, tmp)
         report = prove_portable(model, tmp)

@@ -161,6 +161,44 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
+
+
+def temp_tag() -> str:
+    """This host and pid, in the names of temp dirs, so that a later run can tell a dead one's leftovers."""
+    return f"st-{_host_tag()}-{os.getpid()}"
+
+
+def clean_stale_temp_dirs(output: Path) -> None:
+    """Remove ``.OUTPUT.st-HOST-PID.*.partial`` dirs of dead processes on this host; restore a stale ``.old``
+    (a save killed between moving the old OUTPUT aside and moving the new one in) if OUTPUT is missing,
+    else remove it. Dirs of live processes, of other hosts, and without a pid tag are left alone."""
+    pattern = re.compile(rf"^\.{re.escape(output.name)}\.st-{re.escape(_host_tag())}-(\d+)\.[^/]+\.(partial|old)$")
+    try:
+        entries = list(output.parent.iterdir())
+    except OSError:
+        return
+    for entry in sorted(entries, key=lambda p: p.name):
+        match = pattern.match(entry.name)
+        if not match or not entry.is_dir() or pid_alive(int(match.group(1))):
+            continue
+        if match.group(2) == "old" and not output.exists():
+            os.rename(entry, output)
+            logger.warning("Restored %s from %s, left by an interrupted save.", output, entry.name)
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        logger.warning("Removed %s, left by an interrupted save (pid %s).", entry, match.group(1))
+
+
+def temp_dir_beside(output: Path, suffix: str = ".partial") -> Path:
+    """A new hidden temp dir next to ``output`` (``.OUTPUT.st-HOST-PID.XXXX.partial``), after removing the ones
+    dead processes left there (a SIGKILL runs no cleanup): everything we write atomically is built in one."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp_dirs(output)
+    return Path(tempfile.mkdtemp(prefix=f".{output.name}.{temp_tag()}.", suffix=suffix, dir=output.parent))
+
+
 # --------------------------------------------------------------------------- fingerprint
 
 

@@ -275,3 +275,15 @@ def test_a_trained_model_serves_the_query_embeddings_it_was_trained_and_evaluate
     np.testing.assert_allclose(stock["queries"][instruction], model.encode(texts, prompt=instruction), atol=1e-4)
     np.testing.assert_allclose(stock["queries"][stored_prompt(dev)], model.encode(texts, prompt=prompt_for(model, dev)),
                                atol=1e-4)
+
+
+def test_a_killed_saves_temp_dir_is_removed_by_the_next_save_and_a_live_ones_is_kept(tmp_path):
+    """save_portable builds in ``runs.temp_dir_beside``: a SIGKILLed save's leftover does not stay forever."""
+    from st_llm2vec.runs import temp_dir_beside, temp_tag
+
+    target = tmp_path / "model"
+    dead = tmp_path / f".model.{temp_tag().rsplit('-', 1)[0]}-999999999.x.partial"
+    live = tmp_path / f".model.{temp_tag()}.y.partial"  # this process: alive
+    dead.mkdir(), live.mkdir()
+    fresh = temp_dir_beside(target)
+    assert not dead.exists() and live.is_dir() and fresh.name.startswith(f".model.{temp_tag()}.")
