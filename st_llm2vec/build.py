@@ -1,4 +1,8 @@
-"""``from_llm``: one call from a causal-LM checkpoint to a bidirectional ST embedding model."""
+"""``from_llm``: one call from a causal-LM checkpoint to a bidirectional ST embedding model.
+
+Also the one place dtypes and loader kwargs are parsed (:func:`parse_dtype`, :func:`model_kwargs`), for
+training configs and export alike.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 import os
 from typing import Any
 
+import torch
 from sentence_transformers import SentenceTransformer
 
 from .encoder import LLM2VecTransformer
@@ -19,6 +24,28 @@ from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, adds_bos, m
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+
+
+def parse_dtype(value: Any) -> torch.dtype | str | None:
+    """A dtype as configs and the CLI write it ("bfloat16", "auto", a ``torch.dtype`` or None) in the form
+    the HF loader takes; the one parser training, config checks and export share."""
+    if value is None or value == "auto" or isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, value, None) if isinstance(value, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"torch_dtype {value!r} is not a torch dtype (use bfloat16, float16, float32 or auto).")
+    return dtype
+
+
+def model_kwargs(torch_dtype: Any = None, attn_implementation: str | None = None) -> dict[str, Any]:
+    """The ``from_pretrained`` kwargs for a dtype and an attention implementation, each only when given
+    (so the loader's own defaults apply otherwise)."""
+    kwargs: dict[str, Any] = {}
+    if torch_dtype is not None:
+        kwargs["dtype"] = parse_dtype(torch_dtype)
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
 
 
 def original_name_or_path(model_name_or_path: str) -> str | None:

@@ -260,9 +260,9 @@ def resume_value(value: Any) -> None:
 
 
 def torch_dtype_check(value: Any) -> None:
-    from .trainer import training_dtype
+    from .build import parse_dtype
 
-    training_dtype(value)
+    parse_dtype(value)
 
 
 def pooling_check(value: Any) -> None:

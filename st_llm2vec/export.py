@@ -29,7 +29,7 @@ from typing import Any
 from sentence_transformers import SentenceTransformer
 
 from .bidirectional import BidirectionalityError
-from .build import from_llm, original_name_or_path
+from .build import from_llm, model_kwargs, original_name_or_path
 from .checkpoints import CheckpointError, CheckpointStack, check_safetensors, merge_adapters, resolve_stack
 from .cards import usage_section
 from .instructions import POOLING_MODES
@@ -45,7 +45,6 @@ DEFAULT_PROMPTS: dict[str, str] = {
 }
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 CARD_TAGS = ["llm2vec", "st-llm2vec"]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 # -- convert --------------------------------------------------------------------------------------
@@ -92,13 +91,9 @@ def convert(
     _check_not_an_input(output, stack)
     settings = stack.settings
     prompts = dict(DEFAULT_PROMPTS if prompts is None else prompts)
-    model_kwargs: dict[str, Any] = {}
-    if dtype is not None:
-        model_kwargs["dtype"] = _torch_dtype(dtype)
-    if attn_implementation is not None:
-        model_kwargs["attn_implementation"] = attn_implementation
+    loader_kwargs = model_kwargs(dtype, attn_implementation)
     if not allow_pickle:
-        model_kwargs["use_safetensors"] = True
+        loader_kwargs["use_safetensors"] = True
     logger.info("Loading base %s", stack.base)
     model = from_llm(
         stack.base,
@@ -109,7 +104,7 @@ def convert(
         prompts=prompts,
         bidirectional=not causal,
         format=EXACT,
-        **model_kwargs,
+        **loader_kwargs,
     )
     merge_adapters(model, stack.adapters)
     comparison, reason = (None, "--format exact") if format == EXACT else switch_if_faithful(model)
@@ -146,17 +141,6 @@ def _check_not_an_input(output: Path, stack: CheckpointStack) -> None:
     for path in stack.local_paths:
         if resolved == path or resolved in path.parents:
             raise FileExistsError(f"OUTPUT {output} is (or contains) the input {path}; choose another OUTPUT.")
-
-
-def _torch_dtype(dtype: Any) -> Any:
-    """'bfloat16' -> torch.bfloat16; 'auto' and torch dtypes pass through."""
-    import torch
-
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
-    return getattr(torch, dtype)
 
 
 @contextlib.contextmanager
@@ -319,12 +303,25 @@ def format_line(saved: dict[str, Any]) -> str:
 # -- push -----------------------------------------------------------------------------------------
 
 
+def _check_repo_id(repo_id: str) -> None:
+    """A repo id the Hub accepts (huggingface_hub's rules), with its namespace written out: without one,
+    the upload would land under whichever account the token belongs to."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    expected = f"Hub repo id {repo_id!r} must look like 'user-or-org/model-name'"
+    if not isinstance(repo_id, str) or "/" not in repo_id:
+        raise ValueError(f"{expected}.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ValueError(f"{expected}: {exc}") from None
+
+
 def _check_push_target(repo_id: str) -> None:
     """Fail before a long conversion when the repo id is malformed or no Hub token is available."""
     from huggingface_hub import get_token
 
-    if not _REPO_ID.match(repo_id):
-        raise ValueError(f"Hub repo id {repo_id!r} must look like 'user-or-org/model-name'.")
+    _check_repo_id(repo_id)
     if not get_token():
         raise PermissionError(
             "No Hugging Face token found: run `hf auth login` or set HF_TOKEN, then push again."
@@ -359,8 +356,8 @@ def push(
     _check_model_dir(directory)
     if token is None:
         _check_push_target(repo_id)
-    elif not _REPO_ID.match(repo_id):
-        raise ValueError(f"Hub repo id {repo_id!r} must look like 'user-or-org/model-name'.")
+    else:
+        _check_repo_id(repo_id)
     return _push_dir(directory, repo_id, private=private, token=token, commit_message=commit_message)
 
 

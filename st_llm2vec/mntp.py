@@ -246,12 +246,14 @@ class MNTPDataCollator:
     valid_label_columns: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.tokenizer.eos_token_id
-        if pad is None:
-            raise ValueError("The tokenizer has neither a pad nor an eos token to pad MNTP batches with.")
-        self.pad_token_id = int(pad)
+        if self.tokenizer.pad_token_id is None:
+            if self.tokenizer.eos_token is None:
+                raise ValueError("The tokenizer has neither a pad nor an eos token to pad MNTP batches with.")
+            import copy
+
+            # tokenizer.pad needs a pad token: EOS (llm2vec's choice) on a copy, the caller's tokenizer stays as it is
+            self.tokenizer = copy.deepcopy(self.tokenizer)
+            self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def _ids(self, row: Mapping[str, Any]) -> list[int]:
         if "input_ids" in row:
@@ -264,21 +266,22 @@ class MNTPDataCollator:
     def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             return {}
-        rows = [self._ids(row) for row in features]
-        width = max(len(r) for r in rows)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            attention_mask[i, : len(r)] = 1
+        # right padding whatever the tokenizer's side: the encoder sets it to left for inference
+        padded = self.tokenizer.pad(
+            [{"input_ids": self._ids(row)} for row in features],
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            padding_side="right",
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]
         batch = {f"{FEATURE_PREFIX}_input_ids": input_ids, f"{FEATURE_PREFIX}_attention_mask": attention_mask}
         with_labels = ["labels" in row for row in features]
         if any(with_labels):
             if not all(with_labels):
                 raise ValueError("Either every row of a batch carries 'labels' (pre-masked) or none does.")
-            labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+            # tokenizer.pad leaves labels alone (they pad with IGNORE_INDEX, not the pad token)
+            labels = torch.full_like(input_ids, IGNORE_INDEX)
             for i, row in enumerate(features):
                 labels[i, : len(row["labels"])] = torch.as_tensor(row["labels"], dtype=torch.long)
             batch[f"{FEATURE_PREFIX}_labels"] = labels

@@ -35,7 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, load_dataset
+from datasets.exceptions import DatasetGenerationError
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +241,21 @@ def rows_to_dataset(name: str, rows: Iterable[Mapping], counts: dict[str, int] |
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
+    """The rows of one ``<dataset>.jsonl`` file, read by ``datasets``; an empty or blank file has none."""
+    try:
+        return load_dataset("json", data_files=str(path), split="train").to_list()
+    except (DatasetGenerationError, StopIteration, ValueError) as error:
+        # datasets names a bad line only as a block-relative pyarrow row, and fails on an empty or blank
+        # file (StopIteration / "corresponds to no data"): only on this path is the file scanned, to say which.
+        refusal = _why_unreadable(path, error)
+        if refusal is not None:
+            raise refusal from error
+        return []
+
+
+def _why_unreadable(path: Path, error: Exception) -> ValueError | None:
+    """The refusal naming the first line of ``path`` that is not a JSON object, or None if it has no rows."""
+    rows = 0
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -248,11 +263,16 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not a JSON object ({exc.msg})") from exc
+                return ValueError(f"{path}:{lineno}: not a JSON object ({exc.msg})")
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with query/positive/negative")
-            rows.append(row)
-    return rows
+                return ValueError(f"{path}:{lineno}: expected a JSON object with query/positive/negative")
+            rows += 1
+    if rows:
+        return ValueError(
+            f"Could not read {path} as JSON Lines ({error.__cause__ or error}): write one JSON object with "
+            "query, positive and optionally negative per line."
+        )
+    return None
 
 
 def _variants(instruction: str | Sequence[str]) -> list[str]:

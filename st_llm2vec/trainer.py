@@ -13,15 +13,16 @@ What the stock trainer (ST 6.2 + transformers 5.2x) gets wrong for us, and nothi
   (with the run fingerprint of :mod:`.runs`) after every other file, and gives the files the umask's
   modes (safetensors writes 0600).
 
-Also here: the ``torch_dtype`` parsing both stages' configs share (:func:`training_dtype`) and the
-``stop_after_n_steps`` callback (:class:`StopAfterNSteps`). Importing this module imports the trainer
-stack (seconds); ``import st_llm2vec`` does not import it.
+Also here: :func:`training_dtype` (now :func:`st_llm2vec.build.parse_dtype`, the parser both stages'
+configs and export share) and the ``stop_after_n_steps`` callback (:class:`StopAfterNSteps`).
+Importing this module imports the trainer stack (seconds); ``import st_llm2vec`` does not import it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel
@@ -31,18 +32,16 @@ from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
+from .build import parse_dtype
 from .runs import normalize_permissions, remove_checkpoint_marker, write_checkpoint_marker
 
 logger = logging.getLogger(__name__)
 
 
-def training_dtype(value):
-    """A training config's ``torch_dtype`` ("bfloat16", "auto", a ``torch.dtype`` or None) for the HF loader."""
-    if value in (None, "auto") or isinstance(value, torch.dtype):
-        return value
-    if not isinstance(getattr(torch, str(value), None), torch.dtype):
-        raise ValueError(f"torch_dtype {value!r} is not a torch dtype (use bfloat16, float16, float32 or auto).")
-    return getattr(torch, value)
+def training_dtype(value: Any) -> torch.dtype | str | None:
+    """A training config's ``torch_dtype`` for the HF loader: :func:`st_llm2vec.build.parse_dtype`, kept
+    under this name until its callers call that directly."""
+    return parse_dtype(value)
 
 
 class _NothingToTrain(Exception):
