@@ -9,9 +9,10 @@ Models: (1) SmolLM2-135M-Instruct untrained, as ``from_llm`` gives it (bidirecti
 ``load_model(dir)``, exact twin = ``from_llm(dir, format="exact")`` on the same weights.
 
 Scores: cosine Spearman ×100 on the shared dev sets (STS12 test, STS13 test, SICK trial; a fixed sample of
-``--eval-pairs`` pairs each, from ``devsets.sts_evaluators``), with the instruction on both sides and
-without. Also: min / mean cosine between the exact and the portable embedding of every unique dev text
-(instructed, and plain as a check). Mean pooling only (with eos pooling a saved tokenizer appends EOS itself).
+``--eval-pairs`` pairs each), as ``devsets.sts_evaluators``' evaluators compute it, with the instruction on
+both sides and without. Also: min / mean cosine between the exact and the portable embedding of every unique
+dev text (instructed, and plain as a check). Mean pooling only (with eos pooling a saved tokenizer appends
+EOS itself).
 
     OMP_NUM_THREADS=1 python benchmarks/portable_vs_exact.py --train-quickstart /tmp/qs-model
     OMP_NUM_THREADS=1 python benchmarks/portable_vs_exact.py --trained /tmp/qs-model   # already trained
@@ -56,20 +57,11 @@ def encode(model, texts: list[str], instruction: str | None, batch_size: int) ->
                         normalize_embeddings=True, show_progress_bar=False)
 
 
-def sts_scores(emb: dict[str, np.ndarray], sets: dict[str, tuple[list, list, list]]) -> dict[str, float]:
-    """Cosine Spearman ×100 per set (what EmbeddingSimilarityEvaluator reports as spearman_cosine)."""
-    from scipy.stats import spearmanr
+def run_model(label: str, builders: dict, texts: list[str], evaluators: list, args, results: dict) -> None:
+    """Score each format on the dev evaluators, with and without the instruction; encode every unique dev
+    text each way and compare the formats' embeddings."""
+    from st_llm2vec.quickstart import evaluate
 
-    out = {}
-    for name, (s1, s2, gold) in sets.items():
-        sims = [float(emb[a] @ emb[b]) for a, b in zip(s1, s2)]
-        out[name] = 100.0 * float(spearmanr(gold, sims).statistic)
-    out["mean"] = sum(out[n] for n in sets) / len(sets)
-    return out
-
-
-def run_model(label: str, builders: dict, texts: list[str], sets: dict, args, results: dict) -> None:
-    """Encode every unique dev text with each format, with and without the instruction; score and compare."""
     embs: dict[tuple[str, str], np.ndarray] = {}
     for fmt, build in builders.items():
         t0 = time.perf_counter()
@@ -84,10 +76,9 @@ def run_model(label: str, builders: dict, texts: list[str], sets: dict, args, re
               flush=True)
         for mode, instr in (("instructed", INSTRUCTION), ("plain", None)):
             t0 = time.perf_counter()
-            e = encode(model, texts, instr, args.batch_size)
+            embs[(fmt, mode)] = encode(model, texts, instr, args.batch_size)
             dt = time.perf_counter() - t0
-            embs[(fmt, mode)] = e
-            scores = sts_scores(dict(zip(texts, e)), sets)
+            scores = evaluate(model, evaluators, instruction=instr, progress=False)
             results["sts"].append({"model": label, "format": fmt, "instruction": instr, "scores": scores,
                                    "encode_seconds": dt, "texts": len(texts)})
             print(f"[{label}/{fmt}/{mode}] {len(texts)} texts in {dt:.0f}s: "
@@ -104,7 +95,7 @@ def run_model(label: str, builders: dict, texts: list[str], sets: dict, args, re
 
 def table(results: dict) -> str:
     cols = ["STS12", "STS13", "SICK", "mean"]
-    keys = ["sts12", "sts13", "sick-trial", "mean"]
+    keys = [*SETS, "sts_mean"]
     lines = [f"| model | format | instruction | {' | '.join(cols)} |", "|---|---|---|" + "---:|" * len(cols)]
     for r in results["sts"]:
         lines.append(f"| {r['model']} | {r['format']} | {'yes' if r['instruction'] else 'no'} | "
@@ -140,21 +131,21 @@ def main(argv: list[str] | None = None) -> None:
     from st_llm2vec import devsets, from_llm, load_model
     from st_llm2vec.smollm2 import ensure_smollm2
 
-    evaluators = devsets.sts_evaluators(max_pairs=args.eval_pairs or None, fallback=False)
-    sets = {e.name: (list(e.sentences1), list(e.sentences2), list(e.scores)) for e in evaluators}
-    texts = list(dict.fromkeys(t for s1, s2, _ in sets.values() for t in s1 + s2))
-    print(f"dev sets: {', '.join(f'{k} {len(v[0])} pairs' for k, v in sets.items())}; {len(texts)} unique texts; "
+    evaluators = devsets.sts_evaluators(max_pairs=args.eval_pairs or None, batch_size=args.batch_size, fallback=False)
+    sets = {e.name: len(e.scores) for e in evaluators}
+    texts = list(dict.fromkeys(t for e in evaluators for t in e.sentences1 + e.sentences2))
+    print(f"dev sets: {', '.join(f'{k} {n} pairs' for k, n in sets.items())}; {len(texts)} unique texts; "
           f"instruction {INSTRUCTION!r}; torch threads {torch.get_num_threads()}", flush=True)
 
     results: dict = {"command": command, "instruction": INSTRUCTION, "torch_threads": torch.get_num_threads(),
-                     "hardware": hardware(), "eval_pairs": {k: len(v[0]) for k, v in sets.items()},
+                     "hardware": hardware(), "eval_pairs": sets,
                      "unique_texts": len(texts), "max_seq_length": args.max_seq_length, "sts": [], "cosine": [],
                      "notes": []}
     base = str(ensure_smollm2())
     run_model("untrained", {
         "exact": lambda: from_llm(base, format="exact", pooling_mode="mean"),
         "portable": lambda: from_llm(base, format="portable", pooling_mode="mean"),
-    }, texts, sets, args, results)
+    }, texts, evaluators, args, results)
     untrained_s = time.perf_counter() - start
     results["untrained_seconds"] = untrained_s
 
@@ -181,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         run_model("quickstart", {
             "exact": lambda: from_llm(trained, format="exact", pooling_mode="mean"),
             "portable": lambda: load_model(trained),
-        }, texts, sets, args, results)
+        }, texts, evaluators, args, results)
 
     results["wall_seconds"] = time.perf_counter() - start
     Path(args.json).write_text(json.dumps(results, indent=2))

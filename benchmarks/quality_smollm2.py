@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"unknown stage(s) {unknown}; choose from {STAGES}")
 
     import torch
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     from st_llm2vec import devsets
     from st_llm2vec import quickstart as q
@@ -178,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     q._quiet_libraries()
     base = str(Path(args.model).expanduser()) if args.model else str(ensure_smollm2())
     started, t_start = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
-    sets = q.dev_sets(args.data_dir, args.eval_pairs or None, wang_queries=args.wang_queries or None)
-    print("dev sets: " + ", ".join(f"{s.name} ({len(s)})" for s in sets) + f"; torch threads {threads}", flush=True)
-    sentences, corpus_desc = q.training_sentences(args.data_dir, args.corpus_size or None, seed=args.seed)
+    evaluators = devsets.dev_evaluators(args.data_dir, args.eval_pairs or None, wang_queries=args.wang_queries or None)
+    sts_evaluators = [e for e in evaluators if isinstance(e, EmbeddingSimilarityEvaluator)]
+    print("dev sets: " + ", ".join(f"{e.name} ({devsets.dev_set_size(e)})" for e in evaluators)
+          + f"; torch threads {threads}", flush=True)
+    sentences, corpus_desc = devsets.training_sentences(args.data_dir, args.corpus_size or None, seed=args.seed)
     corpus = work / "sentences.txt"
     if not corpus.is_file():
         q.write_lines(corpus, sentences)
@@ -211,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         load0 = loadavg()
         model.max_seq_length = args.eval_seq_length
         model.eval()
-        use = [s for s in sets if s.kind == "sts"] if sts_only else sets
-        scores = q.evaluate(model, use, batch_size=32, instruction=instruction, desc=LABELS[key])
+        use = sts_evaluators if sts_only else evaluators
+        scores = q.evaluate(model, use, instruction=instruction)
         record = {
             "stage": key, "label": LABELS[key], "scores": scores, "steps": steps, "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - t0, "instruction": instruction, "threads": threads,
-            "loadavg": [load0, loadavg()], "eval_sets": {s.name: len(s) for s in use}, "command": command,
+            "loadavg": [load0, loadavg()], "eval_sets": {e.name: devsets.dev_set_size(e) for e in use}, "command": command,
             "corpus": corpus_desc, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),
         }
         write_json(work / "results" / f"{key}.json", record)

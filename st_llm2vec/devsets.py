@@ -1,8 +1,9 @@
 """Dev evaluation and small training sets read from the shared data folder (``../shared/data``).
 
 The shared folder holds SemEval STS 2012/2013, SICK 2014, MSR paraphrase and TREC-QA answer
-selection (Wang et al.). Nothing here is copied into the repo; a small hand-written STS set keeps
-evaluation possible when the folder is absent.
+selection (Wang et al.). Nothing here is copied into the repo; a small hand-written STS set and
+training text keep evaluation and training possible when the folder is absent. Dev sets come as
+Sentence Transformers evaluators, so every score is computed the way ST computes it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ STS_DIR = Path("sts") / "semeval-sts"
 SICK_DIR = Path("sts") / "sick2014"
 MSR_DIR = Path("para") / "msr"
 WANG_DIR = Path("anssel") / "wang"
+WANG_DEV = "wang-dev"  # the name of the Wang TREC-QA dev reranking evaluator (its metrics: wang-dev_map, ...)
 # The STS 2012/2013 test subsets present in the shared copy (MSRvid and SMT 2013 are licence-restricted).
 STS_YEARS = {"sts12": "2012", "sts13": "2013"}
 
@@ -278,14 +280,38 @@ def wang_samples(data_dir: str | Path | None = None, split: str = "dev", max_que
 def wang_reranking_evaluator(
     data_dir: str | Path | None = None, max_queries: int | None = None, *, batch_size: int = 32
 ) -> RerankingEvaluator:
-    """RerankingEvaluator ("wang-dev", MAP primary, MRR@10 also reported) over the Wang TREC-QA dev questions."""
+    """RerankingEvaluator (:data:`WANG_DEV`, MAP primary, MRR@10 also reported) over the Wang TREC-QA dev questions."""
     from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
 
     evaluator = RerankingEvaluator(
-        samples=wang_samples(data_dir, "dev", max_queries), name="wang-dev", batch_size=batch_size
+        samples=wang_samples(data_dir, "dev", max_queries), name=WANG_DEV, batch_size=batch_size
     )
     evaluator.primary_metric = "map"  # the standard metric for this set (the class defaults to ndcg@10)
     return evaluator
+
+
+def dev_evaluators(
+    data_dir: str | Path | None = None,
+    max_pairs: int | None = None,
+    *,
+    wang_queries: int | None = 0,
+    batch_size: int = 32,
+) -> list[EmbeddingSimilarityEvaluator | RerankingEvaluator]:
+    """The dev sets the quick start and the benchmarks score: :func:`sts_evaluators` (the built-in pairs
+    without the shared data), then, with the shared data, :func:`wang_reranking_evaluator` over
+    ``wang_queries`` questions (None: all, 0: left out)."""
+    evaluators: list[EmbeddingSimilarityEvaluator | RerankingEvaluator] = list(
+        sts_evaluators(data_dir, max_pairs, batch_size=batch_size)
+    )
+    if wang_queries != 0 and find_shared_data(data_dir) is not None:
+        evaluators.append(wang_reranking_evaluator(data_dir, wang_queries, batch_size=batch_size))
+    return evaluators
+
+
+def dev_set_size(evaluator: EmbeddingSimilarityEvaluator | RerankingEvaluator) -> int:
+    """How many items an evaluator scores: pairs of an STS set, questions of a reranking set."""
+    samples = getattr(evaluator, "samples", None)
+    return len(samples) if samples is not None else len(evaluator.scores)
 
 
 # --------------------------------------------------------------------------- built-in fallback set
@@ -347,6 +373,81 @@ def builtin_sts_evaluator(*, batch_size: int = 16) -> EmbeddingSimilarityEvaluat
     return _similarity_evaluator(builtin_sts_pairs(), (0.0, 5.0), "builtin-sts", batch_size)
 
 
+# Project-written training sentences (MNTP text and SimCSE sentences) for when the shared folder is absent.
+# They are not taken from any dataset, and none of them is one of the built-in evaluation pairs.
+_BUILTIN_SENTENCES: tuple[str, ...] = (
+    "The ferry leaves the harbour every hour during the summer.",
+    "A young boy is flying a red kite on the beach.",
+    "Our neighbours painted their fence a bright shade of blue.",
+    "The library extended its opening hours during the exam period.",
+    "Two women are jogging along the river at sunrise.",
+    "The recipe calls for three eggs and a cup of flour.",
+    "A firefighter climbed the ladder to rescue the cat.",
+    "The new stadium can hold more than forty thousand fans.",
+    "He spent the weekend fixing the roof of the shed.",
+    "The farmers are harvesting wheat before the rain arrives.",
+    "A girl in a yellow raincoat is jumping into puddles.",
+    "The scientists published their results in a medical journal.",
+    "The bus was delayed because of heavy snow on the motorway.",
+    "A chef is arranging vegetables on a large white plate.",
+    "The city council voted to build a new cycle lane.",
+    "She practises the piano for an hour every evening.",
+    "The old lighthouse was turned into a small museum.",
+    "A group of tourists is taking photos of the cathedral.",
+    "The printer ran out of ink in the middle of the report.",
+    "Volunteers planted two hundred trees in the park on Saturday.",
+    "The baby fell asleep in the back of the car.",
+    "A man is repairing a flat tyre on his bicycle.",
+    "The company opened a new office in the capital last spring.",
+    "Heavy rain caused the river to burst its banks.",
+    "The students presented their project to the whole school.",
+    "A dog is carrying a stick across the garden.",
+    "The hotel offers free breakfast to all its guests.",
+    "The pilot announced that the plane would land early.",
+    "Two boys are playing chess on a bench in the square.",
+    "The bakery on the corner closes at six in the evening.",
+    "A woman is pouring tea into two small cups.",
+    "The government announced new rules for electric scooters.",
+    "The hikers reached the summit just before noon.",
+    "A street musician is playing the saxophone near the station.",
+    "The shop raised the price of milk for the second time this year.",
+    "The children are feeding carrots to a pony.",
+    "Our flight was cancelled, so we took the night train.",
+    "The orchestra will perform a new symphony next month.",
+    "A cyclist is riding up a steep mountain road.",
+    "The teacher wrote the answers on the whiteboard.",
+    "The factory will hire two hundred new workers next year.",
+    "A man in a suit is waiting at the bus stop.",
+    "The garden was full of roses and lavender.",
+    "The team lost the final after a penalty shoot-out.",
+    "A cat is chasing a butterfly in the long grass.",
+    "The museum displays paintings from the nineteenth century.",
+    "The storm knocked down power lines across the region.",
+    "She ordered a coffee and a slice of lemon cake.",
+    "The mechanic replaced the brakes on the old van.",
+    "A crowd gathered to watch the fireworks over the bay.",
+    "The river freezes over in the coldest weeks of winter.",
+    "The author signed copies of her new novel at the bookshop.",
+    "A woman is teaching her son how to ride a bike.",
+    "The software update fixed a bug in the calendar app.",
+    "Two horses are grazing in a field near the farmhouse.",
+    "The restaurant was so busy that we waited an hour for a table.",
+    "The astronauts returned safely after six months in orbit.",
+    "A boy is building a tower out of wooden blocks.",
+    "The price of petrol fell sharply at the end of the month.",
+    "The gardener is trimming the hedges along the path.",
+    "The concert was moved indoors because of the wind.",
+    "A girl is reading a comic book under a tree.",
+    "The hospital opened a new wing for children.",
+    "Fishermen are unloading their catch at the harbour.",
+)
+
+
+def builtin_sentences() -> list[str]:
+    """A small hand-written training text (one sentence each) so MNTP and SimCSE run without the shared data."""
+    return list(_BUILTIN_SENTENCES)
+
+
 # --------------------------------------------------------------------------- training sets
 
 
@@ -373,6 +474,18 @@ def simcse_sentences(data_dir: str | Path | None = None, limit: int | None = Non
     if seed is not None:
         random.Random(seed).shuffle(sentences)
     return sentences[:limit] if limit is not None else sentences
+
+
+def training_sentences(data_dir: str | Path | None = None, limit: int | None = None, *, seed: int = 0) -> tuple[list[str], str]:
+    """Sentences for MNTP and SimCSE: :func:`simcse_sentences` shuffled with ``seed``, or the built-in ones
+    (shuffled alike) without the shared data; returns ``(sentences, source description)``."""
+    if find_shared_data(data_dir) is not None:
+        sentences = simcse_sentences(data_dir, limit, seed=seed)
+        return sentences, f"SICK+MSR train sentences ({len(sentences)})"
+    sentences = builtin_sentences()
+    random.Random(seed).shuffle(sentences)
+    sentences = sentences[:limit] if limit is not None else sentences
+    return sentences, f"built-in sentences ({len(sentences)}; no shared data)"
 
 
 def sick_triplets(

@@ -27,9 +27,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from . import devsets
 
 logger = logging.getLogger(__name__)
 
@@ -39,76 +41,6 @@ EXAMPLE_DOCS = (
     "A musician performs a song in front of an audience.",
     "A man is slicing a tomato in the kitchen.",
     "The central bank raised interest rates again.",
-)
-WANG = "wang-dev"
-
-# Project-written training sentences (MNTP text and SimCSE sentences) for when ``../shared`` is absent.
-# They are not taken from any dataset, and none of them is one of the built-in evaluation pairs.
-BUILTIN_CORPUS: tuple[str, ...] = (
-    "The ferry leaves the harbour every hour during the summer.",
-    "A young boy is flying a red kite on the beach.",
-    "Our neighbours painted their fence a bright shade of blue.",
-    "The library extended its opening hours during the exam period.",
-    "Two women are jogging along the river at sunrise.",
-    "The recipe calls for three eggs and a cup of flour.",
-    "A firefighter climbed the ladder to rescue the cat.",
-    "The new stadium can hold more than forty thousand fans.",
-    "He spent the weekend fixing the roof of the shed.",
-    "The farmers are harvesting wheat before the rain arrives.",
-    "A girl in a yellow raincoat is jumping into puddles.",
-    "The scientists published their results in a medical journal.",
-    "The bus was delayed because of heavy snow on the motorway.",
-    "A chef is arranging vegetables on a large white plate.",
-    "The city council voted to build a new cycle lane.",
-    "She practises the piano for an hour every evening.",
-    "The old lighthouse was turned into a small museum.",
-    "A group of tourists is taking photos of the cathedral.",
-    "The printer ran out of ink in the middle of the report.",
-    "Volunteers planted two hundred trees in the park on Saturday.",
-    "The baby fell asleep in the back of the car.",
-    "A man is repairing a flat tyre on his bicycle.",
-    "The company opened a new office in the capital last spring.",
-    "Heavy rain caused the river to burst its banks.",
-    "The students presented their project to the whole school.",
-    "A dog is carrying a stick across the garden.",
-    "The hotel offers free breakfast to all its guests.",
-    "The pilot announced that the plane would land early.",
-    "Two boys are playing chess on a bench in the square.",
-    "The bakery on the corner closes at six in the evening.",
-    "A woman is pouring tea into two small cups.",
-    "The government announced new rules for electric scooters.",
-    "The hikers reached the summit just before noon.",
-    "A street musician is playing the saxophone near the station.",
-    "The shop raised the price of milk for the second time this year.",
-    "The children are feeding carrots to a pony.",
-    "Our flight was cancelled, so we took the night train.",
-    "The orchestra will perform a new symphony next month.",
-    "A cyclist is riding up a steep mountain road.",
-    "The teacher wrote the answers on the whiteboard.",
-    "The factory will hire two hundred new workers next year.",
-    "A man in a suit is waiting at the bus stop.",
-    "The garden was full of roses and lavender.",
-    "The team lost the final after a penalty shoot-out.",
-    "A cat is chasing a butterfly in the long grass.",
-    "The museum displays paintings from the nineteenth century.",
-    "The storm knocked down power lines across the region.",
-    "She ordered a coffee and a slice of lemon cake.",
-    "The mechanic replaced the brakes on the old van.",
-    "A crowd gathered to watch the fireworks over the bay.",
-    "The river freezes over in the coldest weeks of winter.",
-    "The author signed copies of her new novel at the bookshop.",
-    "A woman is teaching her son how to ride a bike.",
-    "The software update fixed a bug in the calendar app.",
-    "Two horses are grazing in a field near the farmhouse.",
-    "The restaurant was so busy that we waited an hour for a table.",
-    "The astronauts returned safely after six months in orbit.",
-    "A boy is building a tower out of wooden blocks.",
-    "The price of petrol fell sharply at the end of the month.",
-    "The gardener is trimming the hedges along the path.",
-    "The concert was moved indoors because of the wind.",
-    "A girl is reading a comic book under a tree.",
-    "The hospital opened a new wing for children.",
-    "Fishermen are unloading their catch at the harbour.",
 )
 
 
@@ -158,25 +90,7 @@ def resolve_bf16(requested: bool | str | None = "auto") -> bool:
     return bool(requested)
 
 
-# --------------------------------------------------------------------------- data
-
-
-def training_sentences(data_dir: str | Path | None = None, limit: int | None = None, *, seed: int = 0) -> tuple[list[str], str]:
-    """Sentences for MNTP and SimCSE: SICK + MSR train (shuffled with ``seed``), or the built-in corpus.
-
-    Returns ``(sentences, source description)``.
-    """
-    from . import devsets
-
-    if devsets.find_shared_data(data_dir) is not None:
-        sentences = devsets.simcse_sentences(data_dir, limit, seed=seed)
-        return sentences, f"SICK+MSR train sentences ({len(sentences)})"
-    import random
-
-    sentences = list(BUILTIN_CORPUS)
-    random.Random(seed).shuffle(sentences)
-    sentences = sentences[:limit] if limit is not None else sentences
-    return sentences, f"built-in sentences ({len(sentences)}; no shared data)"
+# --------------------------------------------------------------------------- data and scores
 
 
 def write_lines(path: str | Path, lines: Sequence[str]) -> Path:
@@ -187,132 +101,31 @@ def write_lines(path: str | Path, lines: Sequence[str]) -> Path:
     return path
 
 
-@dataclass
-class EvalSet:
-    """A dev set: scored pairs (``kind="sts"``: cosine Spearman) or reranking samples (``"rerank"``: MAP, MRR@10)."""
-
-    name: str
-    kind: str
-    pairs: list[tuple[str, str, float]] = field(default_factory=list)
-    samples: list[dict] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.pairs) if self.kind == "sts" else len(self.samples)
-
-
-def dev_sets(
-    data_dir: str | Path | None = None,
-    max_pairs: int | None = 100,
-    *,
-    wang_queries: int | None = 0,
-) -> list[EvalSet]:
-    """STS 2012 / 2013 test and SICK trial (``max_pairs`` each, a fixed sample), or the built-in pairs when
-    the shared data is absent; plus the Wang TREC-QA dev reranking set (``wang_queries`` questions, None:
-    all, 0: none) when the shared data is there."""
-    from . import devsets
-
-    sets = []
-    for ev in devsets.sts_evaluators(data_dir, max_pairs):
-        sets.append(EvalSet(ev.name, "sts", list(zip(ev.sentences1, ev.sentences2, ev.scores))))
-    if wang_queries != 0 and devsets.find_shared_data(data_dir) is not None:
-        sets.append(EvalSet(WANG, "rerank", samples=devsets.wang_samples(data_dir, "dev", wang_queries)))
-    return sets
-
-
-def _encode_unique(
-    model, texts: Sequence[str], *, prompt: str | None, batch_size: int, progress: bool, desc: str
-) -> dict[str, Any]:
-    """Embeddings (normalized, CPU tensors) of each distinct text, encoded once."""
-    import torch
-
-    from .portable import prompt_for
-
-    unique = list(dict.fromkeys(texts))
-    if not unique:
-        return {}
-    kwargs: dict[str, Any] = {"prompt": prompt_for(model, prompt)} if prompt else {}
-    if progress:
-        from tqdm.auto import tqdm
-
-        # One bar for the whole set (ST's own bar is per encode call).
-        order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
-        chunks = [order[i : i + batch_size * 4] for i in range(0, len(order), batch_size * 4)]
-        out: list[Any] = [None] * len(unique)
-        with tqdm(total=len(unique), desc=desc, unit="text", leave=False) as bar:
-            for chunk in chunks:
-                emb = model.encode([unique[i] for i in chunk], batch_size=batch_size, convert_to_tensor=True,
-                                   normalize_embeddings=True, show_progress_bar=False, **kwargs)
-                for i, e in zip(chunk, emb):
-                    out[i] = e
-                bar.update(len(chunk))
-        embeddings = torch.stack(out)
-    else:
-        embeddings = model.encode(unique, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
-                                  show_progress_bar=False, **kwargs)
-    embeddings = embeddings.float().cpu()
-    return {text: embeddings[i] for i, text in enumerate(unique)}
-
-
-def _rerank_metrics(samples: Sequence[dict], q_emb: Mapping[str, Any], d_emb: Mapping[str, Any], at_k: int = 10) -> dict[str, float]:
-    """MAP and MRR@k as Sentence Transformers' RerankingEvaluator computes them (cosine, per query)."""
-    import numpy as np
-    import torch
-    from sklearn.metrics import average_precision_score
-
-    aps, mrrs = [], []
-    for s in samples:
-        docs = list(s["positive"]) + list(s["negative"])
-        relevant = [1] * len(s["positive"]) + [0] * len(s["negative"])
-        if not s["positive"] or not s["negative"]:
-            continue
-        scores = torch.stack([d_emb[d] for d in docs]) @ q_emb[s["query"]]
-        ranking = torch.argsort(-scores).tolist()
-        mrr = 0.0
-        for rank, idx in enumerate(ranking[:at_k]):
-            if relevant[idx]:
-                mrr = 1.0 / (rank + 1)
-                break
-        mrrs.append(mrr)
-        aps.append(average_precision_score(relevant, scores.tolist()))
-    return {"map": float(np.mean(aps)), f"mrr@{at_k}": float(np.mean(mrrs))}
-
-
 def evaluate(
-    model,
-    sets: Sequence[EvalSet],
-    *,
-    batch_size: int = 32,
-    instruction: str | None = None,
-    query_instruction: str | None = None,
-    progress: bool = True,
-    desc: str = "eval",
+    model, evaluators: Sequence[Any], *, instruction: str | None = None, progress: bool = True
 ) -> dict[str, float]:
-    """Scores ×100: ``<set>`` = cosine Spearman for STS sets, ``<set>_map`` / ``<set>_mrr@10`` for reranking.
+    """Run the dev-set evaluators (:func:`st_llm2vec.devsets.dev_evaluators`) on ``model``; their scores ×100
+    under the keys of the tables and result files: ``<set>`` = cosine Spearman of an STS set,
+    ``<set>_map`` / ``<set>_mrr@10`` of a reranking set, and ``sts_mean``.
 
-    ``instruction`` is the prompt of both sides of STS pairs (llm2vec evaluates supervised models so);
-    ``query_instruction`` the prompt of reranking queries only. Each distinct text is encoded once.
+    ``instruction`` is the prompt of every text (llm2vec evaluates instructed STS so).
     """
-    from scipy.stats import spearmanr
+    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
 
+    from .contrastive import InstructedSequentialEvaluator
+
+    for evaluator in evaluators:
+        evaluator.show_progress_bar = progress
+    metrics = InstructedSequentialEvaluator(list(evaluators), instruction)(model)
     scores: dict[str, float] = {}
-    sts_texts = [t for s in sets if s.kind == "sts" for p in s.pairs for t in p[:2]]
-    emb = _encode_unique(model, sts_texts, prompt=instruction, batch_size=batch_size, progress=progress, desc=f"{desc} STS")
-    for s in sets:
-        if s.kind != "sts":
-            continue
-        sims = [float(emb[a] @ emb[b]) for a, b, _ in s.pairs]
-        gold = [float(g) for _, _, g in s.pairs]
-        scores[s.name] = 100.0 * float(spearmanr(gold, sims).statistic)
-    for s in sets:
-        if s.kind != "rerank":
-            continue
-        q_emb = _encode_unique(model, [x["query"] for x in s.samples], prompt=query_instruction, batch_size=batch_size,
-                               progress=progress, desc=f"{desc} {s.name} queries")
-        docs = [d for x in s.samples for d in list(x["positive"]) + list(x["negative"])]
-        d_emb = _encode_unique(model, docs, prompt=None, batch_size=batch_size, progress=progress, desc=f"{desc} {s.name} docs")
-        for key, value in _rerank_metrics(s.samples, q_emb, d_emb).items():
-            scores[f"{s.name}_{key}"] = 100.0 * value
-    sts = [scores[s.name] for s in sets if s.kind == "sts"]
+    sts: list[float] = []
+    for evaluator in evaluators:
+        if isinstance(evaluator, RerankingEvaluator):
+            for metric in ("map", f"mrr@{evaluator.at_k}"):
+                scores[f"{evaluator.name}_{metric}"] = 100.0 * metrics[f"{evaluator.name}_{metric}"]
+        else:
+            scores[evaluator.name] = 100.0 * metrics[evaluator.primary_metric]
+            sts.append(scores[evaluator.name])
     if sts:
         scores["sts_mean"] = sum(sts) / len(sts)
     return scores
@@ -449,7 +262,7 @@ def score_columns(score_keys: Sequence[str]) -> list[tuple[str, str]]:
     """Table columns for the score keys present, in a fixed order."""
     headers = {
         "sts12": "STS12", "sts13": "STS13", "sick-trial": "SICK trial", "builtin-sts": "built-in STS",
-        "sts_mean": "STS mean", f"{WANG}_map": "wang MAP", f"{WANG}_mrr@10": "wang MRR@10",
+        "sts_mean": "STS mean", f"{devsets.WANG_DEV}_map": "wang MAP", f"{devsets.WANG_DEV}_mrr@10": "wang MRR@10",
     }
     return [(k, headers[k]) for k in headers if k in score_keys]
 
@@ -576,9 +389,10 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
     say(f"      {base}  ({setup_seconds:.0f} s; torch threads: {threads}; training in "
         f"{'bf16 autocast' if bf16 else 'float32'})")
 
-    sets = dev_sets(options.data_dir, options.eval_pairs, wang_queries=0)
-    sentences, corpus_desc = training_sentences(options.data_dir, options.corpus_size, seed=options.seed)
-    say("      dev sets: " + ", ".join(f"{s.name} ({len(s)} pairs)" for s in sets) + f"; training text: {corpus_desc}")
+    evaluators = devsets.dev_evaluators(options.data_dir, options.eval_pairs)
+    eval_sets = {ev.name: devsets.dev_set_size(ev) for ev in evaluators}
+    sentences, corpus_desc = devsets.training_sentences(options.data_dir, options.corpus_size, seed=options.seed)
+    say("      dev sets: " + ", ".join(f"{n} ({k} pairs)" for n, k in eval_sets.items()) + f"; training text: {corpus_desc}")
 
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.work-", dir=output.parent))
@@ -588,7 +402,7 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
         def score(stage: str, model, t_stage: float, note: str = "") -> None:
             model.max_seq_length = options.eval_max_seq_length
             model.eval()
-            scores = evaluate(model, sets, batch_size=32, progress=options.progress, desc=stage)
+            scores = evaluate(model, evaluators, progress=options.progress)
             row = StageRow(stage, scores, time.perf_counter() - t_stage, note)
             rows.append(row)
             say(f"      {stage}: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()) + f"  ({row.seconds:.0f} s)")
@@ -661,7 +475,7 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
         seconds=time.perf_counter() - start,
         threads=threads,
         bf16=bf16,
-        eval_sets={s.name: len(s) for s in sets},
+        eval_sets=eval_sets,
         corpus=corpus_desc,
         reload_max_diff=max_diff,
         example=example,

@@ -53,6 +53,12 @@ def test_absent_data_falls_back_or_names_the_fix(tmp_path, monkeypatch):
     assert devsets.find_shared_data() is None
     [ev] = devsets.sts_evaluators()
     assert ev.name == "builtin-sts"
+    [ev] = devsets.dev_evaluators(None, 10, wang_queries=None)  # no reranking set without the data
+    assert ev.name == "builtin-sts" and devsets.dev_set_size(ev) == len(devsets.builtin_sts_pairs())  # not capped
+    sentences, desc = devsets.training_sentences(None, 20, seed=1)
+    assert len(sentences) == 20 and "built-in" in desc
+    assert sentences == devsets.training_sentences(None, 20, seed=1)[0]
+    assert sentences != devsets.training_sentences(None, 20, seed=2)[0]
     with pytest.raises(FileNotFoundError, match=devsets.DATA_ENV):
         devsets.sts_evaluators(fallback=False)
     with pytest.raises(FileNotFoundError, match=devsets.DATA_ENV):
@@ -137,6 +143,13 @@ def test_builtin_pairs_unique_and_spread():
     assert set(buckets) == {0, 1, 2, 3, 4, 5} and min(buckets.values()) >= 4
 
 
+def test_builtin_sentences_unique_and_apart_from_the_eval_pairs():
+    sentences = devsets.builtin_sentences()
+    assert len(set(sentences)) == len(sentences) >= 50
+    eval_texts = {t for a, b, _ in devsets.builtin_sts_pairs() for t in (a, b)}
+    assert not eval_texts & set(sentences)  # no training on the evaluation pairs
+
+
 # --------------------------------------------------------------------------- evaluators on a tiny model
 
 
@@ -152,11 +165,10 @@ def test_builtin_evaluator_on_bag_of_words_model():
 
 @needs_data
 def test_sts_and_wang_evaluators_run(tmp_path):
-    evs = devsets.sts_evaluators(max_pairs=40)
-    assert [e.name for e in evs] == ["sts12", "sts13", "sick-trial"]
+    *evs, rerank = devsets.dev_evaluators(max_pairs=40, wang_queries=5)
+    assert [e.name for e in evs] == ["sts12", "sts13", "sick-trial"] and rerank.name == devsets.WANG_DEV
     assert all(len(e.scores) == 40 and 0.0 <= min(e.scores) and max(e.scores) <= 1.0 for e in evs)
-    rerank = devsets.wang_reranking_evaluator(max_queries=5)
-    assert len(rerank.samples) == 5
+    assert [devsets.dev_set_size(e) for e in (*evs, rerank)] == [40, 40, 40, 5]
     assert all(s["positive"] and s["negative"] for s in rerank.samples)
     texts = [s for e in evs for s in e.sentences1 + e.sentences2]
     texts += [t for s in rerank.samples for t in [s["query"], *s["positive"], *s["negative"]]]
