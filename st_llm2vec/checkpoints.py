@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from sentence_transformers import SentenceTransformer
 
 from .instructions import normalize_pooling_mode
@@ -31,7 +32,6 @@ ADAPTER_PICKLE = "adapter_model.bin"
 LLM2VEC_CONFIG = "llm2vec_config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_CHAIN = 8  # adapter -> base -> ... links followed before assuming a cycle
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _PEFT_PREFIX = "base_model.model."
 
 
@@ -148,8 +148,14 @@ def _local_dir(ref: str, relative_to: Path | None) -> Path | None:
     return None
 
 
-def _looks_like_hub_id(ref: str) -> bool:
-    return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "~"))
+def looks_like_hub_id(ref: str) -> bool:
+    """``ref`` has the form of a Hugging Face Hub id ("name" or "owner/name"); anything else
+    (``./x``, ``~/x``, ``/abs/path``, ``a/b/c``) can only be a local path."""
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _adapter_dir(ref: str, relative_to: Path | None) -> Path | None:
@@ -157,7 +163,7 @@ def _adapter_dir(ref: str, relative_to: Path | None) -> Path | None:
     local = _local_dir(ref, relative_to)
     if local is not None:
         return local if (local / ADAPTER_CONFIG).is_file() else None
-    if not _looks_like_hub_id(ref) or "/" not in ref:
+    if not looks_like_hub_id(ref) or "/" not in ref:
         return None
     return _download_hub_adapter(ref)
 
@@ -187,7 +193,7 @@ def _base_location(ref: str, relative_to: Path | None) -> str:
             )
         return str(local)
     tried = ", ".join(repr(str(c)) for c in _candidates(ref, relative_to))
-    if _looks_like_hub_id(ref) and not Path(ref).expanduser().is_absolute():
+    if looks_like_hub_id(ref) and not Path(ref).expanduser().is_absolute():
         return ref  # a Hub id: transformers downloads (or reports) it
     raise CheckpointError(f"Base model {ref!r} not found (looked at {tried}); pass an existing directory or a Hub id.")
 
@@ -401,10 +407,8 @@ def merge_adapters(model: SentenceTransformer, adapters: tuple[Adapter, ...] | l
     """Merge each LoRA into the backbone (``model[0].model``) in order, then re-prove bidirectionality."""
     from peft import LoraConfig, PeftModel, set_peft_model_state_dict
 
-    from .bidirectional import ensure_bidirectional
-
     encoder = model[0]
-    for adapter in adapters:
+    for number, adapter in enumerate(adapters, 1):
         backbone = encoder.model
         check_architecture(adapter, backbone)
         state = load_adapter_weights(adapter, backbone)
@@ -423,7 +427,6 @@ def merge_adapters(model: SentenceTransformer, adapters: tuple[Adapter, ...] | l
                 f"no target module and {len(missing)} target modules have no tensors (e.g. {example}). "
                 "The adapter files are incomplete or from different adapters."
             )
-        encoder.model = peft_model.merge_and_unload()
+        # re-prove bidirectionality once, on the final merged weights
+        encoder.set_backbone(peft_model.merge_and_unload(), probe=number == len(adapters))
         logger.info("Merged adapter %s", adapter.name)
-    if adapters and getattr(encoder, "bidirectional", True):
-        encoder.probe = ensure_bidirectional(encoder.model)  # re-prove on the merged weights

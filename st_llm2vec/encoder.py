@@ -5,9 +5,10 @@ trainer integration stay ST's. What changes is what ST cannot be told:
 - the backbone is switched to bidirectional attention and probed at every load (``bidirectional.py``);
 - text is tokenized with llm2vec's semantics: left padding with pad = eos, llm2vec's instruction
   joining, no implicit chat template, and an ``embed_mask`` that marks the tokens to pool;
-- optionally the texts of a batch are packed into one row (ST's ``unpad_inputs``): automatically with
-  flash-attn 2 (varlen kernels), on request with sdpa / eager / flex_attention (a document mask keeps
-  each text's attention inside that text).
+- optionally the texts of a batch are packed into one row for the backbone call (ST's ``unpad_inputs``,
+  see ``packing.py``): automatically with flash-attn 2 (varlen kernels), on request with sdpa / eager /
+  flex_attention (a document mask keeps each text's attention inside that text); the output is padded
+  rows again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import inspect
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,18 +24,10 @@ import torch
 from transformers.utils import logging as hf_logging
 from sentence_transformers.base.modules.transformer import TRANSFORMER_TASK_DEFAULTS, Transformer
 
+from . import packing
 from .bidirectional import check_decoder_only, check_finite, ensure_bidirectional
-from .instructions import format_text, truncate_words
-
-EMBED_MASK = "embed_mask"
-# Keys of a packed batch (ST's / transformers' names for flattened inputs).
-CU_SEQ_LENS = "cu_seq_lens_q"
-PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-# Attention implementations for which a packed batch gets a 4D document mask built by transformers'
-# own mask interface (flash attention instead reads cu_seq_lens_* and runs its varlen kernel).
-_DOCUMENT_MASK_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
-# What a Hugging Face Hub id can look like ("name" or "owner/name"); anything else is a local path.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+from .instructions import EMBED_MASK, format_text, truncate_words
+from .packing import CU_SEQ_LENS, PACKED_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +35,8 @@ logger = logging.getLogger(__name__)
 def _check_loadable(model_name_or_path: str) -> None:
     """A local directory must hold a transformers config (or a PEFT adapter naming its base) and
     readable safetensors; a path that cannot be a Hub id must exist."""
+    from .checkpoints import check_safetensors, looks_like_hub_id
+
     path = os.path.expanduser(model_name_or_path)
     if os.path.isfile(path):
         raise ValueError(
@@ -50,7 +44,7 @@ def _check_loadable(model_name_or_path: str) -> None:
             "weights and tokenizer files), or a Hub id."
         )
     if not os.path.isdir(path):
-        if not _HUB_ID.match(str(model_name_or_path)) or str(model_name_or_path).startswith((".", "~")):
+        if not looks_like_hub_id(str(model_name_or_path)):
             raise FileNotFoundError(
                 f"{model_name_or_path!r} does not exist (looked relative to {os.getcwd()!r}): pass an existing "
                 "checkpoint directory or a Hugging Face Hub id such as 'owner/name'."
@@ -64,8 +58,6 @@ def _check_loadable(model_name_or_path: str) -> None:
                 "directory (config.json + safetensors weights + tokenizer), a PEFT adapter directory, "
                 "or a model saved by st_llm2vec."
             )
-        from .checkpoints import check_safetensors
-
         for name in sorted(os.listdir(path)):
             if name.endswith(".safetensors"):
                 check_safetensors(os.path.join(path, name))  # header and size: truncated / garbage files
@@ -190,10 +182,19 @@ class LLM2VecTransformer(Transformer):
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         if bidirectional:
-            self.probe = ensure_bidirectional(self.model)
+            self.set_backbone(self.model)  # proves the loaded backbone bidirectional
         else:
             self.model.config.is_causal = True
             check_finite(self.model)  # the probe checks this for bidirectional models
+
+    def set_backbone(self, hf_model: torch.nn.Module, probe: bool = True) -> None:
+        """Use ``hf_model`` (an HF model, or a PEFT wrapper of one) as the backbone; for a bidirectional
+        encoder with ``probe``, re-prove bidirectional attention on it into ``self.probe``, since new
+        weights or wrappers can undo it (``BidirectionalityError``). ``probe=False`` skips those forward
+        passes where the attention cannot have changed (a fresh LoRA) or another swap follows."""
+        self.model = hf_model
+        if self.bidirectional and probe:
+            self.probe = ensure_bidirectional(hf_model)
 
     def _check_tokenizer(self, model_name_or_path: str) -> None:
         """An EOS token (llm2vec pads with it and encodes empty texts as it) and a positive length limit."""
@@ -441,7 +442,7 @@ class LLM2VecTransformer(Transformer):
         lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
         n = torch.minimum(torch.tensor(text_lengths, dtype=torch.long), lengths)
         if self.can_flatten_inputs or self._pack_this_batch(lengths):
-            return self._packed_features(ids, lengths, n)
+            return packing.pack(ids, lengths, n)
         width = int(lengths.max())
         pad_id = self.tokenizer.pad_token_id
         input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
@@ -520,27 +521,6 @@ class LLM2VecTransformer(Transformer):
             )
         return super()._apply(fn, *args, **kwargs)
 
-    def _packed_features(self, ids: list[list[int]], lengths: torch.Tensor, n: torch.Tensor) -> dict[str, Any]:
-        """All texts in one row: positions restart at 0 per text, ``embed_mask`` marks each text's last N."""
-        total = int(lengths.sum())
-        cu = torch.zeros(len(ids) + 1, dtype=torch.int32)
-        cu[1:] = lengths.cumsum(0)
-        starts = cu[:-1].long()
-        segment = torch.repeat_interleave(torch.arange(len(ids)), lengths)
-        position = torch.arange(total) - starts[segment]
-        embed_mask = position >= (lengths - n)[segment]
-        longest = int(lengths.max())
-        return {
-            "input_ids": torch.tensor([token for row in ids for token in row], dtype=torch.long).unsqueeze(0),
-            "position_ids": position.unsqueeze(0),
-            EMBED_MASK: embed_mask.long().unsqueeze(0),
-            "cu_seq_lens_q": cu,
-            "cu_seq_lens_k": cu,
-            "max_length_q": longest,
-            "max_length_k": longest,
-            "modality": "text",
-        }
-
     # -- packing --------------------------------------------------------------------------------
 
     def _uses_flash_varlen(self) -> bool:
@@ -557,20 +537,6 @@ class LLM2VecTransformer(Transformer):
             return False
         return flash_varlen_fn is not None
 
-    def _document_mask_supported(self) -> bool:
-        """A 4D document mask reproduces every layer's attention: no sliding window can cut a text."""
-        config = self.model.config
-        if getattr(config, "_attn_implementation", None) not in _DOCUMENT_MASK_IMPLEMENTATIONS:
-            return False
-        layer_types = getattr(config, "layer_types", None) or []
-        window = getattr(config, "sliding_window", None)
-        if getattr(config, "use_sliding_window", True) is False and not any(t != "full_attention" for t in layer_types):
-            window = None
-        if window is None and not any(t != "full_attention" for t in layer_types):
-            return True
-        limit = self.max_seq_length
-        return window is not None and limit is not None and limit < window
-
     def _can_flatten_inputs(self) -> bool:
         """Pack batches: always with flash-attn varlen (unless unpad_inputs=False), with a document mask if asked."""
         if self.backend != "torch" or self._unpad_inputs is False:
@@ -579,7 +545,7 @@ class LLM2VecTransformer(Transformer):
             if self.model_forward_params is not None:  # as ST does: let the varlen metadata reach the model
                 self.model_forward_params |= {"position_ids", *PACKED_KEYS}
             return True
-        return self._unpad_inputs is True and self._document_mask_supported()
+        return self._unpad_inputs is True and packing.document_mask_supported(self.model.config, self.max_seq_length)
 
     def _pack_this_batch(self, lengths: torch.Tensor) -> bool:
         """``unpad_inputs=None`` without flash attention: pack an ``encode`` batch when that costs fewer FLOPs.
@@ -591,7 +557,7 @@ class LLM2VecTransformer(Transformer):
         """
         if self._unpad_inputs is not None or len(lengths) < 2 or not torch.is_inference_mode_enabled():
             return False
-        if not self._document_mask_supported():
+        if not packing.document_mask_supported(self.model.config, self.max_seq_length):
             return False
         per_token, per_pair = self._flop_coefficients()
         total, width, count = int(lengths.sum()), int(lengths.max()), len(lengths)
@@ -614,45 +580,13 @@ class LLM2VecTransformer(Transformer):
         self._flop_cache = (self.model, coefficients)
         return coefficients
 
-    def _document_mask(self, features: dict[str, Any]) -> Any:
-        """The 4D mask (sdpa / eager) or BlockMask (flex) that keeps attention inside each packed text."""
-        from transformers.masking_utils import (
-            ALL_MASK_ATTENTION_FUNCTIONS,
-            and_masks,
-            causal_mask_function,
-            packed_sequence_mask_function,
-        )
-
-        input_ids = features["input_ids"]
-        cu = features[CU_SEQ_LENS].to(input_ids.device).long()
-        total = input_ids.shape[1]
-        segment = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=input_ids.device), cu.diff(), output_size=total)
-        mask_function = packed_sequence_mask_function(segment.unsqueeze(0))
-        if self.model.config.is_causal:
-            mask_function = and_masks(causal_mask_function, mask_function)
-        config = self.model.config
-        return ALL_MASK_ATTENTION_FUNCTIONS[config._attn_implementation](
-            batch_size=1,
-            q_length=total,
-            kv_length=total,
-            q_offset=0,
-            kv_offset=0,
-            mask_function=mask_function,
-            attention_mask=None,
-            allow_is_causal_skip=False,
-            allow_is_bidirectional_skip=False,
-            dtype=self.model.dtype,
-            config=config,
-            use_vmap=False,
-            device=input_ids.device,
-        )
-
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Run the backbone; ``embed_mask`` is for pooling only, so it bypasses the HF forward.
 
         A packed batch runs as one row: flash attention gets ``cu_seq_lens_*`` (varlen kernel), any
-        other attention a document mask in place of the (absent) padding mask. Over the
-        ``max_batch_tokens`` budget, the batch runs in pieces (:meth:`_forward_in_pieces`).
+        other attention a document mask in place of the (absent) padding mask; its outputs come back
+        as padded rows (:func:`packing.unpack`). Over the ``max_batch_tokens`` budget, the batch runs
+        in pieces (:meth:`_forward_in_pieces`).
         """
         embed_mask = features.pop(EMBED_MASK, None)
         budget = self.max_batch_tokens
@@ -662,12 +596,15 @@ class LLM2VecTransformer(Transformer):
             features = self._forward_batch(features, **kwargs)
         if embed_mask is not None:
             features[EMBED_MASK] = embed_mask
+        if CU_SEQ_LENS in features:
+            # in encode, straight into the right-padded rows that pooling returns (see pooling.py): one copy
+            features = packing.unpack(features, right=torch.is_inference_mode_enabled())
         return features
 
     def _forward_batch(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         if CU_SEQ_LENS in features and not self._is_flash_attention_requested():
             # the document mask replaces the varlen metadata, which the model would otherwise receive
-            mask = self._document_mask(features)
+            mask = packing.document_mask(self.model, features)
             meta = {key: features.pop(key) for key in PACKED_KEYS if key in features}
             features["attention_mask"] = mask
             features = super().forward(features, **kwargs)
@@ -684,22 +621,7 @@ class LLM2VecTransformer(Transformer):
         name = self.module_output_name
         input_ids = features["input_ids"]
         if CU_SEQ_LENS in features:  # one packed row: cut it at text boundaries
-            cu = features[CU_SEQ_LENS].long()
-            pieces, start = [], 0
-            for end in range(1, cu.numel()):
-                if end - start > 1 and int(cu[end] - cu[start]) > budget:
-                    pieces.append((start, end - 1))
-                    start = end - 1
-            pieces.append((start, cu.numel() - 1))
-            outputs = []
-            for first, last in pieces:
-                a, b = int(cu[first]), int(cu[last])
-                sub_cu = (cu[first : last + 1] - a).to(features[CU_SEQ_LENS].dtype)
-                longest = int(sub_cu.diff().max())
-                sub = {k: v for k, v in features.items() if k not in PACKED_KEYS and k not in ("input_ids", "position_ids")}
-                sub.update(input_ids=input_ids[:, a:b], position_ids=features["position_ids"][:, a:b])
-                sub.update({"cu_seq_lens_q": sub_cu, "cu_seq_lens_k": sub_cu, "max_length_q": longest, "max_length_k": longest})
-                outputs.append(self._forward_batch(sub, **kwargs)[name])
+            outputs = [self._forward_batch(sub, **kwargs)[name] for sub in packing.split(features, budget)]
             features[name] = torch.cat(outputs, dim=1)
             return features
         # left-padded rows: group by length, each group trimmed to its own longest row

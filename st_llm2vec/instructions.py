@@ -34,6 +34,8 @@ LLM2VEC_CHAT_TEMPLATES: dict[str, str] = {
 _LLM2VEC_EOS_SUFFIX_BY_TYPE = {"llama": " </s>", "mistral": " </s>", "gemma": "<eos>", "qwen2": "<|endoftext|>"}
 
 POOLING_MODES = ("mean", "weighted_mean", "eos_token", "bos_token")
+# The feature marking the tokens to pool (the text part): written by the encoder, read by pooling.
+EMBED_MASK = "embed_mask"
 POOLING_ALIASES = {"last_token": "eos_token", "weightedmean": "weighted_mean", "lasttoken": "eos_token"}
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 from peft import LoraConfig, PeftModel, get_peft_model
 from sentence_transformers import SentenceTransformer
 
-from .bidirectional import ensure_bidirectional
-
 # llm2vec's train configs: every attention and MLP projection.
 LLM2VEC_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -32,7 +30,8 @@ def lora_config(
 def add_lora(model: SentenceTransformer, config: LoraConfig | None = None) -> PeftModel:
     """Wrap the backbone (``model[0].model``) in a fresh trainable LoRA; the rest is frozen."""
     encoder = model[0]
-    encoder.model = get_peft_model(encoder.model, config or lora_config())
+    # a fresh LoRA's B matrices are zero: the wrapped backbone computes what the proven one did
+    encoder.set_backbone(get_peft_model(encoder.model, config or lora_config()), probe=False)
     return encoder.model
 
 
@@ -40,6 +39,4 @@ def merge_lora(model: SentenceTransformer) -> None:
     """Fold the backbone's LoRA into its weights, then re-prove bidirectionality on the result."""
     encoder = model[0]
     if isinstance(encoder.model, PeftModel):
-        encoder.model = encoder.model.merge_and_unload()
-        if getattr(encoder, "bidirectional", True):
-            encoder.probe = ensure_bidirectional(encoder.model)
+        encoder.set_backbone(encoder.model.merge_and_unload())

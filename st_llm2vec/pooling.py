@@ -5,14 +5,15 @@ numbers positions from the start of the padded row (llm2vec numbers the pooled t
 no ``bos_token`` mode, and ``include_prompt=False`` drops a prefix counted from the left, whereas
 llm2vec pools the last N tokens (text part plus any wrapper suffix). The encoder supplies that
 selection as ``embed_mask``; everything here is vectorised (llm2vec loops over rows in Python).
-A packed batch (one row of texts delimited by ``cu_seq_lens_q``, see ``encoder.py``) is pooled per
-segment, then laid out again as a batch of rows so that ``token_embeddings`` outputs keep their shape.
+Rows arrive padded on either side (the encoder unpacks a packed batch, see ``packing.py``), and
+pooling reads positions only through the masks, so either layout pools the same.
 
 Token-level outputs in ``encode`` (inside ``torch.inference_mode``): rows are laid out right-padded
-(each text's own tokens first, then zeros), on the padded and the packed path alike, so that ST's
-``encode(output_value="token_embeddings")``, which cuts each row after its last attended position,
-returns each text's own tokens only, as for a stock model. Outside ``encode`` (training, direct
-``model(features)`` calls) the left-padded layout of the inputs is kept.
+(each text's own tokens first, then zeros), on the padded and the packed path alike (the encoder
+unpacks straight into this layout), so that ST's ``encode(output_value="token_embeddings")``, which
+cuts each row after its last attended position, returns each text's own tokens only, as for a stock
+model. Outside ``encode`` (training, direct ``model(features)`` calls) the left-padded layout of the
+inputs is kept.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 import torch
 from sentence_transformers.base.modules.module import Module
 
-from .encoder import CU_SEQ_LENS, EMBED_MASK, PACKED_KEYS, LLM2VecTransformer
-from .instructions import normalize_pooling_mode
+from .encoder import LLM2VecTransformer
+from .instructions import EMBED_MASK, normalize_pooling_mode
 
 
 class LLM2VecPooling(Module):
@@ -103,8 +104,6 @@ class LLM2VecPooling(Module):
                 )
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        if CU_SEQ_LENS in features:
-            return self._forward_packed(features)
         tokens = features["token_embeddings"]
         attention_mask = features["attention_mask"]
         if self.pooling_mode == "eos_token":
@@ -122,48 +121,20 @@ class LLM2VecPooling(Module):
             else:
                 empty = mask.sum(dim=1, keepdim=True) == 0
                 mask = torch.where(empty, attention_mask, mask)
-            mask = mask.to(tokens.dtype)
+            # As ST's Pooling: weights and sums in float32 under half precision (1/N, and weights 1..N
+            # past 256, are not exact in bf16), the embedding in the model's dtype. llm2vec's fixtures
+            # are float32, where nothing changes.
+            accumulate = torch.float32 if tokens.dtype in (torch.float16, torch.bfloat16) else tokens.dtype
+            mask = mask.to(accumulate)
             if self.pooling_mode == "weighted_mean":
-                # weights 1..N over the pooled tokens, counted within the row (left padding safe)
+                # weights 1..N over the pooled tokens, counted within the row (either padding side)
                 mask = mask.cumsum(dim=1) * mask
             weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1e-9)
-            pooled = torch.einsum("bs,bsd->bd", weights, tokens)
+            pooled = torch.einsum("bs,bsd->bd", weights, tokens.to(accumulate)).to(tokens.dtype)
         features["sentence_embedding"] = pooled
         if torch.is_inference_mode_enabled():
             _right_align(features)
         return features
-
-    def _forward_packed(self, features: dict[str, Any]) -> dict[str, Any]:
-        """The same pooling over the segments of a packed row, then the batch re-laid out left-padded."""
-        tokens = features["token_embeddings"][0]  # (total tokens, dim)
-        device = tokens.device
-        cu = features[CU_SEQ_LENS].to(device=device, dtype=torch.long)
-        lengths = cu.diff()
-        count, total = lengths.numel(), tokens.shape[0]
-        segment = torch.repeat_interleave(torch.arange(count, device=device), lengths, output_size=total)
-        if self.pooling_mode == "eos_token":
-            pooled = tokens[cu[1:] - 1]
-        elif self.pooling_mode == "bos_token":
-            pooled = tokens[cu[:-1]]
-        else:
-            mask = features.get(EMBED_MASK) if self.skip_instruction else None
-            if mask is None:
-                mask = torch.ones(total, device=device, dtype=tokens.dtype)
-            else:
-                mask = mask[0].to(tokens.dtype)
-                pooled_count = torch.zeros(count, device=device, dtype=tokens.dtype).index_add_(0, segment, mask)
-                mask = torch.where(pooled_count[segment] == 0, torch.ones_like(mask), mask)
-            if self.pooling_mode == "weighted_mean":
-                # weights 1..N over the pooled tokens, counted within each text
-                running = mask.cumsum(0)
-                before = torch.cat([running.new_zeros(1), running])[cu[:-1]]
-                mask = (running - before[segment]) * mask
-            norm = torch.zeros(count, device=device, dtype=tokens.dtype).index_add_(0, segment, mask)
-            weights = mask / norm.clamp_min(1e-9)[segment]
-            pooled = torch.zeros(count, tokens.shape[1], device=device, dtype=tokens.dtype)
-            pooled.index_add_(0, segment, tokens * weights.unsqueeze(1))
-        features["sentence_embedding"] = pooled
-        return _repad(features, segment, cu, lengths, right=torch.is_inference_mode_enabled())
 
     def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
         """Only a config: the module has no weights."""
@@ -174,8 +145,8 @@ def _right_align(features: dict[str, Any]) -> None:
     """Padded ``(batch, width, …)`` token-level features re-laid out right-padded: each row's attended
     positions first, in order, then padding (zeros in ``token_embeddings``)."""
     attention_mask = features["attention_mask"]
-    if bool(attention_mask[:, -1].all()) and bool(attention_mask[:, 0].all()):
-        return  # no padding at all
+    if not bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+        return  # no attended position after a padding one: right-padded already (or no padding)
     rows, width = attention_mask.shape
     order = torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)  # attended first
     keep = torch.gather(attention_mask, 1, order) != 0
@@ -187,32 +158,3 @@ def _right_align(features: dict[str, Any]) -> None:
             mask = keep.view(rows, width, *([1] * (value.dim() - 2)))
             features[key] = torch.where(mask, moved, torch.zeros((), dtype=moved.dtype, device=moved.device))
 
-
-def _repad(
-    features: dict[str, Any], segment: torch.Tensor, cu: torch.Tensor, lengths: torch.Tensor, right: bool = False
-) -> dict[str, Any]:
-    """Packed ``(1, total, …)`` token-level features back to padded ``(batch, width, …)`` ones.
-
-    Keeps ``token_embeddings`` outputs (``encode(output_value="token_embeddings")``) shaped as in the
-    padded path: left-padded, or right-padded when ``right`` (in ``encode``, see the module doc);
-    padding positions hold zeros. The packing metadata is dropped.
-    """
-    device = segment.device
-    width = int(features.get("max_length_q") or lengths.max())
-    total = segment.numel()
-    column = torch.arange(total, device=device) - cu[:-1][segment]
-    if not right:
-        column = column + (width - lengths)[segment]
-    count = lengths.numel()
-    attention_mask = torch.zeros(count, width, device=device, dtype=torch.long)
-    attention_mask[segment, column] = 1
-    for key in ("token_embeddings", "input_ids", EMBED_MASK):
-        value = features.get(key)
-        if isinstance(value, torch.Tensor) and value.shape[:2] == (1, total):
-            padded = value.new_zeros((count, width) + tuple(value.shape[2:]))
-            padded[segment, column] = value[0]
-            features[key] = padded
-    features["attention_mask"] = attention_mask
-    for key in PACKED_KEYS + ("position_ids", "seq_idx"):
-        features.pop(key, None)
-    return features

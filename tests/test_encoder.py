@@ -113,6 +113,45 @@ def test_causal_option_is_explicit_and_saved(tiny_llm, tmp_path):
     assert SentenceTransformer(str(tmp_path))[0].bidirectional is False
 
 
+def test_set_backbone_reproves_bidirectionality_unless_told_not_to(tiny_llm):
+    import copy
+
+    encoder = st_llm2vec.from_llm(str(tiny_llm("llama")), format="exact")[0]
+    swapped = copy.deepcopy(encoder.model)
+    swapped.config.is_causal = True  # as a wrapper or reloaded weights could leave it
+    encoder.probe = None
+    encoder.set_backbone(swapped, probe=False)
+    assert encoder.model is swapped and encoder.probe is None
+    encoder.set_backbone(swapped)
+    assert swapped.config.is_causal is False and encoder.probe["early_token_shift"] > 1e-3
+    causal = st_llm2vec.from_llm(str(tiny_llm("qwen2")), bidirectional=False, format="exact")[0]
+    causal.set_backbone(copy.deepcopy(causal.model))
+    assert causal.model.config.is_causal is True and not hasattr(causal, "probe")
+
+
+@pytest.mark.parametrize("mode", ["mean", "weighted_mean"])
+def test_half_precision_pooling_accumulates_in_float32_as_st_does(mode):
+    """1/N and weights 1..N (past 256) are not exact in bf16: the sums run in float32, the result is bf16."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from st_llm2vec.pooling import LLM2VecPooling
+
+    tokens = torch.randn(2, 300, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    attention = torch.ones(2, 300, dtype=torch.long)
+    attention[1, :40] = 0
+    pooling = LLM2VecPooling(8, mode)
+
+    def pool(t: torch.Tensor) -> torch.Tensor:
+        return pooling({"token_embeddings": t, "attention_mask": attention, "embed_mask": attention})["sentence_embedding"]
+
+    got = pool(tokens)
+    assert torch.equal(got, pool(tokens.float()).to(torch.bfloat16))
+    if mode == "mean":  # ST numbers weightedmean positions differently (see pooling.py)
+        stock = Pooling(8, "mean")({"token_embeddings": tokens, "attention_mask": attention})["sentence_embedding"]
+        assert got.dtype == stock.dtype
+        torch.testing.assert_close(got.float(), stock.float(), atol=1e-2, rtol=1e-2)
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 

@@ -121,6 +121,22 @@ def test_packed_token_embeddings_match_padded(tiny_llm):
         torch.testing.assert_close(g[keep], e[keep], atol=1e-5, rtol=0)
 
 
+def test_the_encoder_hands_on_padded_rows_of_a_packed_batch(tiny_llm):
+    """Packing stays inside the encoder: its output has the padded path's rows, masks and states."""
+    padded, packed = _pair(str(tiny_llm("llama")))
+    features = packed[0].preprocess(TEXTS[:3], prompt=INSTRUCTION)
+    assert "cu_seq_lens_q" in features
+    with torch.no_grad():  # outside encode: left-padded, as the padded path
+        got = packed[0](features)
+        expected = padded[0](padded[0].preprocess(TEXTS[:3], prompt=INSTRUCTION))
+    assert not any(key.startswith(("cu_seq_lens", "max_length_")) or key == "position_ids" for key in got)
+    for key in ("attention_mask", "embed_mask"):
+        assert torch.equal(got[key], expected[key]), key
+    keep = expected["attention_mask"].bool()
+    torch.testing.assert_close(got["token_embeddings"][keep], expected["token_embeddings"][keep], atol=1e-5, rtol=0)
+    assert not got["token_embeddings"][~keep].any()
+
+
 def test_causal_model_packed_equals_padded(tiny_llm):
     padded, packed = _pair(str(tiny_llm("qwen2")), bidirectional=False)
     np.testing.assert_allclose(packed.encode(TEXTS, batch_size=6), padded.encode(TEXTS, batch_size=6), atol=1e-5)
