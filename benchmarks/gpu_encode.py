@@ -152,13 +152,13 @@ def packed_probe(model) -> dict[str, float]:
             out = model(features)
         outs.append((out["token_embeddings"].float(), out["attention_mask"]))
     (t1, m1), (t2, _) = outs
-    width = m1.shape[1]
-    first_a = width - int(m1[0].sum())  # left-padded layout after pooling
-    first_b = width - int(m1[1].sum())
+    # the rows come back padded (right-padded under inference_mode): find each text's tokens by its mask
+    first_a = int(m1[0].nonzero()[0])
+    tokens_b = m1[1].bool()
     rel = lambda x, y: float((x - y).norm() / x.norm().clamp_min(1e-12))
     return {
         "early_token_shift": rel(t1[0, first_a], t2[0, first_a]),
-        "neighbour_shift": rel(t1[1, first_b:], t2[1, first_b:]),
+        "neighbour_shift": rel(t1[1, tokens_b], t2[1, tokens_b]),
     }
 
 

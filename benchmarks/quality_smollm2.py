@@ -254,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     from sentence_transformers import SentenceTransformer
 
     from st_llm2vec import from_llm
-    from st_llm2vec.contrastive import train_simcse, train_supervised
-    from st_llm2vec.mntp import train_mntp
+    from st_llm2vec import train_mntp, train_simcse, train_supervised
     from st_llm2vec.pair_data import SHARED_INSTRUCTIONS, join_instruction
 
     instruction = join_instruction(SHARED_INSTRUCTIONS["msr"])

@@ -28,6 +28,9 @@ _LAZY: dict[str, str] = {
     "LLM2VecModel": "model",
     "LLM2VecPooling": "pooling",
     "PortableFormatError": "portable",
+    "train_mntp": "stage_mntp",
+    "train_simcse": "stage_contrastive",
+    "train_supervised": "stage_contrastive",
 }
 
 __all__ = [
@@ -44,6 +47,9 @@ __all__ = [
     "from_llm",
     "load_model",
     "probe_bidirectional",
+    "train_mntp",
+    "train_simcse",
+    "train_supervised",
 ]
 __version__ = "0.1.0"
 

@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import torch
-from sentence_transformers import SentenceTransformer
 
 from .encoder import LLM2VecTransformer
 from .instructions import llm2vec_chat_template, llm2vec_text_suffix, normalize_pooling_mode

@@ -1,9 +1,18 @@
-"""Model card text for each save format: how to load the model, with ST, LlamaIndex and LangChain."""
+"""Model card text: how to load the model in each save format (ST, LlamaIndex, LangChain), and the citation."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+# The LLM2Vec paper, as every card and the MNTP loss cite it.
+LLM2VEC_CITATION = """@article{behnamghader2024llm2vec,
+    title={{LLM2Vec}: Large Language Models Are Secretly Powerful Text Encoders},
+    author={BehnamGhader, Parishad and Adlakha, Vaibhav and Mosbach, Marius and Bahdanau, Dzmitry and Chapados, Nicolas and Reddy, Siva},
+    journal={arXiv preprint arXiv:2404.05961},
+    year={2024},
+    url={https://arxiv.org/abs/2404.05961}
+}"""
 
 PORTABLE_NOTE = (
     "This directory holds only stock sentence-transformers modules (saved by st-llm2vec in its *portable* "

@@ -9,16 +9,17 @@ import os
 import re
 import sys
 
-# name -> (module, help). The module defines add_arguments_<name>(parser) and run_<name>(args) -> int.
+# name -> (module, help). The module defines run_<name>(args) -> int, and its options with
+# add_arguments_<name>(parser) and/or parents_<name>() -> [argparse parsers to inherit from].
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("st_llm2vec.quickstart", "offline demo on SmolLM2-135M: baseline → bi → MNTP → SimCSE"),
     "fetch-smollm2": ("st_llm2vec.quickstart", "convert the SmolLM2-135M-Instruct GGUF to a HF checkpoint (cached)"),
     "convert": ("st_llm2vec.export", "HF causal LM or llm2vec checkpoint stack → standalone ST model dir"),
     "push": ("st_llm2vec.export", "push an exported ST model dir to the Hugging Face Hub"),
     "export": ("st_llm2vec.onnx_export", "portable model dir → + proven ONNX graph (onnx/model.onnx, --quantize int8)"),
-    "mntp": ("st_llm2vec.mntp", "masked next-token prediction training from a JSON/YAML config"),
-    "simcse": ("st_llm2vec.contrastive", "unsupervised SimCSE training from a JSON/YAML config"),
-    "supervised": ("st_llm2vec.contrastive", "supervised contrastive training with hard negatives"),
+    "mntp": ("st_llm2vec.stage_mntp", "masked next-token prediction training from a JSON/YAML config"),
+    "simcse": ("st_llm2vec.stage_contrastive", "unsupervised SimCSE training from a JSON/YAML config"),
+    "supervised": ("st_llm2vec.stage_contrastive", "supervised contrastive training with hard negatives"),
 }
 
 
@@ -85,8 +86,10 @@ def main(argv: list[str] | None = None, *, report_errors: bool | None = None) ->
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     attr = name.replace("-", "_")
-    parser = argparse.ArgumentParser(prog=f"st-llm2vec {name}", description=COMMANDS[name][1])
-    getattr(module, f"add_arguments_{attr}")(parser)
+    parents = getattr(module, f"parents_{attr}", list)()
+    parser = argparse.ArgumentParser(prog=f"st-llm2vec {name}", description=COMMANDS[name][1], parents=parents)
+    if hasattr(module, f"add_arguments_{attr}"):
+        getattr(module, f"add_arguments_{attr}")(parser)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv[1:])
     debug = debug or args.debug

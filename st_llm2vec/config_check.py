@@ -1,7 +1,7 @@
 """Up-front checks of a training config: every key's type and range, before any model or data loads.
 
-Both training stages (:mod:`.mntp`, :mod:`.contrastive`) read llm2vec-style JSON/YAML configs whose
-keys are recipe keys (checked against a :class:`Key` table here) or
+The training stages (:mod:`.recipe`) read llm2vec-style JSON/YAML configs whose keys are recipe keys
+(checked against each stage's :class:`Key` table) or
 ``SentenceTransformerTrainingArguments`` fields (checked against the dataclass's type hints, plus the
 ranges in :data:`TRAINING_ARG_RANGES`). A bad value is reported with the config file and key
 (``mntp.json: lora_r: expected an integer >= 1, got 'abc'``), all bad keys at once, as a

@@ -49,8 +49,7 @@ class LLM2VecModel(SentenceTransformer):
             if fallback is None:
                 card = None
                 if create_model_card:
-                    def card(directory: Path, report: dict[str, Any]) -> str:
-                        return self._card_text(directory, model_name, PORTABLE, report)
+                    card = lambda directory, report: self._card_text(directory, model_name, PORTABLE, report)  # noqa: E731
                 try:
                     report = save_portable(self, path, card=card)
                     self.save_report = {"format": PORTABLE, "proof": report}

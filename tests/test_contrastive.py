@@ -13,15 +13,9 @@ import torch
 from conftest import fixtures_dir
 
 from st_llm2vec import devsets
-from st_llm2vec.contrastive import (
-    GlobalBatchSampler,
-    load_start_model,
-    prepare_stage,
-    set_attention_dropout,
-    split_config,
-    train_simcse,
-    train_supervised,
-)
+from st_llm2vec.contrastive import GlobalBatchSampler, set_attention_dropout
+from st_llm2vec.recipe import load_start_model, read_arguments
+from st_llm2vec.stage_contrastive import ARGUMENTS, prepare_stage, train_simcse, train_supervised
 from st_llm2vec.pair_data import E5_INSTRUCTIONS, read_pair_folder, shared_pair_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,10 +136,10 @@ def test_llm2vec_style_configs_parse():
     configs = sorted((REPO / "training").glob("simcse/*.json")) + sorted((REPO / "training").glob("supervised/*.json"))
     assert {p.parent.name for p in configs} == {"simcse", "supervised"}
     for path in configs:
-        settings, args = split_config(json.loads(path.read_text()), path.parent.name)
-        assert settings["model_name_or_path"] and args["output_dir"]
+        arguments, args = read_arguments(ARGUMENTS[path.parent.name], json.loads(path.read_text()))
+        assert arguments.model_name_or_path and args["output_dir"]
     with pytest.raises(ValueError, match=r"lora_rank"):
-        split_config({"model_name_or_path": "m", "output_dir": "o", "lora_rank": 8}, "simcse")
+        read_arguments(ARGUMENTS["simcse"], {"model_name_or_path": "m", "output_dir": "o", "lora_rank": 8})
 
 
 # --------------------------------------------------------------------------- batching
@@ -387,13 +381,13 @@ def test_cli_overrides_and_errors(tiny_llm, tmp_path, capsys):
 _DDP_SCRIPT = r'''
 import json, sys, torch, torch.distributed as dist
 import torch.nn.functional as F
-from st_llm2vec.contrastive import train_supervised, build_loss
+from st_llm2vec.contrastive import build_loss
+from st_llm2vec.stage_contrastive import train_supervised
 config, out = json.loads(sys.argv[1]), sys.argv[2]
 result = train_supervised(config)
 rank, world = dist.get_rank(), dist.get_world_size()
 # The loss the stage trains with, on rank-specific embeddings: does it see the other rank's documents?
-loss = build_loss(result.model, {"loss_class": config.get("loss_class", "HardNegativeNLLLoss"),
-                                 "loss_scale": 20.0, "gather_across_devices": "auto", "mini_batch_size": 32}, world)
+loss = build_loss(result.model, config.get("loss_class", "HardNegativeNLLLoss"), 20.0, 32, "auto", world)
 g = torch.Generator().manual_seed(100 + rank)
 q, d = torch.randn(4, 8, generator=g, requires_grad=True), torch.randn(4, 8, generator=g)
 gathered = loss.compute_loss_from_embeddings([q, d], None)

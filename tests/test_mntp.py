@@ -26,12 +26,12 @@ from st_llm2vec.mntp import (
     MNTPDataCollator,
     MNTPEvaluator,
     MNTPLoss,
-    build_config,
     mask_tokens,
     resolve_mask_token_id,
     setup_mask_token,
-    train_mntp,
 )
+from st_llm2vec.recipe import read_arguments
+from st_llm2vec.stage_mntp import MNTPArguments, train_mntp
 from st_llm2vec.text_data import EmptyDatasetError, TextStats, load_texts, tokenize_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,7 +277,7 @@ def test_mlm_probability_outside_open_interval_is_refused(tiny_llama, p):
     with pytest.raises(ValueError, match="mlm_probability"):
         MNTPLoss(st_llm2vec.from_llm(str(tiny_llama)), mlm_probability=p)
     with pytest.raises(ValueError, match="mlm_probability"):
-        build_config({"model_name_or_path": "x", "output_dir": "y", "mlm_probability": p})
+        read_arguments(MNTPArguments, {"model_name_or_path": "x", "output_dir": "y", "mlm_probability": p})
 
 
 def test_loss_masks_itself_reproducibly_in_eval(tiny_llama):
@@ -462,7 +462,7 @@ def recipe(model: Path, output_dir: Path, **overrides) -> dict:
 
 
 def test_bad_torch_dtype_is_refused_in_both_training_stages(tiny_llama, tmp_path):
-    from st_llm2vec.contrastive import train_simcse
+    from st_llm2vec.stage_contrastive import train_simcse
 
     with pytest.raises(ValueError, match="is not a torch dtype .use bfloat16, float16, float32 or auto"):
         train_mntp(recipe(tiny_llama, tmp_path / "mntp", torch_dtype="bf16"))
@@ -551,14 +551,12 @@ def test_plain_sentence_transformer_trainer_on_a_text_column(tiny_llama, tmp_pat
 
 
 def test_yaml_config_and_relative_paths(tmp_path):
-    from st_llm2vec.mntp import load_config_file
-
     (tmp_path / "corpus.txt").write_text("some text\n")
     path = tmp_path / "mntp.yaml"
     path.write_text("model_name_or_path: m\ntrain_file: corpus.txt\noutput_dir: out\nlora_r: 4\nevaluation_strategy: 'no'\n")
-    config = build_config(load_config_file(str(path)), base_dir=str(tmp_path))
+    config, training = read_arguments(MNTPArguments, path)
     assert config.train_file == str(tmp_path / "corpus.txt") and config.lora_r == 4
-    assert config.training_args == {"output_dir": "out", "eval_strategy": "no"}
+    assert training == {"output_dir": "out", "eval_strategy": "no"}
 
 
 def test_trainable_lm_head_gets_gradients(tiny_llama):
@@ -570,9 +568,9 @@ def test_trainable_lm_head_gets_gradients(tiny_llama):
 
 def test_unknown_config_key_is_refused():
     with pytest.raises(ValueError, match="Unknown MNTP config key"):
-        build_config({"model_name_or_path": "x", "output_dir": "y", "mlm_probabilty": 0.2})
-    config = build_config(json.loads((REPO / "training" / "mntp" / "MetaLlama3.json").read_text()))
-    assert config.training_args["eval_strategy"] == "steps" and config.lora_r == 16
+        read_arguments(MNTPArguments, {"model_name_or_path": "x", "output_dir": "y", "mlm_probabilty": 0.2})
+    config, training = read_arguments(MNTPArguments, json.loads((REPO / "training" / "mntp" / "MetaLlama3.json").read_text()))
+    assert training["eval_strategy"] == "steps" and config.lora_r == 16
 
 
 # ---------------------------------------------------------------------------------------------

@@ -111,19 +111,24 @@ def test_evaluate_reports_the_evaluators_metrics_under_the_table_keys(tiny_llm):
 
 
 def test_configs_are_accepted_by_the_trainers(tmp_path):
-    from st_llm2vec import contrastive, mntp
+    from st_llm2vec.recipe import read_arguments
+    from st_llm2vec.stage_contrastive import ARGUMENTS
+    from st_llm2vec.stage_mntp import MNTPArguments
 
     cfg = quickstart.mntp_config("m", "t.txt", tmp_path / "o", steps=10, seed=1)
-    built = mntp.build_config(cfg)
-    assert built.stop_after_n_steps == 10 and built.training_args["max_steps"] == 10
-    assert built.training_args["save_strategy"] == "no" and built.overwrite_output_dir
-    resumable = mntp.build_config(quickstart.mntp_config("m", "t.txt", tmp_path / "o", steps=10, seed=1, save_steps=5))
-    assert resumable.training_args["save_steps"] == 5 and not resumable.overwrite_output_dir
+    built, training = read_arguments(MNTPArguments, cfg)
+    assert built.stop_after_n_steps == 10 and training["max_steps"] == 10
+    assert training["save_strategy"] == "no" and built.overwrite_output_dir
+    resumable, training = read_arguments(
+        MNTPArguments, quickstart.mntp_config("m", "t.txt", tmp_path / "o", steps=10, seed=1, save_steps=5)
+    )
+    assert training["save_steps"] == 5 and not resumable.overwrite_output_dir
     for stage in ("simcse", "supervised"):
-        settings, targs = contrastive.split_config(
-            quickstart.contrastive_config(stage, "m", tmp_path / "o", steps=5, seed=1, dataset_file_path="s.txt"), stage
+        settings, targs = read_arguments(
+            ARGUMENTS[stage],
+            quickstart.contrastive_config(stage, "m", tmp_path / "o", steps=5, seed=1, dataset_file_path="s.txt"),
         )
-        assert targs["max_steps"] == 5 and settings["evaluator"] == "none"
+        assert targs["max_steps"] == 5 and settings.evaluator == "none"
     with pytest.raises(ValueError, match="stage"):
         quickstart.contrastive_config("mntp", "m", tmp_path, steps=1, seed=1)
 

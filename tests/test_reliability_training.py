@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from st_llm2vec.config_check import ConfigError
-from st_llm2vec.contrastive import train_simcse
-from st_llm2vec.mntp import train_mntp
+from st_llm2vec.stage_contrastive import train_simcse
+from st_llm2vec.stage_mntp import train_mntp
 from st_llm2vec.runs import (
     CHECKPOINT_MARKER,
     RUN_FILE,
