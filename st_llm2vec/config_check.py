@@ -29,8 +29,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Key:
-    """What one recipe key accepts: ``kind`` int/float/bool/str/strs (a str or a list of str)/list_str/dict/
-    any, with ``None`` when ``nullable``, within [``low``, ``high``] (``low_open``/``high_open``: exclusive)
+    """What one recipe key accepts: ``kind`` int/float/bool/bool_or_auto/str/strs (a str or a list of
+    str)/list_str/dict/any, with ``None`` when ``nullable``, within [``low``, ``high``] (``low_open``/``high_open``: exclusive)
     or one of ``choices``; ``check`` may raise ValueError for anything else."""
 
     kind: str
@@ -53,7 +53,8 @@ def _range_text(spec: Key) -> str:
 
 
 _KIND_TEXT = {
-    "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+    "int": "an integer", "float": "a number", "bool": "true or false", "bool_or_auto": "true, false or 'auto'",
+    "str": "a string",
     "strs": "a string or a list of strings", "list_str": "a list of strings", "dict": "a mapping",
 }
 
@@ -78,6 +79,10 @@ def _coerce(value: Any, kind: str) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
         raise ValueError
+    if kind == "bool_or_auto":
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return _coerce(value, "bool")
     if kind in ("int", "float"):
         if isinstance(value, bool):
             raise ValueError

@@ -213,22 +213,22 @@ def training_arguments(training: Mapping[str, Any]):
 # --------------------------------------------------------------------------- the run
 
 
-def start_run(arguments: RecipeArguments, training: Mapping[str, Any], data_keys: tuple[str, ...] = ()):
+def start_run(arguments: RecipeArguments, training: Mapping[str, Any], do_train: bool = True):
     """Lock ``output_dir`` for this config's run (:class:`~st_llm2vec.runs.TrainingRun`); raises
-    :class:`~st_llm2vec.runs.RunAlreadyComplete` if it holds this run finished. ``data_keys``: the
-    arguments naming data files, whose identity joins the run fingerprint."""
+    :class:`~st_llm2vec.runs.RunAlreadyComplete` if it holds this run finished. The files named by
+    ``PATH_KEYS`` (model, data) join the run fingerprint by their identity."""
     from .runs import TrainingRun, run_fingerprint
 
     fingerprint = run_fingerprint(
         {"stage": arguments.STAGE, **asdict(arguments), **jsonable(training)},
-        path_keys=(*arguments.PATH_KEYS, *data_keys),
+        path_keys=arguments.PATH_KEYS,
     )
     run = TrainingRun(
         training["output_dir"],
         fingerprint,
         overwrite=arguments.overwrite_output_dir,
         resume=arguments.resume_from_checkpoint,
-        do_train=getattr(arguments, "do_train", True),
+        do_train=do_train,
         max_steps=training.get("max_steps"),
         stop_after_n_steps=arguments.stop_after_n_steps,
         what=f"{arguments.TITLE} training",
@@ -353,13 +353,13 @@ def _merge_injected_adapters(hf_model: Any) -> bool:
     return bool(parents)
 
 
-def start_model(arguments: RecipeArguments, peft_model_name_or_path: str | None = None):
+def start_model(arguments: RecipeArguments, peft_model_name_or_path: str | None = None, bidirectional: bool = True):
     """:func:`load_start_model` with a stage's arguments."""
     return load_start_model(
         arguments.model_name_or_path,
         peft_model_name_or_path,
         pooling_mode=arguments.pooling_mode,
-        bidirectional=getattr(arguments, "bidirectional", True),
+        bidirectional=bidirectional,
         torch_dtype=arguments.torch_dtype,
         attn_implementation=arguments.attn_implementation,
         format=arguments.format,

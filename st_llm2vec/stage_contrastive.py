@@ -27,11 +27,6 @@ from .recipe import RecipeArguments, StartModel
 logger = logging.getLogger(__name__)
 
 
-def _gather_value(value: Any) -> None:
-    if value is not None and not isinstance(value, bool) and value != "auto":
-        raise ValueError(f"expected true, false or 'auto', got {value!r}")
-
-
 def _evaluator_value(value: Any) -> None:
     if value not in (None, False) and str(value).lower() not in ("sts", "none", "false", ""):
         raise ValueError(f"expected 'sts' or 'none', got {value!r}")
@@ -52,7 +47,7 @@ class ContrastiveArguments(RecipeArguments):
         "loss_class": Key("str", nullable=False, choices=tuple(LOSS_ALIASES)),
         "loss_scale": Key("float", nullable=False, low=0, low_open=True),
         "mini_batch_size": Key("int", nullable=False, low=1),
-        "gather_across_devices": Key("any", check=_gather_value),
+        "gather_across_devices": Key("bool_or_auto"),
         "simcse_dropout": Key("float", low=0, high=1, high_open=True),
         "dataset_name": Key("str"), "dataset_file_path": Key("str"),
         "save_mode": Key("str", nullable=False, choices=("merged", "adapter")),
@@ -70,7 +65,9 @@ class ContrastiveArguments(RecipeArguments):
     loss_class: str = "MultipleNegativesRankingLoss"
     loss_scale: float = 20.0
     mini_batch_size: int = field(default=32, metadata={"help": "CachedMultipleNegativesRankingLoss only"})
-    gather_across_devices: str | None = field(default="auto", metadata={"help": "auto: when more than one process"})
+    gather_across_devices: str | None = field(
+        default="auto", metadata={"help": "true, false, or auto (when more than one process)"}
+    )
     simcse_dropout: float | None = None
     # data
     dataset_name: str | None = None
@@ -81,10 +78,6 @@ class ContrastiveArguments(RecipeArguments):
     eval_max_pairs: int | None = 1000  # per dev set; None: all
     evaluator: str | None = "sts"  # "sts" | "none"
     eval_instruction: str | None = None  # prompt for both sides of the dev STS pairs
-
-    def __post_init__(self) -> None:
-        if isinstance(self.gather_across_devices, str) and self.gather_across_devices.lower() in ("true", "false"):
-            self.gather_across_devices = self.gather_across_devices.lower() == "true"  # from the command line
 
     def check(self, training: Mapping[str, Any]) -> None:
         if training.get("prompts") is not None:
@@ -295,7 +288,7 @@ def _prepare(arguments: ContrastiveArguments, training: dict[str, Any], callback
         logger.info("%s training data (%d rows, global batch %d):\n%s", arguments.STAGE, len(data), global_batch,
                     data.summary())
 
-    model, start = start_model(arguments, arguments.peft_model_name_or_path)
+    model, start = start_model(arguments, arguments.peft_model_name_or_path, arguments.bidirectional)
     if arguments.save_mode == "adapter" and start.merged_in_memory:
         raise ValueError(
             f"save_mode 'adapter' needs the start model on disk as it is trained on, but {start.model_name_or_path} "

@@ -112,7 +112,7 @@ def train_mntp(config: Mapping[str, Any] | str | os.PathLike, overrides: Mapping
     arguments, training = read_arguments(MNTPArguments, config, overrides)
     check_files_exist(dataclasses.asdict(arguments), ("train_file", "validation_file"))  # before the model loads
     try:
-        run = start_run(arguments, training, data_keys=("train_file",))
+        run = start_run(arguments, training, do_train=arguments.do_train)
     except RunAlreadyComplete as done:
         logger.warning("%s", done)
         return _finished_result(training["output_dir"])

@@ -142,6 +142,24 @@ def test_llm2vec_style_configs_parse():
         read_arguments(ARGUMENTS["simcse"], {"model_name_or_path": "m", "output_dir": "o", "lora_rank": 8})
 
 
+def test_gather_across_devices_reads_true_false_and_auto_from_files_and_the_command_line():
+    import argparse
+
+    from st_llm2vec.config_check import ConfigError
+    from st_llm2vec.recipe import overrides_from_cli, parent_parser
+
+    simcse = ARGUMENTS["simcse"]
+    base = {"model_name_or_path": "m", "output_dir": "o"}
+    for given, expected in (("false", False), ("True", True), ("AUTO", "auto"), (False, False), (None, None)):
+        arguments, _ = read_arguments(simcse, {**base, "gather_across_devices": given})
+        assert arguments.gather_across_devices == expected
+    with pytest.raises(ConfigError, match="gather_across_devices: expected true, false or 'auto'"):
+        read_arguments(simcse, {**base, "gather_across_devices": "maybe"})
+    cli = argparse.ArgumentParser(parents=[parent_parser(simcse)]).parse_args(["c.json", "--gather_across_devices", "false"])
+    arguments, _ = read_arguments(simcse, base, overrides_from_cli(simcse, cli))
+    assert arguments.gather_across_devices is False  # the string "false" would gather (bool("false") is True)
+
+
 # --------------------------------------------------------------------------- batching
 
 
