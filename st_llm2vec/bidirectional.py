@@ -91,32 +91,54 @@ def probe_bidirectional(model: PreTrainedModel, length: int = 8, pad: int = 3) -
     finally:
         model.train(was_training)
     if not all(torch.isfinite(h).all() for h in (full, moved, left)):
-        raise _non_finite_error(model)
+        check_finite_weights(model)  # names corrupt weights, if that is the cause
+        raise _overflow_error(model)
     return {
         "early_token_shift": _relative_change(full[0, 0], moved[0, 0]),
         "padding_mismatch": _relative_change(full[0], left[0, pad:]),
     }
 
 
-def _non_finite_error(model: PreTrainedModel) -> NonFiniteWeightsError:
-    """Name the parameters holding NaN / inf (or, if none does, the dtype overflow)."""
-    arch = type(model).__name__
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+def non_finite_parameters(model: torch.nn.Module) -> list[str]:
+    """The floating-point parameters and buffers of ``model`` holding NaN / inf, found by reading them.
+
+    A forward pass cannot be trusted to show corrupt weights: SDPA's AVX-512 kernels on CPU turned a NaN
+    in ``q_proj`` into finite hidden states in a causal model (measured), so the model would have served
+    finite, wrong vectors. One pass over the tensors finds every one. Integer tensors (8-/4-bit
+    quantized weights) cannot hold NaN and are skipped.
+    """
+    bad = []
+    for kind, named in (("", model.named_parameters()), ("buffer ", model.named_buffers())):
+        for name, tensor in named:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad.append(kind + name)
+    return bad
+
+
+def check_finite_weights(model: torch.nn.Module) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the parameters that hold NaN / inf (see :func:`non_finite_parameters`)."""
+    bad = non_finite_parameters(model)
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        return NonFiniteWeightsError(
-            f"{arch}: the weights are not finite (NaN / inf in {shown}); the checkpoint is corrupt or was "
-            "saved after a diverged training run. Re-download it or use an earlier checkpoint."
+        raise NonFiniteWeightsError(
+            f"{type(model).__name__}: the weights are not finite (NaN / inf in {shown}); the checkpoint is corrupt or "
+            "was saved after a diverged training run. Re-download it or use an earlier checkpoint."
         )
+
+
+def _overflow_error(model: PreTrainedModel) -> NonFiniteWeightsError:
+    """Finite weights whose forward pass gives NaN / inf: the activations overflow the dtype."""
     dtype = next(model.parameters()).dtype
     return NonFiniteWeightsError(
-        f"{arch}: the weights are finite but the forward pass gives NaN / inf in {dtype}: the activations "
-        "overflow this dtype. Load with dtype=torch.bfloat16 or torch.float32."
+        f"{type(model).__name__}: the weights are finite but the forward pass gives NaN / inf in {dtype}: the "
+        "activations overflow this dtype. Load with dtype=torch.bfloat16 or torch.float32."
     )
 
 
 def check_finite(model: PreTrainedModel, length: int = 8) -> None:
-    """One tiny forward pass; a :class:`NonFiniteWeightsError` if it gives NaN / inf (causal models skip the probe)."""
+    """Finite weights (read, :func:`check_finite_weights`) and finite outputs of one tiny forward pass
+    (activation overflow); causal models get this instead of the bidirectionality probe."""
+    check_finite_weights(model)
     device = next(model.parameters()).device
     ids = _probe_ids(model, length).to(device)
     was_training = model.training
@@ -127,7 +149,7 @@ def check_finite(model: PreTrainedModel, length: int = 8) -> None:
     finally:
         model.train(was_training)
     if not torch.isfinite(hidden).all():
-        raise _non_finite_error(model)
+        raise _overflow_error(model)
 
 
 def _tolerances(dtype: torch.dtype) -> tuple[float, float]:
@@ -141,6 +163,7 @@ def ensure_bidirectional(model: PreTrainedModel) -> dict[str, float]:
     """Switch ``model`` to bidirectional attention and prove it, or raise :class:`BidirectionalityError`
     (:class:`NonFiniteWeightsError` when the model computes NaN / inf, which no probe can judge)."""
     check_decoder_only(model.config)
+    check_finite_weights(model)  # before the probe: no kernel can hide corrupt weights from a read
     enable_bidirectional(model)
     result = probe_bidirectional(model)
     min_shift, max_mismatch = _tolerances(next(model.parameters()).dtype)

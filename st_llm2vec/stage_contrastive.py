@@ -346,8 +346,6 @@ def run_stage(stage: Stage) -> StageResult:
 
 def _run(stage: Stage) -> StageResult:
     """:func:`run_stage`'s training and saving."""
-    from accelerate.utils import extract_model_from_parallel
-
     from .contrastive import last_eval, probe_loss, set_attention_dropout, sts_scores
     from .lora import merge_lora
     from .recipe import describe_in_card, jsonable, write_result
@@ -399,8 +397,7 @@ def _run(stage: Stage) -> StageResult:
         logger.info("%s done: %d steps, probe loss %.4f -> %.4f; model saved to %s (%s)", stage.name,
                     result.global_step, loss_before, loss_after, args.output_dir, arguments.save_mode)
     trainer.accelerator.wait_for_everyone()
-    # With bf16/fp16 the accelerator wrapped model.forward in autocast: hand back the plain model.
-    result.model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    result.model = model  # LLM2VecTrainer.train took off the autocast wrapper of mixed-precision training
     return result
 
 

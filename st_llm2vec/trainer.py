@@ -11,7 +11,11 @@ What the stock trainer (ST 6.2 + transformers 5.2x) gets wrong for us, and nothi
   checks ``max_steps`` (and writes ``checkpoint-(N+1)``). ``train`` returns at once instead;
 - checkpoints carry no sign of being complete: ``_save_checkpoint`` writes ``st_llm2vec_checkpoint.json``
   (with the run fingerprint of :mod:`.runs`) after every other file, and gives the files the umask's
-  modes (safetensors writes 0600).
+  modes (safetensors writes 0600);
+- after mixed-precision training (``bf16`` / ``fp16``) the model's ``forward`` stays wrapped in accelerate's
+  autocast, so the in-memory model computes in bf16 while its weights (and any stock loader) say float32:
+  ``train`` takes the wrapper off when it returns, so the trained model is the model its weights describe
+  (a portable save proves the in-memory model against a stock load of those weights).
 
 Also here: the ``stop_after_n_steps`` callback (:class:`StopAfterNSteps`). Importing this module
 imports the trainer stack (seconds); ``import st_llm2vec`` does not import it.
@@ -99,6 +103,8 @@ class LLM2VecTrainer(SentenceTransformerTrainer):
             return TrainOutput(self.state.global_step, 0.0, metrics)
         finally:
             self.remove_callback(guard)
+            # the autocast wrapper accelerate put on forward for mixed precision (see the module docstring)
+            extract_model_from_parallel(self.model, keep_fp32_wrapper=False)
 
     def _save_checkpoint(self, model, trial) -> None:
         """HF's checkpoint, then (every process done) a completion marker written last, and umask modes."""
