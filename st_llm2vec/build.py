@@ -147,9 +147,14 @@ def read_portable_dir(path: str) -> dict[str, Any] | None:
     if not stock or names not in (["Transformer", "Pooling"], ["Transformer", "WordWeights", "Pooling"]):
         return None
     with open(os.path.join(path, modules[-1]["path"], "config.json"), encoding="utf-8") as f:
-        mode = _STOCK_TO_POOLING.get(json.load(f).get("pooling_mode"))
+        pooling = json.load(f)
+    mode = _STOCK_TO_POOLING.get(pooling.get("pooling_mode"))
     if mode is None:
         return None
+    if mode == "mean" and pooling.get("include_prompt", True):
+        logger.warning(
+            "%s pools the prompt's tokens (include_prompt: true, saved by st-llm2vec < 0.2); it is rebuilt as this "
+            "version writes it, the prompt excluded from the mean as llm2vec does: query embeddings change.", path)
     settings: dict[str, Any] = {"pooling_mode": mode}
     st_config = os.path.join(path, "config_sentence_transformers.json")
     if os.path.isfile(st_config):

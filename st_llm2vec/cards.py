@@ -28,11 +28,9 @@ def usage_section(save_format: str, model_id: str | None, prompts: dict[str, str
     query = next((name for name, text in (prompts or {}).items() if text), None)
     prompt_arg = f', prompt_name="{query}"' if query else ""
     if save_format == "portable":
-        proof = ""
-        if report:
-            proof = (f"\n\nProven when saved: loaded in a fresh process without st-llm2vec, the first token's state "
-                     f"moved by {report['first_token_shift']:.2e} when only the last word changed (bidirectional), "
-                     f"and embeddings matched the model that was saved within {report['max_difference']:.1e}.")
+        from .portable import describe_proof
+
+        proof = f"\n\nProven when saved: {describe_proof(report)}." if report else ""
         return "\n".join([
             "## How to load this model",
             "",
@@ -62,16 +60,19 @@ def usage_section(save_format: str, model_id: str | None, prompts: dict[str, str
             f"embeddings = HuggingFaceEmbeddings(model_name={ref!r})",
             "```",
             "",
-            "Instructions are sentence-transformers prompts: `prompt + text` is encoded and every token but a "
-            "leading BOS is pooled (the stored prompts end with a space, so the text reads as llm2vec's "
-            "`instruction + \" \" + text`).",
+            "Instructions are sentence-transformers prompts: `prompt + text` is encoded (the stored prompts end "
+            "with a space, so the input reads as llm2vec's `instruction + \" \" + text`); with mean pooling "
+            "the prompt's tokens are left out of the mean (`include_prompt: false`), as llm2vec and mteb's "
+            "llm2vec wrapper pool only the text. Serving engines that read only `1_Pooling/config.json` "
+            "(text-embeddings-inference) pool the prompt's tokens and, for tokenizers with a BOS token, the BOS too.",
             "",
         ])
     return "\n".join([
         "## How to load this model",
         "",
         "Saved by st-llm2vec in its *exact* format (llm2vec's instruction semantics: only the text's own tokens are "
-        "pooled), which uses st-llm2vec's two module classes. Install the package (`pip install st-llm2vec`), then "
+        "pooled), which uses st-llm2vec's two module classes. Install the package (from a clone of its repository: "
+        "`pip install -e .`), then "
         "either import it (that registers the two classes) or pass `trust_remote_code=True` (the classes are "
         "imported from the installed package; no code is read from this directory):",
         "",

@@ -26,7 +26,14 @@ from sentence_transformers.base.modules.transformer import TRANSFORMER_TASK_DEFA
 
 from . import packing
 from .bidirectional import check_decoder_only, check_finite, ensure_bidirectional
-from .instructions import EMBED_MASK, format_text, truncate_words
+from .instructions import (
+    EMBED_MASK,
+    POOLING_FEATURES,
+    TOKEN_WEIGHTS_SUM,
+    format_text,
+    stock_prompt_length,
+    truncate_words,
+)
 from .packing import CU_SEQ_LENS, PACKED_KEYS
 
 logger = logging.getLogger(__name__)
@@ -82,6 +89,9 @@ def _check_positive(name: str, value: Any, none_means: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be a positive int or None ({none_means}), got {value!r}")
 
+
+# (prompt, text) pairs already warned about pooling nothing in the portable format (once each).
+_WARNED_EMPTY: set[tuple[str, str]] = set()
 
 # Keys of sentence_bert_config.json that __init__ does not name but ST's loader maps (old names).
 _LEGACY_CONFIG_KEYS = {"model_args", "tokenizer_args", "config_args", "cache_dir"}
@@ -360,7 +370,8 @@ class LLM2VecTransformer(Transformer):
         return count
 
     def _tokenize(self, inputs: Sequence[str], prompt: str | None, max_length: int | None):
-        """llm2vec's tokenization, unpadded: (token id lists of the full strings, text-part lengths).
+        """llm2vec's tokenization, unpadded: (token id lists of the full strings, text-part lengths, None —
+        or, in the portable format, each row's mean divisor where it is not the pooled count).
 
         The text-part length N is llm2vec's ``len(tokenize(text_part, add_special_tokens=False))``,
         exactly: without an instruction, wrapper or suffix the text part is the whole string and N is
@@ -403,11 +414,15 @@ class LLM2VecTransformer(Transformer):
         else:
             parts = tokenizer(text_parts, add_special_tokens=False, truncation=True, max_length=max_length)
             lengths = [len(row) for row in parts["input_ids"]]
-        return ids, lengths
+        return ids, lengths, None
 
     def _tokenize_stock(self, texts: list[str], prompt: str | None, max_length: int | None):
-        """Stock ST's tokenization (the portable format): ``prompt + text`` as given, every token but a
-        leading BOS pooled (what ``WordWeights`` with BOS weight 0 + ``Pooling("mean")`` computes)."""
+        """Stock ST's tokenization and pooling (the portable format, see ``portable.py``): ``prompt + text`` as
+        given; pooled: every token after the prompt (``Pooling(include_prompt=False)``, which skips the first
+        ``prompt_length`` tokens, counted as ST counts them), and of a text without a prompt every token but a
+        leading BOS (``WordWeights`` with BOS weight 0). With a prompt, each row also gets the divisor of its
+        mean, as stock computes it: with that BOS weighting the weights of the whole row, the prompt's tokens
+        included (``WordWeights`` + ``Pooling``); and a text the prompt leaves no token of pools to zeros."""
         tokenizer = self.tokenizer
         full = [prompt + text for text in texts] if prompt else texts
         ids = tokenizer(full, truncation=True, max_length=max_length)["input_ids"]
@@ -415,7 +430,22 @@ class LLM2VecTransformer(Transformer):
             if not row:  # only possible without BOS: encoded as the EOS token alone, as in the exact format
                 ids[i] = tokenizer([tokenizer.eos_token], truncation=True, max_length=max_length)["input_ids"][0]
         bos = tokenizer.bos_token_id
-        return ids, [len(row) - (1 if bos is not None and row[0] == bos else 0) for row in ids]
+        weighted = [len(row) - (1 if bos is not None and row[0] == bos else 0) for row in ids]
+        if not prompt:
+            return ids, weighted, None
+        skip = stock_prompt_length(tokenizer, prompt, max_length)
+        pooled = [max(len(row) - skip, 0) for row in ids]
+        empty = [text for text, n in zip(texts, pooled) if n == 0 and text]
+        if empty and (prompt, empty[0]) not in _WARNED_EMPTY:
+            _WARNED_EMPTY.add((prompt, empty[0]))
+            logger.warning(
+                "%d text(s) such as %r keep no token after the prompt %r: in context the text's first token holds the "
+                "prompt's trailing space, and stock sentence-transformers (include_prompt=False) pools nothing for it, "
+                "a zero vector. Rephrase the prompt so it ends with a character that does not merge (e.g. a newline).",
+                len(empty), empty[0], prompt,
+            )
+        uses_word_weights = bos is not None and any(row[0] == bos for row in ids)
+        return ids, pooled, (weighted if uses_word_weights else pooled)
 
     def preprocess(
         self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any
@@ -438,11 +468,12 @@ class LLM2VecTransformer(Transformer):
         max_length = self._max_length(kwargs)
         if prompt:
             self._check_prompt(prompt, max_length)
-        ids, text_lengths = self._tokenize(inputs, prompt, max_length)
+        ids, text_lengths, weights_sum = self._tokenize(inputs, prompt, max_length)
         lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
         n = torch.minimum(torch.tensor(text_lengths, dtype=torch.long), lengths)
+        extra = {} if weights_sum is None else {TOKEN_WEIGHTS_SUM: torch.tensor(weights_sum, dtype=torch.float32)}
         if self.can_flatten_inputs or self._pack_this_batch(lengths):
-            return packing.pack(ids, lengths, n)
+            return {**packing.pack(ids, lengths, n), **extra}
         width = int(lengths.max())
         pad_id = self.tokenizer.pad_token_id
         input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
@@ -452,7 +483,8 @@ class LLM2VecTransformer(Transformer):
         input_ids[attention_mask.bool()] = flat  # row-major order: each row's tokens, left-padded
         # llm2vec pools the last N positions, N = length of the text part tokenized alone.
         embed_mask = (columns >= (width - n).unsqueeze(1)).long()
-        return {"input_ids": input_ids, "attention_mask": attention_mask, EMBED_MASK: embed_mask, "modality": "text"}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, EMBED_MASK: embed_mask, "modality": "text",
+                **extra}
 
     def _max_length(self, kwargs: dict[str, Any]) -> int | None:
         """This call's token limit, by ST's precedence: ``processing_kwargs`` (per call over the module's)
@@ -588,14 +620,13 @@ class LLM2VecTransformer(Transformer):
         as padded rows (:func:`packing.unpack`). Over the ``max_batch_tokens`` budget, the batch runs
         in pieces (:meth:`_forward_in_pieces`).
         """
-        embed_mask = features.pop(EMBED_MASK, None)
+        pooling_only = {key: features.pop(key) for key in POOLING_FEATURES if key in features}
         budget = self.max_batch_tokens
         if budget is not None and features["input_ids"].numel() > budget:  # rows x width, or the packed length
             features = self._forward_in_pieces(features, budget, **kwargs)
         else:
             features = self._forward_batch(features, **kwargs)
-        if embed_mask is not None:
-            features[EMBED_MASK] = embed_mask
+        features.update(pooling_only)
         if CU_SEQ_LENS in features:
             # in encode, straight into the right-padded rows that pooling returns (see pooling.py): one copy
             features = packing.unpack(features, right=torch.is_inference_mode_enabled())

@@ -36,6 +36,12 @@ _LLM2VEC_EOS_SUFFIX_BY_TYPE = {"llama": " </s>", "mistral": " </s>", "gemma": "<
 POOLING_MODES = ("mean", "weighted_mean", "eos_token", "bos_token")
 # The feature marking the tokens to pool (the text part): written by the encoder, read by pooling.
 EMBED_MASK = "embed_mask"
+# Per row, what a mean divides by where that is not the number of pooled tokens: stock ST's WordWeights
+# (the portable format's BOS exclusion) divides by the weights of every attended token, an excluded
+# instruction's too. Same name and meaning as the feature WordWeights writes.
+TOKEN_WEIGHTS_SUM = "token_weights_sum"
+# Features for pooling only: the encoder keeps them away from the HF model's forward.
+POOLING_FEATURES = (EMBED_MASK, TOKEN_WEIGHTS_SUM)
 POOLING_ALIASES = {"last_token": "eos_token", "weightedmean": "weighted_mean", "lasttoken": "eos_token"}
 
 
@@ -47,6 +53,14 @@ def normalize_pooling_mode(mode: str) -> str:
             f"Unknown pooling_mode {mode!r}; choose one of {', '.join(POOLING_MODES)} (or the alias 'last_token')."
         )
     return mode
+
+
+def stock_prompt_length(tokenizer, prompt: str, max_length: int | None = None) -> int:
+    """How many leading tokens stock ST's ``Pooling(include_prompt=False)`` skips for ``prompt``: the prompt
+    tokenized alone, less a trailing special token (``Transformer._get_prompt_length``)."""
+    ids = tokenizer([prompt], truncation=max_length is not None, max_length=max_length)["input_ids"][0]
+    special = set(getattr(tokenizer, "all_special_ids", None) or ())
+    return len(ids) - (1 if ids and ids[-1] in special else 0)
 
 
 def llm2vec_chat_template(name_or_path: str | None) -> str | None:

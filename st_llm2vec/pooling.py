@@ -26,7 +26,7 @@ import torch
 from sentence_transformers.base.modules.module import Module
 
 from .encoder import LLM2VecTransformer
-from .instructions import EMBED_MASK, normalize_pooling_mode
+from .instructions import EMBED_MASK, TOKEN_WEIGHTS_SUM, normalize_pooling_mode
 
 
 class LLM2VecPooling(Module):
@@ -116,9 +116,11 @@ class LLM2VecPooling(Module):
             pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), first]
         else:
             mask = features.get(EMBED_MASK) if self.skip_instruction else None
+            # given: the portable format's stock divisor (see the encoder's _tokenize_stock)
+            divisor = features.get(TOKEN_WEIGHTS_SUM) if self.skip_instruction else None
             if mask is None:
                 mask = attention_mask
-            else:
+            elif divisor is None:  # llm2vec: a row without text tokens pools all its tokens
                 empty = mask.sum(dim=1, keepdim=True) == 0
                 mask = torch.where(empty, attention_mask, mask)
             # As ST's Pooling: weights and sums in float32 under half precision (1/N, and weights 1..N
@@ -129,7 +131,8 @@ class LLM2VecPooling(Module):
             if self.pooling_mode == "weighted_mean":
                 # weights 1..N over the pooled tokens, counted within the row (either padding side)
                 mask = mask.cumsum(dim=1) * mask
-            weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1e-9)
+            divisor = mask.sum(dim=1, keepdim=True) if divisor is None else divisor.to(accumulate).unsqueeze(1)
+            weights = mask / divisor.clamp_min(1e-9)
             pooled = torch.einsum("bs,bsd->bd", weights, tokens.to(accumulate)).to(tokens.dtype)
         features["sentence_embedding"] = pooled
         if torch.is_inference_mode_enabled():

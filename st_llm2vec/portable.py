@@ -7,23 +7,37 @@ flag and without st_llm2vec installed, because everything it needs is written wh
   the model types text-embeddings-inference reads it for, ``use_bidirectional_attention: true``;
 - ``sentence_bert_config.json``: a stock ``Transformer`` with the plain ``text`` modality only (no chat
   template wrapping);
-- pooling: ``mean`` = ``WordWeights`` (weight 0 for the BOS token, 1 for every other token) + ``Pooling
-  ("mean")`` — llm2vec pools the text tokens and never the BOS token, and ``WordWeights`` is the stock way
-  to leave one token id out of a mean; ``eos_token`` = ``Pooling("lasttoken")`` with the EOS suffix
-  appended by the saved tokenizer's own post-processor; ``bos_token`` = ``Pooling("cls")`` (the first
-  attended token);
+- pooling: ``mean`` = [``WordWeights`` (weight 0 for the BOS token, 1 for every other token), only for
+  tokenizers that add a BOS] + ``Pooling("mean", include_prompt=False)`` — llm2vec pools the text tokens,
+  never the BOS token nor an instruction's, and ``WordWeights`` is the stock way to leave one token id out
+  of a mean; ``eos_token`` = ``Pooling("lasttoken")`` with the EOS suffix appended by the saved tokenizer's
+  own post-processor; ``bos_token`` = ``Pooling("cls")`` (the first attended token). The Pooling module
+  lives in ``1_Pooling`` and its config carries the pre-6 ``pooling_mode_*`` booleans next to the 6.x
+  keys: text-embeddings-inference reads only that file, only those keys (ST 6 ignores them when
+  ``pooling_mode`` is present);
 - prompts in ``config_sentence_transformers.json``, stored as ``instruction.strip() + " "`` so that stock
-  ST's ``prompt + text`` is llm2vec's ``instruction.strip() + " " + text``.
+  ST's ``prompt + text`` is llm2vec's ``instruction.strip() + " " + text``;
+- ``tokenizer_config.json`` names the generic ``TokenizersBackend`` class, so transformers reads
+  ``tokenizer.json`` as saved (a model-specific class such as Qwen2's rebuilds its own normalizer and
+  post-processor and would drop the EOS suffix and the prompt boundary below).
 
-Instructions: stock ST pools ``prompt + text`` as a whole (``include_prompt=True``): an instruction's
-tokens are pooled with the text's. llm2vec pools only the text (its last N tokens). A model in the
-portable format computes queries the stock way in memory too (``LLM2VecTransformer.format ==
-"portable"``), so what is trained, evaluated and served is the same; :func:`make_portable` switches a
-model to it. Documents (no instruction) are unchanged by the switch.
+Instructions: ``include_prompt=False`` skips the first ``len(tokenize(prompt))`` tokens, the prompt counted
+alone. That count includes the prompt's trailing space as a token of its own (``"passages: "`` ends in
+``"Ġ"``), while in ``prompt + text`` most tokenizers merge that space into the text's first token
+(``"Ġhow"``): stock pooling would drop the text's first token, and a one-token query would pool nothing.
+Where it makes the count match llm2vec's text part more often (:func:`prompt_boundary_normalizer`, decided
+on probe texts), the saved tokenizer drops one space at the very end of an input — which changes only
+texts that end in a space, by that one token. A model in the portable format computes queries the stock
+way in memory too (``LLM2VecTransformer.format == "portable"``), so what is trained, evaluated and served
+is the same; :func:`make_portable` switches a model to it.
 
 Proof: :func:`save_portable` writes into a temp dir, loads it in a fresh Python process in which
-``import st_llm2vec`` fails and ``trust_remote_code`` is off, runs the behavioural bidirectionality probe
-through stock ST and compares embeddings with the in-memory model; only then is the dir put in place.
+``import st_llm2vec`` fails and ``trust_remote_code`` is off, and checks there, against the in-memory
+model: the stock modules, the bidirectionality probe (an early token moves when only the last word
+changes), the same token ids and prompt lengths, and per text the cosine of the embeddings (≥ 0.99999
+in float32, ≥ 0.999 in bf16 / fp16) and their largest difference (≤ 1e-4 of the largest value in
+float32, 2e-2 in half precision), each computed batch for batch the same way on both sides (padding
+moves half-precision results by more than these bounds). Only then is the dir put in place.
 """
 
 from __future__ import annotations
@@ -60,6 +74,19 @@ PROBE_TEXTS = [
 ]
 BIDIRECTIONAL_PROBE = ("The quick brown fox jumps over the lazy dog", "The quick brown fox jumps over the lazy cat")
 TOLERANCE_FLOAT32 = 1e-4
+# The proof's bounds, per dtype of the saved weights: (min cosine per text, max difference / largest value).
+PROOF_BOUNDS = {"float32": (0.99999, TOLERANCE_FLOAT32), "half": (0.999, 2e-2)}
+# Stock Pooling's directory: text-embeddings-inference reads the pooling of every model from this path.
+POOLING_DIR = "1_Pooling"
+WORD_WEIGHTS_DIR = "0_WordWeights"  # runs before the pooling (modules.json order), named apart from 1_Pooling
+# The pre-6 layout of a Pooling config (TEI parses these booleans; ST 6 drops them beside pooling_mode).
+LEGACY_POOLING_KEYS = {
+    "cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
+    "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens", "weightedmean": "pooling_mode_weightedmean_tokens",
+    "lasttoken": "pooling_mode_lasttoken",
+}
+# Instructions the prompt-boundary choice is tried on (with the model's own prompts).
+BOUNDARY_PROMPTS = ("Retrieve semantically similar text: ", "Given a web search query, retrieve relevant passages: ")
 
 
 class PortableFormatError(ValueError):
@@ -134,6 +161,43 @@ def append_suffix_in_tokenizer(tokenizer: Any, suffix_ids: list[int]) -> None:
     )
 
 
+def _text_part_matches(tokenizer: Any, prompts: list[str], texts: list[str]) -> int:
+    """On how many (prompt, text) pairs stock's prompt length equals llm2vec's: the tokens of
+    ``prompt + text`` before the text's own tokens (llm2vec pools the last ``len(tokenize(text))``)."""
+    from .instructions import stock_prompt_length
+
+    matches = 0
+    for prompt in prompts:
+        skip = stock_prompt_length(tokenizer, prompt)
+        for text in texts:
+            joint = len(tokenizer(prompt + text)["input_ids"])
+            matches += skip == joint - len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return matches
+
+
+def prompt_boundary_normalizer(tokenizer: Any, prompts: list[str]) -> bool:
+    """Make the (fast) tokenizer drop one space at the very end of an input, if that makes stock ST's
+    prompt length (the prompt tokenized alone, trailing space included) match llm2vec's text part on
+    more probe pairs (see the module doc). Returns whether it did; the tokenizer is unchanged otherwise.
+
+    Written as a tokenizers normalizer (saved in tokenizer.json, so every stock loader applies it):
+    nothing in sentence-transformers counts a prompt's tokens in context.
+    """
+    from tokenizers import Regex, normalizers
+
+    backend = tokenizer._tokenizer
+    texts = PROBE_TEXTS + ["7 days", "(see below)", "  indented", "Übersicht", "python"]
+    prompts = sorted({*BOUNDARY_PROMPTS, *(p for p in prompts if p and p.endswith(" "))})
+    before = _text_part_matches(tokenizer, prompts, texts)
+    original = backend.normalizer
+    strip = normalizers.Replace(Regex(r" \z"), "")
+    backend.normalizer = strip if original is None else normalizers.Sequence([strip, original])
+    if _text_part_matches(tokenizer, prompts, texts) > before:
+        return True
+    backend.normalizer = original
+    return False
+
+
 def why_not_portable(model: Any) -> str | None:
     """One line saying why ``model`` cannot be portable, or None when it can (before any proof)."""
     from peft import PeftModel
@@ -167,7 +231,8 @@ def make_portable(model: Any) -> Callable[[], None]:
     """Switch an st_llm2vec model, in place, to what the portable format computes (see the module doc).
 
     Documents keep their embeddings (save the word-level ``doc_max_length`` cut, which stock ST has not:
-    it truncates at ``max_seq_length`` tokens); instructions become stock prompts (pooled with the text).
+    it truncates at ``max_seq_length`` tokens, and a text's one trailing space where the prompt boundary
+    needs it); instructions become stock prompts, excluded from mean pooling as stock ST excludes them.
     Returns a function that undoes the switch. Raises :class:`PortableFormatError` naming why when the
     model cannot be portable (the model is then unchanged).
     """
@@ -178,11 +243,13 @@ def make_portable(model: Any) -> Callable[[], None]:
     if encoder.format == PORTABLE:
         return lambda: None
     backend = encoder.tokenizer._tokenizer
-    before = (encoder.format, encoder.doc_max_length, encoder.text_suffix, backend.post_processor, dict(model.prompts or {}))
+    before = (encoder.format, encoder.doc_max_length, encoder.text_suffix, backend.post_processor, backend.normalizer,
+              dict(model.prompts or {}))
 
     def undo() -> None:
         """Back to exactly the model before the switch."""
-        encoder.format, encoder.doc_max_length, encoder.text_suffix, backend.post_processor, model.prompts = before
+        (encoder.format, encoder.doc_max_length, encoder.text_suffix, backend.post_processor, backend.normalizer,
+         model.prompts) = before
 
     if encoder.text_suffix:
         suffix_ids = suffix_token_ids(encoder.tokenizer, encoder.text_suffix)
@@ -199,16 +266,18 @@ def make_portable(model: Any) -> Callable[[], None]:
     encoder.doc_max_length = None
     encoder.format = PORTABLE
     model.prompts = {name: stored_prompt(text) for name, text in (model.prompts or {}).items()}
+    if model[1].pooling_mode == "mean":  # the only stock pooling that excludes the prompt's tokens
+        prompt_boundary_normalizer(encoder.tokenizer, list(model.prompts.values()))
     return undo
 
 
-def _encode_padded(model: Any, texts: list[str], **kwargs: Any):
+def _encode_padded(model: Any, texts: list[str], batch_size: int = 8, **kwargs: Any):
     """``encode`` with padding forced, so that two formats (or two loaders) are compared like with like."""
     encoder = model[0]
     previous = encoder._unpad_inputs
     encoder._unpad_inputs = False
     try:
-        return model.encode(texts, batch_size=8, convert_to_numpy=True, **kwargs)
+        return model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False, **kwargs)
     finally:
         encoder._unpad_inputs = previous
 
@@ -268,12 +337,14 @@ def _write_module_dirs(model: Any, directory: Path) -> list[dict[str, Any]]:
     tokenizer_config = directory / "tokenizer_config.json"
     if tokenizer_config.is_file():
         data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
-        data.update(padding_side="left", pad_token=encoder.tokenizer.pad_token)
+        # TokenizersBackend: tokenizer.json as saved (suffix post-processor, prompt-boundary normalizer)
+        data.update(padding_side="left", pad_token=encoder.tokenizer.pad_token, tokenizer_class="TokenizersBackend")
         tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
 
     entries = [{"idx": 0, "name": "0", "path": "", "type": class_ref(Transformer)}]
     dimension = pooling.get_embedding_dimension()
-    if pooling.pooling_mode == "mean" and adds_bos(encoder.tokenizer):
+    mean = pooling.pooling_mode == "mean"
+    if mean and adds_bos(encoder.tokenizer):
         rows = encoder.model.get_input_embeddings().num_embeddings
         tokens = encoder.tokenizer.convert_ids_to_tokens(list(range(rows)))
         vocab = [t if t is not None else f"[unused{i}]" for i, t in enumerate(tokens)]
@@ -281,15 +352,25 @@ def _write_module_dirs(model: Any, directory: Path) -> list[dict[str, Any]]:
         exact = torch.ones(rows, 1)
         exact[encoder.tokenizer.bos_token_id] = 0.0  # by id: a vocab string's lower-case twin must keep weight 1
         weights.emb_layer.weight.data.copy_(exact)
-        name = f"{len(entries)}_WordWeights"
-        (directory / name).mkdir()
-        weights.save(str(directory / name))
-        entries.append({"idx": len(entries), "name": str(len(entries)), "path": name, "type": class_ref(WordWeights)})
-    name = f"{len(entries)}_Pooling"
-    (directory / name).mkdir()
-    Pooling(dimension, STOCK_POOLING[pooling.pooling_mode], include_prompt=True).save(str(directory / name))
-    entries.append({"idx": len(entries), "name": str(len(entries)), "path": name, "type": class_ref(Pooling)})
+        (directory / WORD_WEIGHTS_DIR).mkdir()
+        weights.save(str(directory / WORD_WEIGHTS_DIR))
+        entries.append({"idx": len(entries), "name": str(len(entries)), "path": WORD_WEIGHTS_DIR,
+                        "type": class_ref(WordWeights)})
+    (directory / POOLING_DIR).mkdir()
+    # include_prompt=False: an instruction's tokens are not pooled (llm2vec, mteb); lasttoken / cls read one
+    # position, which ST would move past the prompt for cls
+    stock_mode = STOCK_POOLING[pooling.pooling_mode]
+    Pooling(dimension, stock_mode, include_prompt=not mean).save(str(directory / POOLING_DIR))
+    _add_legacy_pooling_keys(directory / POOLING_DIR / "config.json", stock_mode)
+    entries.append({"idx": len(entries), "name": str(len(entries)), "path": POOLING_DIR, "type": class_ref(Pooling)})
     return entries
+
+
+def _add_legacy_pooling_keys(path: Path, mode: str) -> None:
+    """The pre-6 ``pooling_mode_*`` booleans beside ``pooling_mode`` (see ``LEGACY_POOLING_KEYS``)."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.update({key: name == mode for name, key in LEGACY_POOLING_KEYS.items()})
+    path.write_text(json.dumps(config, indent=4), encoding="utf-8")
 
 
 def _write_bidirectional_flags(path: Path, encoder: Any) -> None:
@@ -328,12 +409,24 @@ torch.set_num_threads(1)
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer(args["path"], device="cpu", local_files_only=True,
                             model_kwargs={"dtype": getattr(torch, args["dtype"])})
+docs = args["docs"]
+def encode(**kwargs):
+    return model.encode(docs, convert_to_numpy=True, **kwargs).astype("float64").tolist()
+def token_ids(prompt=None):
+    texts = [prompt + d for d in docs] if prompt else docs
+    features = model.preprocess(texts)
+    return [row[mask.bool()].tolist() for row, mask in zip(features["input_ids"], features["attention_mask"])]
 result = {"modules": [type(m).__module__ + "." + type(m).__name__ for m in model], "repr": repr(model)}
-result["docs"] = model.encode(args["docs"], batch_size=8, convert_to_numpy=True).astype("float64").tolist()
-result["queries"] = {name: model.encode(args["docs"], prompt_name=name, batch_size=8, convert_to_numpy=True)
-                     .astype("float64").tolist() for name in args["prompt_names"]}
+result["docs"] = encode(batch_size=8)
 # one text per call: a batch without padding is where some attention kernels fall back to causal
-result["docs_one_by_one"] = model.encode(args["docs"], batch_size=1, convert_to_numpy=True).astype("float64").tolist()
+result["docs_one_by_one"] = encode(batch_size=1)
+result["queries"] = {name: encode(prompt_name=name, batch_size=8) for name in args["prompt_names"]}
+result["tokens"] = {"": token_ids()}
+result["prompt_length"] = {}
+for name in args["prompt_names"]:
+    prompt = model.prompts[name]
+    result["tokens"][name] = token_ids(prompt)
+    result["prompt_length"][name] = model[0]._get_prompt_length(prompt)
 a, b = (model.encode([text], output_value="token_embeddings")[0] for text in args["probe"])
 # token 1: an early text token (token 0 may be a BOS that WordWeights zeroes in these outputs)
 result["first_token_shift"] = float((a[1].float() - b[1].float()).norm() / a[1].float().norm().clamp_min(1e-12))
@@ -347,14 +440,36 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
+def proof_bounds(dtype: torch.dtype) -> tuple[float, float]:
+    """(min cosine per text, max difference relative to the largest value) a portable save must meet."""
+    return PROOF_BOUNDS["float32" if dtype == torch.float32 else "half"]
+
+
+def compare_embeddings(ours: Any, theirs: Any) -> tuple[float, float]:
+    """(min cosine over rows, max |difference| / max(1, largest |value|)) of two embedding matrices."""
+    import numpy as np
+
+    a, b = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = np.where(norms > 0, (a * b).sum(1) / np.where(norms > 0, norms, 1.0), 1.0 * np.all(a == b, axis=1))
+    return float(cosine.min()), float(np.abs(a - b).max()) / max(1.0, float(np.abs(a).max()))
+
+
+def _stock_token_ids(model: Any, texts: list[str], prompt: str | None) -> list[list[int]]:
+    """The token ids the in-memory model feeds its backbone (the portable format: stock ST's)."""
+    encoder = model[0]
+    return encoder._tokenize(texts, prompt, encoder.max_seq_length)[0]
+
+
 def prove_portable(model: Any, directory: Path, texts: list[str] | None = None) -> dict[str, Any]:
     """Load ``directory`` with stock ST in a process where st_llm2vec cannot be imported; check it.
 
-    Returns the report (max difference, first-token shift, the stock module list and repr); raises
-    :class:`PortableFormatError` when the dir needs st_llm2vec, runs causally where the model is
-    bidirectional, or gives other embeddings than the in-memory model.
+    Returns the report (``min_cosine``, ``max_difference``, their bounds, ``first_token_shift``, the stock
+    module list and repr); raises :class:`PortableFormatError` when the dir needs st_llm2vec, runs
+    causally where the model is bidirectional, tokenizes or counts a prompt otherwise, or gives other
+    embeddings than the in-memory model.
     """
-    import numpy as np
+    from .instructions import stock_prompt_length
 
     encoder = model[0]
     dtype = next(encoder.model.parameters()).dtype
@@ -381,26 +496,43 @@ def prove_portable(model: Any, directory: Path, texts: list[str] | None = None) 
             f"stock sentence-transformers runs this {encoder.model.config.model_type} model causally "
             f"(first-token shift {shift:.1e}): it needs st_llm2vec's per-module attention flags"
         )
-    ours = {"documents": _encode_padded(model, texts)}
+    for name in ["", *prompt_names]:
+        prompt = model.prompts[name] if name else None
+        if stock["tokens"][name] != _stock_token_ids(model, texts, prompt):
+            what = f"with the prompt {name!r}" if name else "documents"
+            raise PortableFormatError(f"stock sentence-transformers tokenizes {what} otherwise than this model")
+        if name and stock["prompt_length"][name] != stock_prompt_length(encoder.tokenizer, prompt, encoder.max_seq_length):
+            raise PortableFormatError(f"stock sentence-transformers counts the prompt {name!r} as another number of tokens")
+
+    # like with like: the same batches on both sides (padding moves half-precision results)
+    ours = {"documents": _encode_padded(model, texts), "documents, one per call": _encode_padded(model, texts, batch_size=1)}
+    theirs = {"documents": stock["docs"], "documents, one per call": stock["docs_one_by_one"]}
     for name in prompt_names:
         ours[f"prompt {name!r}"] = _encode_padded(model, texts, prompt_name=name)
-    ours["documents, one per call"] = ours["documents"]
-    theirs = {"documents": stock["docs"], "documents, one per call": stock["docs_one_by_one"],
-              **{f"prompt {n!r}": stock["queries"][n] for n in prompt_names}}
-    tolerance = TOLERANCE_FLOAT32 if dtype == torch.float32 else 2e-2
-    worst = 0.0
+        theirs[f"prompt {name!r}"] = stock["queries"][name]
+    min_cosine_bound, tolerance = proof_bounds(dtype)
+    worst_cosine, worst_difference = 1.0, 0.0
     for key, value in ours.items():
-        value = np.asarray(value, dtype=np.float64)
-        scale = max(1.0, float(np.abs(value).max()))
-        diff = float(np.abs(value - np.asarray(theirs[key])).max()) / scale
-        worst = max(worst, diff)
-        if not diff <= tolerance:
+        cosine, difference = compare_embeddings(value, theirs[key])
+        worst_cosine, worst_difference = min(worst_cosine, cosine), max(worst_difference, difference)
+        if not (cosine >= min_cosine_bound and difference <= tolerance):
             raise PortableFormatError(
-                f"stock sentence-transformers gives other embeddings than this model for {key} "
-                f"(max relative difference {diff:.2e} > {tolerance:.0e})"
+                f"stock sentence-transformers gives other embeddings than this model for {key}: min cosine "
+                f"{cosine:.6f} (must be >= {min_cosine_bound}), max relative difference {difference:.2e} (must be <= {tolerance:.0e})"
             )
-    return {"max_difference": worst, "first_token_shift": shift, "modules": stock["modules"], "repr": stock["repr"],
-            "texts": len(texts), "prompts": prompt_names}
+    return {"min_cosine": worst_cosine, "min_cosine_bound": min_cosine_bound, "max_difference": worst_difference,
+            "max_difference_bound": tolerance, "dtype": payload["dtype"], "first_token_shift": shift,
+            "modules": stock["modules"], "repr": stock["repr"], "texts": len(texts), "prompts": prompt_names}
+
+
+def describe_proof(report: dict[str, Any]) -> str:
+    """The proof's figures in one line, as the CLI prints them and the model card states them."""
+    prompts = f" and {len(report['prompts'])} prompt(s)" if report.get("prompts") else ""
+    return (f"loaded by stock sentence-transformers without st_llm2vec: bidirectional (first-token shift "
+            f"{report['first_token_shift']:.2e}), same tokens, per-text cosine vs the saved model >= "
+            f"{report['min_cosine']:.7f} (bound {report['min_cosine_bound']}), max relative difference "
+            f"{report['max_difference']:.1e} (bound {report['max_difference_bound']:.0e}) over {report['texts']} "
+            f"texts{prompts}, {report['dtype']}")
 
 
 # -- saving -------------------------------------------------------------------------------------
@@ -425,7 +557,7 @@ def move_into(source: Path, target: Path, stale: tuple[str, ...] = ()) -> None:
 
 
 # Module dirs an earlier save into the same folder may have left (another format, another pooling).
-STALE_MODULE_DIRS = ("1_LLM2VecPooling", "1_WordWeights", "1_Pooling", "2_Pooling", "README.md")
+STALE_MODULE_DIRS = ("1_LLM2VecPooling", "0_WordWeights", "1_WordWeights", "1_Pooling", "2_Pooling", "README.md")
 
 
 def save_portable(model: Any, path: str | os.PathLike, *, card=None) -> dict[str, Any]:
@@ -448,5 +580,5 @@ def save_portable(model: Any, path: str | os.PathLike, *, card=None) -> dict[str
         move_into(tmp, target, STALE_MODULE_DIRS)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("Saved %s in the portable format (stock modules; max difference %.1e)", target, report["max_difference"])
+    logger.info("Saved %s in the portable format: %s", target, describe_proof(report))
     return report

@@ -38,6 +38,7 @@ def test_save_load_round_trip_keeps_embeddings_and_bidirectionality(tiny_llm, tm
     np.testing.assert_allclose(loaded.encode(TEXTS), before, atol=1e-5)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text"])
 def test_padding_and_batch_composition_do_not_change_an_embedding(tiny_llm, arch):
     model = st_llm2vec.from_llm(str(tiny_llm(arch)))

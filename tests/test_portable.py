@@ -99,6 +99,7 @@ def test_from_llm_save_writes_only_stock_modules_and_the_flags_serving_engines_r
     assert "LLM2VecTransformer" not in card
 
 
+@pytest.mark.numerics
 def test_portable_dir_loads_without_st_llm2vec_runs_bidirectionally_and_gives_the_same_embeddings(portable):
     model, path = portable
     stock = stock_load([path], TEXTS, prompt_name="query")[str(path)]
@@ -109,8 +110,10 @@ def test_portable_dir_loads_without_st_llm2vec_runs_bidirectionally_and_gives_th
     np.testing.assert_allclose(stock["named"], model.encode(TEXTS, prompt_name="query"), atol=1e-4)
 
 
-def test_portable_queries_pool_prompt_and_text_without_the_bos_token(portable):
-    """The portable semantics, by hand: the backbone on ``prompt + text``, every token but BOS averaged."""
+def test_portable_queries_pool_only_the_tokens_after_the_prompt_as_stock_word_weights_and_pooling_do(portable):
+    """The portable semantics, by hand: the backbone on ``prompt + text``; summed: the tokens after the prompt
+    tokenized alone (``include_prompt=False``); divided by the non-BOS tokens of the whole row (WordWeights'
+    sum, which counts the prompt's too). Documents: every token but BOS, averaged."""
     import torch
 
     model, _ = portable
@@ -118,9 +121,11 @@ def test_portable_queries_pool_prompt_and_text_without_the_bos_token(portable):
     encoder = model[0]
     ids = encoder.tokenizer(model.prompts["query"] + text, return_tensors="pt")
     assert ids["input_ids"][0, 0] == encoder.tokenizer.bos_token_id
+    skip = len(encoder.tokenizer(model.prompts["query"])["input_ids"])
     with torch.no_grad():
         states = encoder.model(**ids).last_hidden_state[0]
-    np.testing.assert_allclose(model.encode([text], prompt_name="query")[0], states[1:].mean(0).numpy(), atol=1e-5)
+    expected = states[skip:].sum(0) / (states.shape[0] - 1)
+    np.testing.assert_allclose(model.encode([text], prompt_name="query")[0], expected.numpy(), atol=1e-5)
     np.testing.assert_allclose(model.encode([text])[0], encoder.model(**encoder.tokenizer(text, return_tensors="pt"))
                                .last_hidden_state[0, 1:].mean(0).detach().numpy(), atol=1e-5)
 
@@ -133,7 +138,7 @@ def test_weighted_mean_and_instruct_wrappers_use_the_exact_format_and_say_why(ti
     model.save(str(tmp_path / "m"))
     assert model.save_report == {"format": "exact", "reason": model.save_report["reason"]}
     assert "st_llm2vec" in (tmp_path / "m" / "modules.json").read_text()
-    assert "pip install st-llm2vec" in (tmp_path / "m" / "README.md").read_text()
+    assert "pip install -e ." in (tmp_path / "m" / "README.md").read_text()  # st-llm2vec is not on PyPI
     for kwargs in ({"pooling_mode": "weighted_mean"}, {"chat_template": "[INST] {{ messages[0]['content'] }} [/INST]"}):
         with pytest.raises(PortableFormatError, match="format='exact'"):
             st_llm2vec.from_llm(path, format="portable", **kwargs)
@@ -287,3 +292,102 @@ def test_a_killed_saves_temp_dir_is_removed_by_the_next_save_and_a_live_ones_is_
     dead.mkdir(), live.mkdir()
     fresh = temp_dir_beside(target)
     assert not dead.exists() and live.is_dir() and fresh.name.startswith(f".model.{temp_tag()}.")
+
+
+# -- what the proof checks, and what serving engines read ------------------------------------------
+
+
+@pytest.mark.parametrize("pooling", ["mean", "eos_token", "bos_token"])
+def test_pooling_config_is_read_alike_by_stock_st_tei_and_llama_cpp(tiny_llm, tmp_path, pooling):
+    """TEI reads only ``1_Pooling/config.json`` and only the pre-6 booleans; llama.cpp's converter finds the
+    Pooling entry in modules.json and reads the booleans first; stock ST 6 reads ``pooling_mode``."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), pooling_mode=pooling, prompts={"query": QUERY})
+    model.save(str(tmp_path / "m"))
+    assert model.save_report["format"] == "portable"
+    stock_mode = {"mean": "mean", "eos_token": "lasttoken", "bos_token": "cls"}[pooling]
+    # TEI (router/src/lib.rs): the four booleans must parse; cls, then mean, decide
+    tei = json.loads((tmp_path / "m" / "1_Pooling" / "config.json").read_text())
+    for key in ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+                "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_lasttoken"):
+        assert isinstance(tei[key], bool)
+    tei_pool = "cls" if tei["pooling_mode_cls_token"] else "mean" if tei["pooling_mode_mean_tokens"] else "lasttoken" \
+        if tei["pooling_mode_lasttoken"] else None
+    assert tei_pool == stock_mode
+    # llama.cpp (conversion/base.py _try_set_pooling_type): the first modules.json type ending in "Pooling"
+    modules = json.loads((tmp_path / "m" / "modules.json").read_text())
+    entry = next(m for m in modules if m["type"].endswith("Pooling"))
+    config = json.loads((tmp_path / "m" / entry["path"] / "config.json").read_text())
+    llama_cpp = next(mode for key, mode in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
+                                              ("pooling_mode_lasttoken", "lasttoken")) if config.get(key))
+    assert llama_cpp == stock_mode
+    # stock ST 6: the 6.x keys win, the booleans are dropped
+    loaded = Pooling.load(str(tmp_path / "m" / entry["path"]))
+    assert loaded.pooling_mode == stock_mode and loaded.include_prompt is (pooling != "mean")
+
+
+@pytest.mark.numerics
+def test_a_bfloat16_model_is_saved_portable_with_the_proofs_figures_in_its_card(tiny_llm, tmp_path):
+    """bf16 padding changes results by more than float32 bounds: the proof compares batch for batch."""
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), dtype="bfloat16", prompts={"query": QUERY}, format="portable")
+    model.save(str(tmp_path / "bf16"))
+    proof = model.save_report["proof"]
+    assert proof["dtype"] == "bfloat16" and proof["min_cosine"] >= proof["min_cosine_bound"] == 0.999
+    card = (tmp_path / "bf16" / "README.md").read_text()
+    assert f"{proof['min_cosine']:.7f}" in card and "bfloat16" in card
+
+
+def _refused_save(model, tmp_path, match):
+    with pytest.raises(PortableFormatError, match=match):
+        model.save(str(tmp_path / "refused"))
+    assert not (tmp_path / "refused" / "modules.json").exists()
+
+
+def test_the_proof_refuses_a_dir_whose_stock_pooling_differs(tiny_llm, tmp_path, monkeypatch):
+    from st_llm2vec import portable
+
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), format="portable")
+    monkeypatch.setitem(portable.STOCK_POOLING, "mean", "max")
+    _refused_save(model, tmp_path, "other embeddings")
+
+
+def test_the_proof_refuses_a_dir_whose_stored_prompt_differs(tiny_llm, tmp_path, monkeypatch):
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), prompts={"query": QUERY}, format="portable")
+    real = model._get_model_config
+    monkeypatch.setattr(model, "_get_model_config", lambda: {**real(), "prompts": {"query": "Something else: "}})
+    _refused_save(model, tmp_path, "tokenizes with the prompt 'query' otherwise")
+
+
+def test_the_proof_refuses_a_dir_whose_tokenizer_differs(tiny_llm, tmp_path, monkeypatch):
+    """eos_token pooling needs the EOS suffix that the saved tokenizer's post-processor appends."""
+    from st_llm2vec import portable
+
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), pooling_mode="eos_token", format="portable")
+    write = portable._write_module_dirs
+
+    def without_suffix(model, directory):
+        entries = write(model, directory)
+        data = json.loads((directory / "tokenizer.json").read_text())
+        data["post_processor"] = None
+        (directory / "tokenizer.json").write_text(json.dumps(data))
+        return entries
+
+    monkeypatch.setattr(portable, "_write_module_dirs", without_suffix)
+    _refused_save(model, tmp_path, "tokenizes documents otherwise")
+
+
+@needs_fixtures
+def test_portable_queries_equal_llm2vecs_on_the_fixtures(tmp_path):
+    """Instructions are left out of the mean in the portable format, as llm2vec leaves them out."""
+    from st_llm2vec.portable import stored_prompt
+
+    for arch in ("llama", "mistral", "gemma"):
+        out = _convert_fixture(arch, "mean", tmp_path / arch)
+        assert convert.last_report["format"] == "portable"
+        model = SentenceTransformer(str(out), device="cpu")
+        pairs = [(i, t) for i, t in _inputs(arch)["pairs"] if i]
+        expected = _expected(arch, "base+mntp+supervised__mean")[[k for k, (i, _) in enumerate(_inputs(arch)["pairs"]) if i]]
+        got = np.stack([model.encode([text], prompt=stored_prompt(instruction))[0] for instruction, text in pairs])
+        cosine = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
+        assert cosine.min() >= 0.9999, (arch, cosine.min())  # measured 0.9999999 (was 0.83 with include_prompt=True)

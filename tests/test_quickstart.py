@@ -136,6 +136,7 @@ def test_configs_are_accepted_by_the_trainers(tmp_path):
 # --------------------------------------------------------------------------- the pipeline
 
 
+@pytest.mark.numerics
 def test_pipeline_on_tiny_model(tmp_path, fake_smollm2, no_shared_data):
     from sentence_transformers import SentenceTransformer
 

@@ -313,6 +313,7 @@ def test_corrupt_safetensors_names_the_file(tiny_llm, tmp_path, damage):
         st_llm2vec.from_llm(str(path))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_non_finite_weights_are_reported_as_such_not_as_causal(tiny_llm, tmp_path, bidirectional):
     from safetensors.torch import load_file, save_file

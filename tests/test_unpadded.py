@@ -70,6 +70,7 @@ def test_packed_features_restart_positions_and_flatten_the_embed_mask(tiny_llm):
     assert features["embed_mask"][0].tolist() == expected_mask
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     "impl", ["sdpa", "eager", pytest.param("flex_attention", marks=pytest.mark.slow)]  # flex compiles: slow on CPU
 )
