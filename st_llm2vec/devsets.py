@@ -216,6 +216,99 @@ def read_wang(path: str | Path) -> list[WangRow]:
 # --------------------------------------------------------------------------- evaluators
 
 
+# Column names a user's scored-pairs file may use (first match wins), as in ST's and mteb's STS datasets.
+_PAIR_COLUMNS = {
+    "sentence1": ("sentence1", "sentence_a", "sentence_A", "text1", "s1", "query"),
+    "sentence2": ("sentence2", "sentence_b", "sentence_B", "text2", "s2", "document"),
+    "score": ("score", "relatedness_score", "similarity", "label", "gold"),
+}
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_scored_pairs(path: str | Path) -> list[StsPair]:
+    """Scored sentence pairs from a user's file, any score scale (Spearman reads only the order):
+
+    - ``.jsonl``: one object per line with ``sentence1`` / ``sentence2`` / ``score`` (or ``text1``, ``label``, …);
+    - ``.tsv`` / ``.csv`` / other: a header naming those columns, or no header and three columns of which
+      exactly one is a number (SemEval's ``score, s1, s2`` or ``s1, s2, score``).
+
+    Raises ``ValueError`` naming the file and line of the first bad row, or the file when nothing is in it.
+    """
+    import json
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected scored pairs: sentence1, sentence2, score)")
+    pairs: list[StsPair] = []
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8-sig") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    a, b, score = (next(row[k] for k in names if k in row) for names in _PAIR_COLUMNS.values())
+                    pairs.append(StsPair(str(a).strip(), str(b).strip(), float(score)))
+                except (ValueError, TypeError, StopIteration, AttributeError) as exc:
+                    raise ValueError(f"{path}:{lineno}: expected a JSON object with sentence1, sentence2 and a numeric "
+                                     f"score, got {line.strip()[:120]!r}") from exc
+    else:
+        delimiter = "," if path.suffix == ".csv" else "\t"
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            rows = [(n, r) for n, r in enumerate(csv.reader(fh, delimiter=delimiter), start=1) if any(c.strip() for c in r)]
+        columns = None
+        if rows:
+            header = [c.strip() for c in rows[0][1]]
+            found = [next((header.index(n) for n in names if n in header), None) for names in _PAIR_COLUMNS.values()]
+            if None not in found:
+                columns, rows = found, rows[1:]
+        for lineno, row in rows:
+            cols = columns
+            if cols is None:
+                numeric = [i for i, cell in enumerate(row) if _number(cell) is not None]
+                if len(row) != 3 or len(numeric) != 1:
+                    raise ValueError(f"{path}:{lineno}: expected 3 columns, one of them the score (or a header naming "
+                                     f"sentence1, sentence2, score), got {row!r}")
+                cols = [i for i in range(3) if i != numeric[0]] + numeric
+            try:
+                a, b, score = (row[i] for i in cols)
+            except IndexError as exc:
+                raise ValueError(f"{path}:{lineno}: missing column(s) in {row!r}") from exc
+            if _number(score) is None:
+                raise ValueError(f"{path}:{lineno}: score {score!r} is not a number")
+            pairs.append(StsPair(a.strip(), b.strip(), float(score)))
+    if not pairs:
+        raise ValueError(f"{path}: no scored pairs in the file")
+    return pairs
+
+
+def read_text_lines(path: str | Path) -> list[str]:
+    """A user's unlabeled text, one text per line (blank lines dropped), for MNTP and SimCSE."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected plain text, one sentence or passage per line)")
+    with open(path, encoding="utf-8-sig") as fh:
+        lines = [" ".join(line.split()) for line in fh]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError(f"{path}: the file holds no text")
+    return lines
+
+
+def scored_pairs_evaluator(path: str | Path, *, batch_size: int = 32) -> EmbeddingSimilarityEvaluator:
+    """A cosine-Spearman evaluator over :func:`read_scored_pairs`, named after the file."""
+    pairs = read_scored_pairs(path)
+    scores = [p.score for p in pairs]
+    lo, hi = min(scores), max(scores)
+    return _similarity_evaluator(pairs, (lo, hi if hi > lo else lo + 1.0), Path(path).stem, batch_size)
+
+
 def _subsample(items: list, limit: int | None, seed: int = 0) -> list:
     """A deterministic, order-preserving sample of at most ``limit`` items (spread over all subsets)."""
     if limit is None or limit >= len(items):
@@ -373,81 +466,6 @@ def builtin_sts_evaluator(*, batch_size: int = 16) -> EmbeddingSimilarityEvaluat
     return _similarity_evaluator(builtin_sts_pairs(), (0.0, 5.0), "builtin-sts", batch_size)
 
 
-# Project-written training sentences (MNTP text and SimCSE sentences) for when the shared folder is absent.
-# They are not taken from any dataset, and none of them is one of the built-in evaluation pairs.
-_BUILTIN_SENTENCES: tuple[str, ...] = (
-    "The ferry leaves the harbour every hour during the summer.",
-    "A young boy is flying a red kite on the beach.",
-    "Our neighbours painted their fence a bright shade of blue.",
-    "The library extended its opening hours during the exam period.",
-    "Two women are jogging along the river at sunrise.",
-    "The recipe calls for three eggs and a cup of flour.",
-    "A firefighter climbed the ladder to rescue the cat.",
-    "The new stadium can hold more than forty thousand fans.",
-    "He spent the weekend fixing the roof of the shed.",
-    "The farmers are harvesting wheat before the rain arrives.",
-    "A girl in a yellow raincoat is jumping into puddles.",
-    "The scientists published their results in a medical journal.",
-    "The bus was delayed because of heavy snow on the motorway.",
-    "A chef is arranging vegetables on a large white plate.",
-    "The city council voted to build a new cycle lane.",
-    "She practises the piano for an hour every evening.",
-    "The old lighthouse was turned into a small museum.",
-    "A group of tourists is taking photos of the cathedral.",
-    "The printer ran out of ink in the middle of the report.",
-    "Volunteers planted two hundred trees in the park on Saturday.",
-    "The baby fell asleep in the back of the car.",
-    "A man is repairing a flat tyre on his bicycle.",
-    "The company opened a new office in the capital last spring.",
-    "Heavy rain caused the river to burst its banks.",
-    "The students presented their project to the whole school.",
-    "A dog is carrying a stick across the garden.",
-    "The hotel offers free breakfast to all its guests.",
-    "The pilot announced that the plane would land early.",
-    "Two boys are playing chess on a bench in the square.",
-    "The bakery on the corner closes at six in the evening.",
-    "A woman is pouring tea into two small cups.",
-    "The government announced new rules for electric scooters.",
-    "The hikers reached the summit just before noon.",
-    "A street musician is playing the saxophone near the station.",
-    "The shop raised the price of milk for the second time this year.",
-    "The children are feeding carrots to a pony.",
-    "Our flight was cancelled, so we took the night train.",
-    "The orchestra will perform a new symphony next month.",
-    "A cyclist is riding up a steep mountain road.",
-    "The teacher wrote the answers on the whiteboard.",
-    "The factory will hire two hundred new workers next year.",
-    "A man in a suit is waiting at the bus stop.",
-    "The garden was full of roses and lavender.",
-    "The team lost the final after a penalty shoot-out.",
-    "A cat is chasing a butterfly in the long grass.",
-    "The museum displays paintings from the nineteenth century.",
-    "The storm knocked down power lines across the region.",
-    "She ordered a coffee and a slice of lemon cake.",
-    "The mechanic replaced the brakes on the old van.",
-    "A crowd gathered to watch the fireworks over the bay.",
-    "The river freezes over in the coldest weeks of winter.",
-    "The author signed copies of her new novel at the bookshop.",
-    "A woman is teaching her son how to ride a bike.",
-    "The software update fixed a bug in the calendar app.",
-    "Two horses are grazing in a field near the farmhouse.",
-    "The restaurant was so busy that we waited an hour for a table.",
-    "The astronauts returned safely after six months in orbit.",
-    "A boy is building a tower out of wooden blocks.",
-    "The price of petrol fell sharply at the end of the month.",
-    "The gardener is trimming the hedges along the path.",
-    "The concert was moved indoors because of the wind.",
-    "A girl is reading a comic book under a tree.",
-    "The hospital opened a new wing for children.",
-    "Fishermen are unloading their catch at the harbour.",
-)
-
-
-def builtin_sentences() -> list[str]:
-    """A small hand-written training text (one sentence each) so MNTP and SimCSE run without the shared data."""
-    return list(_BUILTIN_SENTENCES)
-
-
 # --------------------------------------------------------------------------- training sets
 
 
@@ -477,15 +495,17 @@ def simcse_sentences(data_dir: str | Path | None = None, limit: int | None = Non
 
 
 def training_sentences(data_dir: str | Path | None = None, limit: int | None = None, *, seed: int = 0) -> tuple[list[str], str]:
-    """Sentences for MNTP and SimCSE: :func:`simcse_sentences` shuffled with ``seed``, or the built-in ones
-    (shuffled alike) without the shared data; returns ``(sentences, source description)``."""
+    """Sentences for MNTP and SimCSE: :func:`simcse_sentences` shuffled with ``seed``, or without the shared data
+    ``limit`` (default 2000) sentences written for this project (:mod:`st_llm2vec.builtin_text`); returns
+    ``(sentences, source description)``."""
     if find_shared_data(data_dir) is not None:
         sentences = simcse_sentences(data_dir, limit, seed=seed)
         return sentences, f"SICK+MSR train sentences ({len(sentences)})"
-    sentences = builtin_sentences()
-    random.Random(seed).shuffle(sentences)
-    sentences = sentences[:limit] if limit is not None else sentences
-    return sentences, f"built-in sentences ({len(sentences)}; no shared data)"
+    from .builtin_text import builtin_training_text
+
+    sentences = builtin_training_text(limit or 2000, seed=seed)
+    return sentences, (f"{len(sentences)} sentences generated for this project (scenes, news items, statements; "
+                       "no shared data found)")
 
 
 def sick_triplets(

@@ -54,7 +54,8 @@ def _check_loadable(model_name_or_path: str) -> None:
         if not looks_like_hub_id(str(model_name_or_path)):
             raise FileNotFoundError(
                 f"{model_name_or_path!r} does not exist (looked relative to {os.getcwd()!r}): pass an existing "
-                "checkpoint directory or a Hugging Face Hub id such as 'owner/name'."
+                "checkpoint directory or a Hugging Face Hub id such as 'owner/name' — offline, SmolLM2-135M-Instruct: "
+                '"$(st-llm2vec fetch-smollm2 --quiet)"'
             )
         return
     if os.path.isdir(model_name_or_path):

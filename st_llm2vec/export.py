@@ -476,6 +476,10 @@ def run_convert(args: argparse.Namespace) -> int:
         )
         print(f"Saved Sentence-Transformers model to {output}")
         print(f"Format: {format_line(convert.last_report)}")
+        if convert.last_report.get("proof"):
+            from .portable import describe_proof
+
+            print(f"Proof: {describe_proof(convert.last_report['proof'])}")
         if args.push_to_hub:
             print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
 

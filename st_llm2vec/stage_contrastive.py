@@ -92,6 +92,9 @@ class ContrastiveArguments(RecipeArguments):
                 "it, or use save_mode 'merged'."
             )
 
+    def unmerged_output(self) -> bool:
+        return self.save_mode == "adapter"
+
     @property
     def evaluating(self) -> bool:
         return str(self.evaluator).lower() not in ("none", "false", "")

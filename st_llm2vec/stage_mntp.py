@@ -85,6 +85,9 @@ class MNTPArguments(RecipeArguments):
         check_mlm_probability(self.mlm_probability)
         check_strategy(self.data_collator_type)
 
+    def unmerged_output(self) -> bool:
+        return self.use_lora and not self.merge_lora
+
 
 @dataclass
 class MNTPResult:

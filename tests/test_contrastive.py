@@ -449,3 +449,41 @@ def test_two_process_ddp_run_gathers_negatives(tiny_llm, tmp_path):
 
     assert SentenceTransformer(str(out)).encode(SENTENCES[:2]).shape == (2, 32)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("stage", ["simcse", "supervised"])
+def test_the_repos_tiny_configs_need_no_shared_data(stage, tiny_llm, tmp_path, monkeypatch):
+    """A clone has no ../shared: the tiny configs read their data from the repo; only the model is to be given."""
+    from st_llm2vec import cli
+
+    monkeypatch.setattr(devsets, "find_shared_data", lambda path=None: None)
+    code = cli.main([stage, str(REPO / "training" / stage / "tiny.json"), "--model_name_or_path", str(tiny_llm("llama")),
+                     "--output-dir", str(tmp_path / "out"), "--set", "max_steps=2", "--set", "evaluator=none",
+                     "--set", "disable_tqdm=true", "--set", "save_strategy=no"])
+    assert code == 0 and (tmp_path / "out" / "modules.json").is_file()
+
+
+def test_a_config_naming_a_model_that_is_nowhere_says_which_model_to_use(tmp_path, capsys):
+    """The tiny configs name the llm2vec fixtures in ../shared: on a clone the error says what to pass instead."""
+    from st_llm2vec import cli
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model_name_or_path": "../no-shared-here/fixtures/llama/base", "output_dir": str(tmp_path / "o"),
+                                  "dataset_name": "Wiki1M", "dataset_file_path": str(REPO / "training/mntp/tiny_corpus.txt")}))
+    assert cli.main(["simcse", str(config)], report_errors=True) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "st-llm2vec fetch-smollm2 --quiet" in err and "Traceback" not in err
+
+
+def test_a_stage_says_before_training_when_its_output_cannot_be_portable(tiny_llm, tmp_path, caplog):
+    out = tmp_path / "out"
+    config = _base_config(tiny_llm("llama"), out, pooling_mode="weighted_mean", max_steps=1, dataset_name="E5",
+                          dataset_file_path=str(REPO / "training" / "supervised" / "tiny_e5"), per_device_train_batch_size=4)
+    with caplog.at_level("WARNING", logger="st_llm2vec.recipe"):
+        stage = prepare_stage("supervised", config)
+    stage.run.release()
+    assert "will be saved in the exact format" in caplog.text and "weighted_mean" in caplog.text
+    assert not (out / "modules.json").exists()  # said before anything was trained or saved

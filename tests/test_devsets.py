@@ -56,7 +56,7 @@ def test_absent_data_falls_back_or_names_the_fix(tmp_path, monkeypatch):
     [ev] = devsets.dev_evaluators(None, 10, wang_queries=None)  # no reranking set without the data
     assert ev.name == "builtin-sts" and devsets.dev_set_size(ev) == len(devsets.builtin_sts_pairs())  # not capped
     sentences, desc = devsets.training_sentences(None, 20, seed=1)
-    assert len(sentences) == 20 and "built-in" in desc
+    assert len(sentences) == 20 and "generated for this project" in desc
     assert sentences == devsets.training_sentences(None, 20, seed=1)[0]
     assert sentences != devsets.training_sentences(None, 20, seed=2)[0]
     with pytest.raises(FileNotFoundError, match=devsets.DATA_ENV):
@@ -143,14 +143,16 @@ def test_builtin_pairs_unique_and_spread():
     assert set(buckets) == {0, 1, 2, 3, 4, 5} and min(buckets.values()) >= 4
 
 
-def test_builtin_sentences_unique_and_apart_from_the_eval_pairs():
-    sentences = devsets.builtin_sentences()
-    assert len(set(sentences)) == len(sentences) >= 50
-    eval_texts = {t for a, b, _ in devsets.builtin_sts_pairs() for t in (a, b)}
-    assert not eval_texts & set(sentences)  # no training on the evaluation pairs
+def test_generated_training_text_is_distinct_repeatable_and_apart_from_the_eval_pairs():
+    from st_llm2vec.builtin_text import builtin_training_text
 
-
-# --------------------------------------------------------------------------- evaluators on a tiny model
+    sentences = builtin_training_text(2000, seed=42)
+    assert len(sentences) == len(set(sentences)) == 2000
+    assert builtin_training_text(2000, seed=42) == sentences and builtin_training_text(2000, seed=1) != sentences
+    evaluation = {text for pair in devsets.builtin_sts_pairs() for text in pair[:2]}
+    assert not evaluation & set(sentences)
+    assert all((s[0].isupper() or s[0].isdigit()) and s.endswith(".") for s in sentences)
+    assert not [s for s in sentences if s.startswith(("Two ", "Three ")) and " is " in s.split(" who ")[0]]
 
 
 def test_builtin_evaluator_on_bag_of_words_model():

@@ -391,3 +391,12 @@ def test_portable_queries_equal_llm2vecs_on_the_fixtures(tmp_path):
         got = np.stack([model.encode([text], prompt=stored_prompt(instruction))[0] for instruction, text in pairs])
         cosine = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
         assert cosine.min() >= 0.9999, (arch, cosine.min())  # measured 0.9999999 (was 0.83 with include_prompt=True)
+
+
+def test_cli_convert_prints_the_format_and_the_proof_it_read_from_the_stock_load(tiny_llm, tmp_path, capsys):
+    from st_llm2vec import cli
+
+    assert cli.main(["convert", str(tiny_llm("llama")), str(tmp_path / "c"), "--prompt", f"query={QUERY}"]) == 0
+    out = capsys.readouterr().out
+    assert "Format: portable" in out
+    assert "Proof: loaded by stock sentence-transformers without st_llm2vec: bidirectional" in out and "per-text cosine" in out

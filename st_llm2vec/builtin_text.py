@@ -1,0 +1,145 @@
+"""Training text written for this project: a seeded generator of plain English sentences.
+
+The quick start has to train without downloads and without the shared data folder. Sixty-four fixed
+sentences were too few for MNTP and SimCSE to improve on the causal baseline on real STS data, so this
+module composes everyday scenes, news items and statements from word lists written here (no dataset
+is copied): thousands of distinct sentences, the same for the same seed. None of them is one of the
+built-in evaluation pairs (``devsets.builtin_sts_pairs``).
+"""
+
+from __future__ import annotations
+
+import random
+
+_PEOPLE = (
+    "a man", "a woman", "a young boy", "a little girl", "an old man", "an elderly woman", "two children",
+    "a group of friends", "a teenager", "a nurse", "a farmer", "a police officer", "a student", "a waiter",
+    "a tourist", "a mechanic", "a teacher", "three workers", "a couple", "a doctor", "a firefighter",
+    "a fisherman", "a photographer", "a cyclist", "two girls", "a crowd of people", "a chef", "a baby",
+    "a soldier", "a shop assistant", "a musician", "a pilot",
+)
+_ANIMALS = (
+    "a dog", "a black cat", "two puppies", "a brown horse", "a flock of sheep", "a small bird", "a cow",
+    "a white rabbit", "a goat", "a pair of ducks", "a kitten", "a large dog", "a monkey", "a squirrel",
+)
+_ACTIONS = (
+    ("is playing", ("the guitar", "the piano", "a violin", "football", "chess", "cards", "the drums", "tennis")),
+    ("is cutting", ("an onion", "a loaf of bread", "some paper", "the grass", "a piece of wood", "a cake")),
+    ("is reading", ("a newspaper", "a book", "a letter", "a map", "a menu", "the instructions")),
+    ("is carrying", ("a box", "a heavy bag", "a ladder", "a tray of drinks", "a basket of apples", "a child")),
+    ("is washing", ("a car", "the dishes", "a window", "a dog", "some vegetables", "the floor")),
+    ("is eating", ("an apple", "a sandwich", "a bowl of soup", "some rice", "a slice of pizza", "an ice cream")),
+    ("is painting", ("a wall", "a picture", "a fence", "a portrait", "the door", "a small boat")),
+    ("is fixing", ("a bicycle", "the roof", "a broken chair", "a computer", "the sink", "a car engine")),
+    ("is writing", ("a letter", "on a whiteboard", "in a notebook", "an email", "a report", "a list")),
+    ("is throwing", ("a ball", "a frisbee", "a stone into the water", "a stick", "a snowball")),
+    ("is holding", ("an umbrella", "a baby", "a cup of coffee", "a sign", "a bunch of flowers", "a phone")),
+    ("is cooking", ("dinner", "some eggs", "a pot of pasta", "fish on a grill", "pancakes", "a stew")),
+    ("is riding", ("a bicycle", "a horse", "a motorbike", "a skateboard", "a bus", "an elevator")),
+    ("is pushing", ("a pram", "a shopping trolley", "a wheelbarrow", "a car", "a swing")),
+)
+_MOTIONS = (
+    "is running", "is walking slowly", "is sleeping", "is jumping", "is swimming", "is dancing", "is sitting",
+    "is waiting", "is climbing", "is laughing", "is standing still", "is resting", "is singing", "is crying",
+)
+_PLACES = (
+    "in the kitchen", "on the beach", "in a park", "on a busy street", "in the garden", "at the station",
+    "in a small room", "on a bridge", "in the snow", "near a river", "in front of a house", "on a stage",
+    "in a classroom", "at the market", "in the rain", "on the grass", "in a forest", "at the airport",
+    "by the lake", "in an office", "on a boat", "in the city centre", "at a wedding", "in a hospital",
+    "on a mountain path", "outside a cafe", "in a supermarket", "on the roof",
+)
+_ORGS = (
+    "The government", "The city council", "The central bank", "A large technology company", "The school board",
+    "The football club", "The national railway", "The hospital", "The university", "Local police",
+    "The energy regulator", "A car manufacturer", "The airline", "The museum", "The union", "The ministry",
+)
+_NEWS = (
+    "announced plans to cut {n} jobs", "raised its prices by {p} percent", "opened a new office in {city}",
+    "reported a loss of {n} million", "postponed the vote until {day}", "agreed to a new contract",
+    "cancelled {n} flights because of the storm", "hired {n} new staff", "closed {n} branches",
+    "launched an investigation into the accident", "approved a budget of {n} million", "apologised for the delay",
+    "warned of higher costs next year", "won an award for its work", "reduced its emissions by {p} percent",
+)
+_CITIES = ("Paris", "Madrid", "Berlin", "Tokyo", "Cairo", "Lima", "Oslo", "Toronto", "Mumbai", "Sydney", "Nairobi")
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "next week", "the end of the month", "March")
+_EVENTS = (
+    "{n} people were injured in a crash on the motorway", "heavy rain flooded {n} homes near {city}",
+    "a fire destroyed a warehouse in {city}", "prices of food rose for the {ord} month in a row",
+    "{n} students passed the final exam", "a new bridge opened to traffic in {city}",
+    "the match was stopped after {n} minutes because of fog", "thousands of fans gathered in {city}",
+    "the strike at the port entered its {ord} day", "{n} new cases of the illness were reported",
+)
+_ORDINALS = ("second", "third", "fourth", "fifth", "sixth")
+_THINGS = (
+    "the soup", "the train", "the old car", "this phone", "the new film", "the lecture", "the hotel room",
+    "the coffee", "the river", "the meeting", "the road", "the exam", "the concert", "the bread", "the garden",
+)
+_QUALITIES = (
+    "was too cold", "arrived late", "broke down again", "is very expensive", "was surprisingly good",
+    "lasted three hours", "was full of tourists", "tastes bitter", "is quite deep here", "was cancelled",
+    "is closed for repairs", "was easier than expected", "sold out in minutes", "is fresh every morning",
+)
+_REASONS = (
+    "because of the weather", "after a long delay", "for the first time", "despite the crowds",
+    "without any warning", "as everyone expected", "for reasons nobody explained", "on a quiet afternoon",
+)
+
+
+def _agree(subject: str, verb: str) -> str:
+    """``verb`` ("is ...") for a plural subject ("two girls are ...")."""
+    return verb.replace("is ", "are ", 1) if subject.startswith(("two ", "three ")) else verb
+
+
+def _scene(rng: random.Random) -> str:
+    place = rng.choice(_PLACES)
+    roll = rng.random()
+    if roll < 0.45:
+        verb, objects = rng.choice(_ACTIONS)
+        subject = rng.choice(_PEOPLE)
+        sentence = f"{subject} {_agree(subject, verb)} {rng.choice(objects)} {place}"
+    elif roll < 0.65:
+        subject = rng.choice(_ANIMALS)
+        sentence = f"{subject} {_agree(subject, rng.choice(_MOTIONS))} {place}"
+    elif roll < 0.8:
+        verb, objects = rng.choice(_ACTIONS)
+        subject = rng.choice(_PEOPLE)
+        there = "there are" if subject.startswith(("two ", "three ")) else "there is"
+        sentence = f"{there} {subject} who {_agree(subject, verb)} {rng.choice(objects)} {place}"
+    else:
+        verb, objects = rng.choice(_ACTIONS)
+        subject = rng.choice(_PEOPLE)
+        negated = _agree(subject, verb.replace("is ", "is not ", 1))
+        sentence = f"{subject} {negated} {rng.choice(objects)} {place}"
+    return sentence[0].upper() + sentence[1:] + "."
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    return template.format(n=rng.choice((2, 3, 5, 12, 40, 150, 300, 1200)), p=rng.choice((2, 5, 8, 10, 15, 20)),
+                           city=rng.choice(_CITIES), day=rng.choice(_DAYS), ord=rng.choice(_ORDINALS))
+
+
+def _news(rng: random.Random) -> str:
+    if rng.random() < 0.55:
+        return f"{rng.choice(_ORGS)} {_fill(rng.choice(_NEWS), rng)} on {rng.choice(_DAYS)}."
+    event = _fill(rng.choice(_EVENTS), rng)
+    return event[0].upper() + event[1:] + "."
+
+
+def _statement(rng: random.Random) -> str:
+    text = f"{rng.choice(_THINGS)} {rng.choice(_QUALITIES)}"
+    if rng.random() < 0.5:
+        text += f" {rng.choice(_REASONS)}"
+    return text[0].upper() + text[1:] + "."
+
+
+def builtin_training_text(count: int, seed: int = 0) -> list[str]:
+    """``count`` distinct generated sentences (scenes, news items, statements), deterministic for ``seed``."""
+    rng = random.Random(seed)
+    makers = (_scene, _scene, _scene, _news, _statement)
+    seen: dict[str, None] = {}
+    attempts = 0
+    while len(seen) < count and attempts < count * 50:
+        attempts += 1
+        seen.setdefault(rng.choice(makers)(rng), None)
+    return list(seen)
