@@ -3,7 +3,7 @@
     python benchmarks/onnx_speed.py PORTABLE_DIR EXPORTED_DIR [EXPORTED_DIR ...] [--threads 1] [--texts 64]
 
 PORTABLE_DIR is the model the exports were made from (loaded with stock sentence-transformers, torch
-fp32); each EXPORTED_DIR is run through ``st_llm2vec.onnx_export.load_onnx``. Best of ``--repeats`` timed
+fp32); each EXPORTED_DIR is run through ``st_llm2vec.export.onnx.load_onnx``. Best of ``--repeats`` timed
 passes after one warm-up; prints ms/text, the speed ratio to torch and the min/mean cosine to torch over
 the benchmark texts (other texts than the export's proof). Same process, same threads, same batches.
 """
@@ -48,7 +48,7 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from st_llm2vec.onnx_export import load_onnx
+    from st_llm2vec.export.onnx import load_onnx
 
     torch.set_num_threads(args.threads)
     texts = bench_texts(args.texts)

@@ -60,7 +60,7 @@ def encode(model, texts: list[str], instruction: str | None, batch_size: int) ->
 def run_model(label: str, builders: dict, texts: list[str], evaluators: list, args, results: dict) -> None:
     """Score each format on the dev evaluators, with and without the instruction; encode every unique dev
     text each way and compare the formats' embeddings."""
-    from st_llm2vec.quickstart import evaluate
+    from st_llm2vec.eval.scores import evaluate
 
     embs: dict[tuple[str, str], np.ndarray] = {}
     for fmt, build in builders.items():
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from st_llm2vec import devsets, from_llm, load_model
+    from st_llm2vec import from_llm, load_model
+    from st_llm2vec.eval import devsets
     from st_llm2vec.smollm2 import ensure_smollm2
 
     evaluators = devsets.sts_evaluators(max_pairs=args.eval_pairs or None, batch_size=args.batch_size, fallback=False)

@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
-    from st_llm2vec import devsets
+    from st_llm2vec.eval import devsets
     from st_llm2vec import quickstart as q
+    from st_llm2vec.eval.scores import evaluate as evaluate_with
     from st_llm2vec.smollm2 import ensure_smollm2
 
     if devsets.find_shared_data(args.data_dir) is None:
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         model.max_seq_length = args.eval_seq_length
         model.eval()
         use = sts_evaluators if sts_only else evaluators
-        scores = q.evaluate(model, use, instruction=instruction)
+        scores = evaluate_with(model, use, instruction=instruction)
         record = {
             "stage": key, "label": LABELS[key], "scores": scores, "steps": steps, "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - t0, "instruction": instruction, "threads": threads,
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from st_llm2vec import from_llm
     from st_llm2vec import train_mntp, train_simcse, train_supervised
-    from st_llm2vec.pair_data import SHARED_INSTRUCTIONS, join_instruction
+    from st_llm2vec.train.pair_data import SHARED_INSTRUCTIONS, join_instruction
 
     instruction = join_instruction(SHARED_INSTRUCTIONS["msr"])
 

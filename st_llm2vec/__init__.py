@@ -22,15 +22,15 @@ _LAZY: dict[str, str] = {
     "from_llm": "build",
     "load_model": "build",
     "LLM2VecTransformer": "encoder",
-    "MNTPDataCollator": "mntp",
-    "MNTPEvaluator": "mntp",
-    "MNTPLoss": "mntp",
+    "MNTPDataCollator": "train.mntp",
+    "MNTPEvaluator": "train.mntp",
+    "MNTPLoss": "train.mntp",
     "LLM2VecModel": "model",
     "LLM2VecPooling": "pooling",
     "PortableFormatError": "portable",
-    "train_mntp": "stage_mntp",
-    "train_simcse": "stage_contrastive",
-    "train_supervised": "stage_contrastive",
+    "train_mntp": "train.stage_mntp",
+    "train_simcse": "train.stage_contrastive",
+    "train_supervised": "train.stage_contrastive",
 }
 
 __all__ = [
@@ -51,7 +51,7 @@ __all__ = [
     "train_simcse",
     "train_supervised",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

@@ -14,12 +14,12 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("st_llm2vec.quickstart", "offline demo on SmolLM2-135M: baseline → bi → MNTP → SimCSE"),
     "fetch-smollm2": ("st_llm2vec.quickstart", "convert the SmolLM2-135M-Instruct GGUF to a HF checkpoint (cached)"),
-    "convert": ("st_llm2vec.export", "HF causal LM or llm2vec checkpoint stack → standalone ST model dir"),
-    "push": ("st_llm2vec.export", "push an exported ST model dir to the Hugging Face Hub"),
-    "export": ("st_llm2vec.onnx_export", "portable model dir → + proven ONNX graph (onnx/model.onnx, --quantize int8)"),
-    "mntp": ("st_llm2vec.stage_mntp", "masked next-token prediction training from a JSON/YAML config"),
-    "simcse": ("st_llm2vec.stage_contrastive", "unsupervised SimCSE training from a JSON/YAML config"),
-    "supervised": ("st_llm2vec.stage_contrastive", "supervised contrastive training with hard negatives"),
+    "convert": ("st_llm2vec.export.convert", "HF causal LM or llm2vec checkpoint stack → standalone ST model dir"),
+    "push": ("st_llm2vec.export.convert", "push an exported ST model dir to the Hugging Face Hub"),
+    "export": ("st_llm2vec.export.onnx", "portable model dir → + proven ONNX graph (onnx/model.onnx, --quantize int8)"),
+    "mntp": ("st_llm2vec.train.stage_mntp", "masked next-token prediction training from a JSON/YAML config"),
+    "simcse": ("st_llm2vec.train.stage_contrastive", "unsupervised SimCSE training from a JSON/YAML config"),
+    "supervised": ("st_llm2vec.train.stage_contrastive", "supervised contrastive training with hard negatives"),
 }
 
 

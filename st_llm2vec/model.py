@@ -18,7 +18,7 @@ from sentence_transformers import SentenceTransformer
 
 from .cards import patch_card
 from .portable import EXACT, PORTABLE, PortableFormatError, save_portable, why_not_portable
-from .runs import normalize_permissions
+from .files import normalize_permissions
 
 logger = logging.getLogger(__name__)
 

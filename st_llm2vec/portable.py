@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from .runs import normalize_permissions, temp_dir_beside
+from .files import move_into, normalize_permissions, temp_dir_beside
 
 logger = logging.getLogger(__name__)
 
@@ -543,24 +543,6 @@ def describe_proof(report: dict[str, Any]) -> str:
 
 
 # -- saving -------------------------------------------------------------------------------------
-
-
-def move_into(source: Path, target: Path, stale: tuple[str, ...] = ()) -> None:
-    """Move every entry of ``source`` into ``target`` (replacing same-named ones), after removing ``stale`` entries."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in stale:
-        old = target / name
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        elif old.exists() or old.is_symlink():
-            old.unlink()
-    for entry in source.iterdir():
-        destination = target / entry.name
-        if destination.is_dir() and not destination.is_symlink():
-            shutil.rmtree(destination)
-        elif destination.exists() or destination.is_symlink():
-            destination.unlink()
-        os.replace(entry, destination)
 
 
 # Module dirs an earlier save into the same folder may have left (another format, another pooling).

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import devsets
+from .eval import devsets
 
 logger = logging.getLogger(__name__)
 
@@ -102,36 +102,6 @@ def write_lines(path: str | Path, lines: Sequence[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(" ".join(line.split()) + "\n" for line in lines), encoding="utf-8")
     return path
-
-
-def evaluate(
-    model, evaluators: Sequence[Any], *, instruction: str | None = None, progress: bool = True
-) -> dict[str, float]:
-    """Run the dev-set evaluators (:func:`st_llm2vec.devsets.dev_evaluators`) on ``model``; their scores ×100
-    under the keys of the tables and result files: ``<set>`` = cosine Spearman of an STS set,
-    ``<set>_map`` / ``<set>_mrr@10`` of a reranking set, and ``sts_mean``.
-
-    ``instruction`` is the prompt of every text (llm2vec evaluates instructed STS so).
-    """
-    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
-
-    from .contrastive import InstructedSequentialEvaluator
-
-    for evaluator in evaluators:
-        evaluator.show_progress_bar = progress
-    metrics = InstructedSequentialEvaluator(list(evaluators), instruction)(model)
-    scores: dict[str, float] = {}
-    sts: list[float] = []
-    for evaluator in evaluators:
-        if isinstance(evaluator, RerankingEvaluator):
-            for metric in ("map", f"mrr@{evaluator.at_k}"):
-                scores[f"{evaluator.name}_{metric}"] = 100.0 * metrics[f"{evaluator.name}_{metric}"]
-        else:
-            scores[evaluator.name] = 100.0 * metrics[evaluator.primary_metric]
-            sts.append(scores[evaluator.name])
-    if sts:
-        scores["sts_mean"] = sum(sts) / len(sts)
-    return scores
 
 
 # --------------------------------------------------------------------------- stage configs
@@ -358,7 +328,7 @@ def training_text(options: QuickstartOptions) -> tuple[list[str], str]:
     """
     import random
 
-    from .builtin_text import builtin_training_text
+    from .train.builtin_text import builtin_training_text
 
     if options.train_file:
         lines = devsets.read_text_lines(options.train_file)
@@ -452,8 +422,9 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
     from transformers import set_seed
 
     from .build import from_llm
-    from .stage_contrastive import train_simcse
-    from .stage_mntp import train_mntp
+    from .eval.scores import evaluate
+    from .train.stage_contrastive import train_simcse
+    from .train.stage_mntp import train_mntp
     from .smollm2 import ensure_smollm2
 
     output = Path(options.output).expanduser().resolve()

@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import fixtures_dir
 
-from st_llm2vec import devsets
-from st_llm2vec.contrastive import GlobalBatchSampler, set_attention_dropout
-from st_llm2vec.recipe import load_start_model, read_arguments
-from st_llm2vec.stage_contrastive import ARGUMENTS, prepare_stage, train_simcse, train_supervised
-from st_llm2vec.pair_data import E5_INSTRUCTIONS, read_pair_folder, shared_pair_data
+from st_llm2vec.eval import devsets
+from st_llm2vec.train.contrastive import GlobalBatchSampler, set_attention_dropout
+from st_llm2vec.train.recipe import load_start_model, read_arguments
+from st_llm2vec.train.stage_contrastive import ARGUMENTS, prepare_stage, train_simcse, train_supervised
+from st_llm2vec.train.pair_data import E5_INSTRUCTIONS, read_pair_folder, shared_pair_data
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = devsets.find_shared_data()
@@ -145,8 +145,8 @@ def test_llm2vec_style_configs_parse():
 def test_gather_across_devices_reads_true_false_and_auto_from_files_and_the_command_line():
     import argparse
 
-    from st_llm2vec.config_check import ConfigError
-    from st_llm2vec.recipe import overrides_from_cli, parent_parser
+    from st_llm2vec.train.config import ConfigError
+    from st_llm2vec.train.recipe import overrides_from_cli, parent_parser
 
     simcse = ARGUMENTS["simcse"]
     base = {"model_name_or_path": "m", "output_dir": "o"}
@@ -353,7 +353,7 @@ def test_bf16_run_returns_the_plain_model_not_the_autocast_wrapper(tiny_llm, tmp
 
 def test_dev_evaluator_applies_the_eval_instruction_and_restores_prompts(tiny_llm):
     from st_llm2vec import from_llm
-    from st_llm2vec.contrastive import InstructedSequentialEvaluator
+    from st_llm2vec.eval.scores import InstructedSequentialEvaluator
 
     model = from_llm(str(tiny_llm()))
     sts = devsets.builtin_sts_evaluator()
@@ -399,8 +399,8 @@ def test_cli_overrides_and_errors(tiny_llm, tmp_path, capsys):
 _DDP_SCRIPT = r'''
 import json, sys, torch, torch.distributed as dist
 import torch.nn.functional as F
-from st_llm2vec.contrastive import build_loss
-from st_llm2vec.stage_contrastive import train_supervised
+from st_llm2vec.train.contrastive import build_loss
+from st_llm2vec.train.stage_contrastive import train_supervised
 config, out = json.loads(sys.argv[1]), sys.argv[2]
 result = train_supervised(config)
 rank, world = dist.get_rank(), dist.get_world_size()
@@ -482,7 +482,7 @@ def test_a_stage_says_before_training_when_its_output_cannot_be_portable(tiny_ll
     out = tmp_path / "out"
     config = _base_config(tiny_llm("llama"), out, pooling_mode="weighted_mean", max_steps=1, dataset_name="E5",
                           dataset_file_path=str(REPO / "training" / "supervised" / "tiny_e5"), per_device_train_batch_size=4)
-    with caplog.at_level("WARNING", logger="st_llm2vec.recipe"):
+    with caplog.at_level("WARNING", logger="st_llm2vec.train.recipe"):
         stage = prepare_stage("supervised", config)
     stage.run.release()
     assert "will be saved in the exact format" in caplog.text and "weighted_mean" in caplog.text

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from st_llm2vec import devsets
+from st_llm2vec.eval import devsets
 
 DATA = devsets.find_shared_data()
 needs_data = pytest.mark.skipif(
@@ -144,7 +144,7 @@ def test_builtin_pairs_unique_and_spread():
 
 
 def test_generated_training_text_is_distinct_repeatable_and_apart_from_the_eval_pairs():
-    from st_llm2vec.builtin_text import builtin_training_text
+    from st_llm2vec.train.builtin_text import builtin_training_text
 
     sentences = builtin_training_text(2000, seed=42)
     assert len(sentences) == len(set(sentences)) == 2000

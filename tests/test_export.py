@@ -20,10 +20,10 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
 import st_llm2vec  # noqa: F401
-from st_llm2vec import export
+from st_llm2vec.export import convert as convert_module
 from st_llm2vec.checkpoints import CheckpointError, resolve_stack
 from st_llm2vec.cli import main as cli
-from st_llm2vec.export import convert as _convert
+from st_llm2vec.export.convert import convert as _convert
 
 # These tests are about the exact format (llm2vec's semantics, our module classes); the portable
 # format, convert's default, is covered by tests/test_portable.py.
@@ -135,7 +135,7 @@ def test_default_prompts_and_pooling_override(stack, tmp_path):
     out = convert(stack / "base", tmp_path / "m", adapters=[stack / "mntp", stack / "supervised"], pooling_mode="eos_token")
     assert json.loads((out / "1_LLM2VecPooling" / "config.json").read_text())["pooling_mode"] == "eos_token"
     assert json.loads((out / "sentence_bert_config.json").read_text())["text_suffix"] == " </s>"
-    assert SentenceTransformer(str(out)).prompts["query"] == export.DEFAULT_PROMPTS["query"]
+    assert SentenceTransformer(str(out)).prompts["query"] == convert_module.DEFAULT_PROMPTS["query"]
     assert "from `--pooling-mode`" in (out / "README.md").read_text()
 
 
@@ -271,7 +271,7 @@ def test_a_failed_convert_leaves_nothing(stack, tmp_path, monkeypatch, failure):
     def fail(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(export, "_model_card", fail)  # the last step, after the weights are written
+    monkeypatch.setattr(convert_module, "_model_card", fail)  # the last step, after the weights are written
     with pytest.raises(type(failure)):
         convert(stack / "base", tmp_path / "m", adapters=[stack / "mntp"])
     assert list(tmp_path.iterdir()) == []
@@ -284,7 +284,7 @@ def test_a_failed_convert_leaves_nothing(stack, tmp_path, monkeypatch, failure):
 
 
 def test_cli_reports_interrupt(stack, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(export, "_model_card", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(convert_module, "_model_card", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert cli(["convert", str(stack / "base"), str(tmp_path / "m")]) == 130
     assert "nothing was written" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
 
@@ -383,6 +383,6 @@ def test_adapter_trained_on_the_causal_lm_class_is_remapped(stack, tmp_path):
 def test_sigterm_during_convert_leaves_nothing(stack, tmp_path, monkeypatch, capsys):
     import signal
 
-    monkeypatch.setattr(export, "_model_card", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    monkeypatch.setattr(convert_module, "_model_card", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
     assert cli(["convert", str(stack / "base"), str(tmp_path / "m")]) == 130
     assert list(tmp_path.iterdir()) == []

@@ -19,8 +19,8 @@ import torch
 
 import st_llm2vec
 from st_llm2vec.bidirectional import enable_bidirectional
-from st_llm2vec.lora import add_lora, lora_config
-from st_llm2vec.mntp import (
+from st_llm2vec.train.lora import add_lora, lora_config
+from st_llm2vec.train.mntp import (
     IGNORE_INDEX,
     LMHeadError,
     MNTPDataCollator,
@@ -30,9 +30,9 @@ from st_llm2vec.mntp import (
     resolve_mask_token_id,
     setup_mask_token,
 )
-from st_llm2vec.recipe import read_arguments
-from st_llm2vec.stage_mntp import MNTPArguments, train_mntp
-from st_llm2vec.text_data import EmptyDatasetError, TextStats, load_texts, tokenize_corpus
+from st_llm2vec.train.recipe import read_arguments
+from st_llm2vec.train.stage_mntp import MNTPArguments, train_mntp
+from st_llm2vec.train.text_data import EmptyDatasetError, TextStats, load_texts, tokenize_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "training" / "mntp" / "tiny_corpus.txt"
@@ -462,7 +462,7 @@ def recipe(model: Path, output_dir: Path, **overrides) -> dict:
 
 
 def test_bad_torch_dtype_is_refused_in_both_training_stages(tiny_llama, tmp_path):
-    from st_llm2vec.stage_contrastive import train_simcse
+    from st_llm2vec.train.stage_contrastive import train_simcse
 
     with pytest.raises(ValueError, match="is not a torch dtype .use bfloat16, float16, float32 or auto"):
         train_mntp(recipe(tiny_llama, tmp_path / "mntp", torch_dtype="bf16"))

@@ -90,7 +90,7 @@ def test_the_graph_is_bidirectional_and_takes_positions_from_the_mask_whatever_t
 def test_load_onnx_gives_the_stock_torch_embeddings(portable, exported):
     from sentence_transformers import SentenceTransformer
 
-    from st_llm2vec.onnx_export import load_onnx
+    from st_llm2vec.export.onnx import load_onnx
 
     reference = SentenceTransformer(str(portable), device="cpu")
     model = load_onnx(exported, threads=1)

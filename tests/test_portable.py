@@ -15,7 +15,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 import st_llm2vec
-from st_llm2vec.export import convert
+from st_llm2vec.export.convert import convert
 from st_llm2vec.portable import PortableFormatError
 
 from conftest import fixtures_dir
@@ -256,7 +256,7 @@ def test_exact_format_keeps_llm2vec_parity_for_pairs_and_documents_with_trust_re
 def test_a_trained_model_serves_the_query_embeddings_it_was_trained_and_evaluated_with(tiny_llm, tmp_path):
     """Train/serve consistency: supervised stage (instructions on queries, dev STS with an instruction) →
     saved portable → loaded by stock ST without st_llm2vec: the same query embeddings (≤ 1e-4)."""
-    from st_llm2vec.stage_contrastive import train_supervised
+    from st_llm2vec.train.stage_contrastive import train_supervised
     from st_llm2vec.portable import prompt_for, stored_prompt
 
     folder = tmp_path / "e5"
@@ -283,8 +283,8 @@ def test_a_trained_model_serves_the_query_embeddings_it_was_trained_and_evaluate
 
 
 def test_a_killed_saves_temp_dir_is_removed_by_the_next_save_and_a_live_ones_is_kept(tmp_path):
-    """save_portable builds in ``runs.temp_dir_beside``: a SIGKILLed save's leftover does not stay forever."""
-    from st_llm2vec.runs import temp_dir_beside, temp_tag
+    """save_portable builds in ``files.temp_dir_beside``: a SIGKILLed save's leftover does not stay forever."""
+    from st_llm2vec.files import temp_dir_beside, temp_tag
 
     target = tmp_path / "model"
     dead = tmp_path / f".model.{temp_tag().rsplit('-', 1)[0]}-999999999.x.partial"

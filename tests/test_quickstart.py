@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from st_llm2vec import cli, devsets, quickstart, smollm2
+from st_llm2vec import cli, quickstart, smollm2
+
+from st_llm2vec.eval import devsets
+from st_llm2vec.eval.scores import evaluate
 from st_llm2vec.quickstart import QuickstartOptions
 
 
@@ -101,19 +104,19 @@ def test_evaluate_reports_the_evaluators_metrics_under_the_table_keys(tiny_llm):
         {"query": a, "positive": [b], "negative": [x for x, _, _ in pairs[i + 1 : i + 4]]} for i, (a, b, _) in enumerate(pairs[:8])
     ]
     sts, rerank = devsets.builtin_sts_evaluator(), RerankingEvaluator(samples, name="rr")
-    scores = quickstart.evaluate(model, [sts, rerank], progress=False)
+    scores = evaluate(model, [sts, rerank], progress=False)
     assert list(scores) == ["builtin-sts", "rr_map", "rr_mrr@10", "sts_mean"]
     assert scores["builtin-sts"] == scores["sts_mean"] == 100 * sts(model)["builtin-sts_spearman_cosine"]
     assert scores["rr_map"] == 100 * rerank(model)["rr_map"]
     prompts = dict(model.prompts)
-    instructed = quickstart.evaluate(model, [sts], instruction="Retrieve semantically similar text:", progress=False)
+    instructed = evaluate(model, [sts], instruction="Retrieve semantically similar text:", progress=False)
     assert instructed["builtin-sts"] != scores["builtin-sts"] and model.prompts == prompts
 
 
 def test_configs_are_accepted_by_the_trainers(tmp_path):
-    from st_llm2vec.recipe import read_arguments
-    from st_llm2vec.stage_contrastive import ARGUMENTS
-    from st_llm2vec.stage_mntp import MNTPArguments
+    from st_llm2vec.train.recipe import read_arguments
+    from st_llm2vec.train.stage_contrastive import ARGUMENTS
+    from st_llm2vec.train.stage_mntp import MNTPArguments
 
     cfg = quickstart.mntp_config("m", "t.txt", tmp_path / "o", steps=10, seed=1)
     built, training = read_arguments(MNTPArguments, cfg)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from st_llm2vec.config_check import ConfigError
-from st_llm2vec.stage_contrastive import train_simcse
-from st_llm2vec.stage_mntp import train_mntp
-from st_llm2vec.runs import (
+from st_llm2vec.train.config import ConfigError
+from st_llm2vec.train.stage_contrastive import train_simcse
+from st_llm2vec.train.stage_mntp import train_mntp
+from st_llm2vec.train.runs import (
     CHECKPOINT_MARKER,
     RUN_FILE,
     OutputDirLockedError,
@@ -43,7 +43,7 @@ class Interrupted(BaseException):
 def interrupt(monkeypatch, *, after_step: int | None = None, while_saving_step: int | None = None) -> None:
     """Stop training right after the checkpoint of ``after_step``, or in the middle of writing the checkpoint
     of ``while_saving_step`` (after the weights and optimizer, before the RNG and trainer state)."""
-    from st_llm2vec.trainer import LLM2VecTrainer
+    from st_llm2vec.train.trainer import LLM2VecTrainer
 
     cls = LLM2VecTrainer
     if after_step is not None:
@@ -133,7 +133,7 @@ def test_the_lock_is_held_across_processes_and_a_dead_holders_lock_is_taken_over
         holder.kill()  # SIGKILL: the lock file stays behind, the kernel drops the lock
         holder.wait()
     assert (out / ".st_llm2vec.lock").exists()
-    with caplog.at_level(logging.WARNING, logger="st_llm2vec.runs"):
+    with caplog.at_level(logging.WARNING, logger="st_llm2vec.train.runs"):
         lock = OutputLock(out).acquire()
     assert "Taking over the stale lock" in caplog.text and str(holder.pid) in caplog.text
     lock.release()
@@ -274,7 +274,7 @@ def test_simcse_refuses_batches_it_cannot_learn_from_before_loading_the_model(tm
 def test_an_ambiguous_text_column_must_be_named(tiny_llm, tmp_path, caplog):
     from transformers import AutoTokenizer
 
-    from st_llm2vec.text_data import load_texts, tokenize_corpus
+    from st_llm2vec.train.text_data import load_texts, tokenize_corpus
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llm())
     path = tmp_path / "docs.jsonl"
@@ -282,7 +282,7 @@ def test_an_ambiguous_text_column_must_be_named(tiny_llm, tmp_path, caplog):
     raw = load_texts(train_file=str(path))["train"]
     with pytest.raises(ValueError, match=r"several string columns \['id', 'body'\].*set text_column"):
         tokenize_corpus(raw, tokenizer, 8, line_by_line=True)
-    with caplog.at_level(logging.INFO, logger="st_llm2vec.text_data"):
+    with caplog.at_level(logging.INFO, logger="st_llm2vec.train.text_data"):
         rows = tokenize_corpus(raw, tokenizer, 64, line_by_line=True, text_column="body")
     assert rows[0]["input_ids"] == tokenizer(SENTENCES[0])["input_ids"]
     assert "'body' column" in caplog.text
@@ -290,8 +290,8 @@ def test_an_ambiguous_text_column_must_be_named(tiny_llm, tmp_path, caplog):
 
 def test_no_eval_tokens_is_reported_not_a_zero_loss(tiny_llm, tmp_path):
     import st_llm2vec
-    from st_llm2vec.mntp import MNTPDataCollator, MNTPEvaluator, MNTPLoss
-    from st_llm2vec.text_data import EmptyDatasetError
+    from st_llm2vec.train.mntp import MNTPDataCollator, MNTPEvaluator, MNTPLoss
+    from st_llm2vec.train.text_data import EmptyDatasetError
 
     model = st_llm2vec.from_llm(str(tiny_llm()))
     rows = [{"input_ids": [1, 40], "labels": [-100, -100]}] * 3  # nothing masked
@@ -379,10 +379,10 @@ def test_convert_on_a_full_disk_is_one_line(tiny_llm, tmp_path, monkeypatch, cap
 
 
 def test_a_killed_converts_temp_dir_is_cleaned_by_the_next_one(tmp_path):
-    from st_llm2vec import export
+    from st_llm2vec import files
 
     output = tmp_path / "model"
-    ctx = export._atomic_dir(output, False)  # a convert that gets SIGKILLed: no cleanup runs
+    ctx = files.atomic_dir(output, False)  # a convert that gets SIGKILLed: no cleanup runs
     tmp = ctx.__enter__()
     (tmp / "weights").write_text("x")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -393,6 +393,6 @@ def test_a_killed_converts_temp_dir_is_cleaned_by_the_next_one(tmp_path):
     live.mkdir()
     other = tmp_path / ".model.abc123.partial"  # no pid in the name: not ours to judge, kept
     other.mkdir()
-    with export._atomic_dir(output, False) as new:
+    with files.atomic_dir(output, False) as new:
         (new / "weights").write_text("y")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".model.abc123.partial", "model", live.name])

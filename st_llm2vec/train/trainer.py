@@ -78,7 +78,7 @@ class LLM2VecTrainer(SentenceTransformerTrainer):
     """``SentenceTransformerTrainer`` with adapter-aware resume, main-process-only saves, an end guard for
     resumed runs and checkpoint completion markers (see the module docstring)."""
 
-    # The run fingerprint (st_llm2vec.runs) written into every checkpoint's completion marker.
+    # The run fingerprint (st_llm2vec.train.runs) written into every checkpoint's completion marker.
     st_llm2vec_run = None
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

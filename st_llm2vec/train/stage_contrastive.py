@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from .config_check import Key
+from .config import Key
 from .contrastive import LOSS_ALIASES
 from .recipe import RecipeArguments, StartModel
 
@@ -100,7 +100,7 @@ class ContrastiveArguments(RecipeArguments):
         return str(self.evaluator).lower() not in ("none", "false", "")
 
     def data(self):
-        """The stage's training data (:class:`~st_llm2vec.pair_data.PairData`)."""
+        """The stage's training data (:class:`~st_llm2vec.train.pair_data.PairData`)."""
         raise NotImplementedError
 
 
@@ -124,7 +124,7 @@ class SimCSEArguments(ContrastiveArguments):
                 raise ValueError(f"dataset_name {name!r} needs dataset_file_path: a text file, one sentence per line.")
             sentences = read_sentences(path)
         elif name.lower() == "shared":
-            from . import devsets
+            from ..eval import devsets
 
             sentences = devsets.simcse_sentences(path)
         else:
@@ -235,7 +235,7 @@ class Stage:
     trainer: Any  # contrastive.ContrastiveTrainer
     resume_from_checkpoint: str | None = None
     restore: dict[str, Any] = field(default_factory=dict)  # inference settings changed for training
-    run: Any = field(default=None, repr=False)  # st_llm2vec.runs.TrainingRun: holds output_dir's lock until run_stage ends
+    run: Any = field(default=None, repr=False)  # st_llm2vec.train.runs.TrainingRun: holds output_dir's lock until run_stage ends
 
     @property
     def name(self) -> str:
@@ -249,7 +249,7 @@ def prepare_stage(
     callbacks: Sequence[Any] = (),
 ) -> Stage:
     """Read and check the config, lock output_dir, load data and start model, add the LoRA, build loss,
-    collator and trainer. Raises :class:`~st_llm2vec.runs.RunAlreadyComplete` if output_dir holds this
+    collator and trainer. Raises :class:`~st_llm2vec.train.runs.RunAlreadyComplete` if output_dir holds this
     finished run (``train_simcse`` / ``train_supervised`` return its saved result instead)."""
     from .recipe import read_arguments, start_run
 
@@ -280,7 +280,7 @@ def _prepare(arguments: ContrastiveArguments, training: dict[str, Any], callback
         kwargs["eval_strategy"] = "steps" if kwargs.get("eval_steps") else "no"
     args = training_arguments(kwargs)
     set_seed(args.seed)
-    resume = run.resolve_resume()  # only complete checkpoints of this run (see st_llm2vec.runs)
+    resume = run.resolve_resume()  # only complete checkpoints of this run (see st_llm2vec.train.runs)
 
     simcse = arguments.STAGE == "simcse"
     data = arguments.data()

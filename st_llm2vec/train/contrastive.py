@@ -10,10 +10,10 @@ pieces Sentence Transformers' trainer needs beyond its own, usable without our C
   gets one contiguous slice of it, so the gathered negatives share the dataset
   (:class:`GlobalBatchSampler`, :class:`ContrastiveTrainer`);
 - SimCSE dropout: :func:`set_attention_dropout` (llm2vec passes it to ``from_pretrained``);
-- evaluation: the dev STS evaluators with llm2vec's instruction (:class:`InstructedSequentialEvaluator`),
+- evaluation: the dev STS evaluators with llm2vec's instruction (:class:`~st_llm2vec.eval.scores.InstructedSequentialEvaluator`),
   and a fixed-batch loss probe comparable before and after training (:func:`probe_loss`).
 
-The recipe runner (config, start model, saving) is :mod:`st_llm2vec.stage_contrastive`.
+The recipe runner (config, start model, saving) is :mod:`st_llm2vec.train.stage_contrastive`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from sentence_transformers.base.evaluation import SequentialEvaluator
 
-from .portable import prompt_for
 from .trainer import LLM2VecTrainer
 
 # llm2vec's loss names → the ST loss that computes the same.
@@ -163,35 +161,15 @@ def set_attention_dropout(hf_model, p: float) -> int:
 
 def dev_sts_evaluator(
     data_dir: str | None, max_pairs: int | None, batch_size: int, instruction: str | None = None
-) -> InstructedSequentialEvaluator:
+) -> Any:
     """Cosine-Spearman on the dev STS sets (STS12/13 test, SICK trial; built-in pairs without the shared data)."""
-    from . import devsets
+    from ..eval import devsets
+    from ..eval.scores import InstructedSequentialEvaluator
 
     return InstructedSequentialEvaluator(devsets.sts_evaluators(data_dir, max_pairs, batch_size=batch_size), instruction)
 
 
-class InstructedSequentialEvaluator(SequentialEvaluator):
-    """Runs its evaluators with ``instruction`` as the prompt of every text (llm2vec evaluates STS so);
-    the main score is the mean of theirs."""
 
-    def __init__(self, evaluators, instruction: str | None = None) -> None:
-        super().__init__(evaluators, main_score_function=_mean)
-        self.instruction = instruction or None
-
-    def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1):
-        if self.instruction is None:
-            return super().__call__(model, output_path, epoch, steps)
-        saved = (dict(model.prompts or {}), model.default_prompt_name)
-        model.prompts = {**saved[0], "st_llm2vec_eval": prompt_for(model, self.instruction)}
-        model.default_prompt_name = "st_llm2vec_eval"
-        try:
-            return super().__call__(model, output_path, epoch, steps)
-        finally:
-            model.prompts, model.default_prompt_name = saved
-
-
-def _mean(scores: Sequence[float]) -> float:
-    return sum(scores) / len(scores)
 
 
 def sts_scores(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -14,12 +14,12 @@ Pieces, usable on their own with ``SentenceTransformerTrainer``:
   ``default`` 80/10/10 and ``all_mask`` strategies), never on padding, special tokens or the first token;
 - :class:`MNTPLoss`: the loss (``masked_loss(input_ids, attention_mask, labels)`` for masked batches);
 - :class:`MNTPEvaluator`: masked-token loss and accuracy on fixed (seeded) masks;
-- the whole recipe from an llm2vec-style config (``st-llm2vec mntp CONFIG``) is :mod:`st_llm2vec.stage_mntp`.
+- the whole recipe from an llm2vec-style config (``st-llm2vec mntp CONFIG``) is :mod:`st_llm2vec.train.stage_mntp`.
 
 With the stock trainer::
 
     model = st_llm2vec.from_llm("meta-llama/Meta-Llama-3-8B-Instruct", dtype=torch.bfloat16)
-    add_lora(model, lora_config(r=16))                      # st_llm2vec.lora
+    add_lora(model, lora_config(r=16))                      # st_llm2vec.train.lora
     loss = MNTPLoss(model, mlm_probability=0.2)             # the checkpoint's own LM head, frozen
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=blocks,        # text_data.tokenize_corpus(...) or a "text" column
@@ -27,7 +27,7 @@ With the stock trainer::
         evaluator=MNTPEvaluator(loss, eval_texts, MNTPDataCollator(model[0].tokenizer)),
     )
 
-Resuming a LoRA run from a checkpoint needs :class:`~st_llm2vec.trainer.LLM2VecTrainer`, which
+Resuming a LoRA run from a checkpoint needs :class:`~st_llm2vec.train.trainer.LLM2VecTrainer`, which
 the recipe uses: ST's own resume path rebuilds the model through transformers' PEFT integration,
 whose parameter names differ from a ``peft.get_peft_model`` backbone.
 """
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from sentence_transformers.base.evaluation import BaseEvaluator
 from torch import nn
 
-from .cards import LLM2VEC_CITATION
+from ..cards import LLM2VEC_CITATION
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def setup_mask_token(model: Any, mask_token_type: str = "blank") -> int:
     ``mask`` on a tokenizer without a mask token adds ``<mask>`` (as llm2vec does), sets it as the
     tokenizer's mask token and resizes the backbone's input embeddings (the new row is the mean of the
     others; an untied LM head gets the same treatment in :class:`MNTPLoss`). Call it before
-    :func:`st_llm2vec.lora.add_lora`. Other types never change the tokenizer: a missing token is an error.
+    :func:`st_llm2vec.train.lora.add_lora`. Other types never change the tokenizer: a missing token is an error.
     """
     encoder = model[0]
     tokenizer = encoder.tokenizer
@@ -226,7 +226,7 @@ def mask_tokens(
 class MNTPDataCollator:
     """Batches rows for :class:`MNTPLoss`: tokenizes text rows, pads, and names the tensors for the ST trainer.
 
-    Rows hold ``input_ids`` (pre-tokenized, e.g. from :func:`st_llm2vec.text_data.tokenize_corpus`) or a
+    Rows hold ``input_ids`` (pre-tokenized, e.g. from :func:`st_llm2vec.train.text_data.tokenize_corpus`) or a
     text column (tokenized here with special tokens, truncated to ``max_length``). Rows that carry
     ``labels`` are already masked and pass through as they are. Output keys: ``mntp_input_ids``,
     ``mntp_attention_mask`` (+ ``mntp_labels``), right-padded with the pad token (EOS when there is

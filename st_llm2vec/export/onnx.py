@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .portable import BIDIRECTIONAL_PROBE, PROBE_TEXTS
+from ..portable import BIDIRECTIONAL_PROBE, PROBE_TEXTS
 
 logger = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ def _card_section(report: dict[str, Any]) -> str:
         f"(mean {proof['mean_cosine']:.6f}) over {proof['texts']} held texts"
         + (f" and prompts {', '.join(proof['prompts'])}" if proof["prompts"] else "") + ".", "",
         "Loading: " + _OPTIMUM_NOTE + ". Until Optimum supports transformers 5, run it with st-llm2vec:", "",
-        "```python", "from st_llm2vec.onnx_export import load_onnx", "",
+        "```python", "from st_llm2vec.export.onnx import load_onnx", "",
         "model = load_onnx('path/to/this/model')  # stock modules, backbone in ONNX Runtime",
         "embeddings = model.encode(texts)", "```", "",
         "The layout is the one `SentenceTransformer(path, backend=\"onnx\")` reads.", "",
@@ -462,7 +462,7 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, backend: str
     Built in a temp dir beside ``output`` and moved into place only once proven (see :func:`prove_graph`
     and :func:`check_proof`); raises :class:`OnnxExportError` naming what failed.
     """
-    from .export import _atomic_dir, _check_output
+    from ..files import atomic_dir, check_output, normalize_permissions
 
     if backend == "openvino":
         raise OnnxExportError(
@@ -483,13 +483,13 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, backend: str
     if output == source or source in output.parents or output in source.parents:
         raise OnnxExportError("OUTPUT must be a directory outside MODEL (and not one holding it)")
     config = _check_portable(source)
-    _check_output(output, overwrite)
+    check_output(output, overwrite)
     bidirectional = config.get("is_causal") is False or config.get("use_bidirectional_attention") is True
 
     started = time.perf_counter()
     model = SentenceTransformer(str(source), device="cpu", local_files_only=True, model_kwargs={"dtype": torch.float32})
     model.eval()
-    with _atomic_dir(output, overwrite) as tmp:
+    with atomic_dir(output, overwrite) as tmp:
         for entry in source.iterdir():
             if entry.name in (ONNX_DIR, "openvino") or entry.name.startswith("."):
                 continue
@@ -521,8 +521,6 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, backend: str
         card = tmp / "README.md"
         card.write_text((card.read_text(encoding="utf-8") if card.exists() else "") + _card_section(report),
                         encoding="utf-8")
-        from .runs import normalize_permissions
-
         normalize_permissions(tmp)
     return report
 
@@ -540,7 +538,7 @@ def add_arguments_export(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import _run
+    from .convert import _run
 
     def action() -> None:
         report = export(args.model, args.output, backend=args.backend, quantize=args.quantize,
@@ -550,14 +548,14 @@ def run_export(args: argparse.Namespace) -> int:
               f"({report['quantize'] or 'fp32'}, {report['graph_bytes'] / 1e6:.1f} MB, {report['seconds']} s)")
         print(f"Proof: finite; first-token shift {proof['first_token_shift']:.2e} (torch {proof['torch_first_token_shift']:.2e}); "
               f"min cosine vs fp32 torch {proof['min_cosine']:.6f} over {proof['texts']} texts")
-        print(f"Load with: from st_llm2vec.onnx_export import load_onnx; load_onnx({args.output!r}). Note: {_OPTIMUM_NOTE}.")
+        print(f"Load with: from st_llm2vec.export.onnx import load_onnx; load_onnx({args.output!r}). Note: {_OPTIMUM_NOTE}.")
 
     try:
         return _run(action)
     except ImportError as exc:  # the onnx extra is missing: say how to install it, in one line
         import sys
 
-        from .cli import debug_requested
+        from ..cli import debug_requested
 
         if debug_requested():
             raise

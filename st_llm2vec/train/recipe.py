@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from .cards import LLM2VEC_CITATION
-from .config_check import (
+from ..cards import LLM2VEC_CITATION
+from .config import (
     Key,
     check_keys,
     check_output_dir,
@@ -139,7 +139,7 @@ def read_arguments(
 ) -> tuple[A, dict[str, Any]]:
     """(the stage's arguments, ``SentenceTransformerTrainingArguments`` kwargs) from a config dict or a
     JSON / YAML file, ``overrides`` on top. Unknown keys are refused and every value is checked before
-    anything loads; a bad one raises a :class:`~st_llm2vec.config_check.ConfigError` naming the file."""
+    anything loads; a bad one raises a :class:`~st_llm2vec.train.config.ConfigError` naming the file."""
     from transformers import HfArgumentParser
 
     source, base_dir = None, None
@@ -219,8 +219,8 @@ def training_arguments(training: Mapping[str, Any]):
 
 
 def start_run(arguments: RecipeArguments, training: Mapping[str, Any], do_train: bool = True):
-    """Lock ``output_dir`` for this config's run (:class:`~st_llm2vec.runs.TrainingRun`); raises
-    :class:`~st_llm2vec.runs.RunAlreadyComplete` if it holds this run finished. The files named by
+    """Lock ``output_dir`` for this config's run (:class:`~st_llm2vec.train.runs.TrainingRun`); raises
+    :class:`~st_llm2vec.train.runs.RunAlreadyComplete` if it holds this run finished. The files named by
     ``PATH_KEYS`` (model, data) join the run fingerprint by their identity."""
     from .runs import TrainingRun, run_fingerprint
 
@@ -262,7 +262,7 @@ def stop_callbacks(arguments: RecipeArguments) -> list[Any]:
 
 def read_result(output_dir: str, result_file: str) -> dict[str, Any]:
     """What a finished run saved about itself (``{}`` if nothing)."""
-    from .runs import read_json
+    from ..files import read_json
 
     return read_json(os.path.join(output_dir, result_file)) or {}
 
@@ -303,8 +303,8 @@ def load_start_model(
     """
     from peft import PeftModel
 
-    from .build import from_llm, load_model, model_kwargs
-    from .instructions import normalize_pooling_mode
+    from ..build import from_llm, load_model, model_kwargs
+    from ..instructions import normalize_pooling_mode
 
     kwargs = model_kwargs(torch_dtype, attn_implementation)
     merged = False
@@ -379,7 +379,7 @@ def start_model(arguments: RecipeArguments, peft_model_name_or_path: str | None 
 def exact_output_reason(model: Any, arguments: RecipeArguments) -> str | None:
     """Why a stage's output will not be portable, known before training (None: it will be, if the save-time
     proof passes). ``format: portable`` with a model that cannot be has already raised when it was built."""
-    from .portable import PORTABLE, why_not_portable
+    from ..portable import PORTABLE, why_not_portable
 
     if arguments.unmerged_output():
         return "the output keeps its LoRA adapter unmerged (merge_lora: false / save_mode: adapter)"
@@ -392,7 +392,7 @@ def exact_output_reason(model: Any, arguments: RecipeArguments) -> str | None:
 
 def add_lora(model: Any, arguments: RecipeArguments) -> None:
     """A fresh LoRA on the backbone (llm2vec: rank ``lora_r``, alpha 2r, dropout 0.05, all projections)."""
-    from . import lora
+    from ..train import lora
 
     lora.add_lora(model, lora.lora_config(arguments.lora_r, arguments.lora_alpha, arguments.lora_dropout,
                                           arguments.lora_target_modules))

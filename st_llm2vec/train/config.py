@@ -265,13 +265,13 @@ def resume_value(value: Any) -> None:
 
 
 def torch_dtype_check(value: Any) -> None:
-    from .build import parse_dtype
+    from ..build import parse_dtype
 
     parse_dtype(value)
 
 
 def pooling_check(value: Any) -> None:
-    from .instructions import normalize_pooling_mode
+    from ..instructions import normalize_pooling_mode
 
     normalize_pooling_mode(value)
 

@@ -405,7 +405,7 @@ def shared_pair_data(
 ) -> PairData:
     """Supervised sets from the shared dev data: ``sick`` = SICK train (anchor, entailed hypothesis,
     contradicting hard negative), ``msr`` = MSR train paraphrase pairs (no hard negative)."""
-    from . import devsets
+    from ..eval import devsets
 
     table = {**SHARED_INSTRUCTIONS, **dict(instructions or {})}
     rows: dict[str, list[dict]] = {}

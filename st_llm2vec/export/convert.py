@@ -14,27 +14,25 @@ causal and reproduces a causal llm2vec Qwen2 checkpoint's embeddings.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import re
 import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sentence_transformers import SentenceTransformer
 
-from .bidirectional import BidirectionalityError
-from .build import from_llm, model_kwargs, original_name_or_path
-from .checkpoints import CheckpointError, CheckpointStack, check_safetensors, merge_adapters, resolve_stack
-from .cards import usage_section
-from .instructions import POOLING_MODES
-from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, switch_if_faithful
-from .runs import normalize_permissions, temp_dir_beside, temp_tag
+from ..bidirectional import BidirectionalityError
+from ..build import from_llm, model_kwargs, original_name_or_path
+from ..checkpoints import CheckpointError, CheckpointStack, check_safetensors, merge_adapters, resolve_stack
+from ..cards import usage_section
+from ..instructions import POOLING_MODES
+from ..portable import EXACT, FORMATS, PORTABLE, PortableFormatError, switch_if_faithful
+from ..files import atomic_dir, check_output, normalize_permissions
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +82,7 @@ def convert(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     output = Path(output).expanduser().absolute()
-    _check_output(output, overwrite)
+    check_output(output, overwrite)
     if push_to_hub:
         _check_push_target(push_to_hub)
     stack = resolve_stack(source, tuple(adapters), pooling_mode, allow_pickle=allow_pickle)
@@ -112,7 +110,7 @@ def convert(
         raise PortableFormatError(f"Cannot convert to the portable format: {reason}. Use --format exact (or auto).")
     model.portable_required = format == PORTABLE
     _fill_card_data(model, stack, push_to_hub)
-    with _atomic_dir(output, overwrite) as tmp:
+    with atomic_dir(output, overwrite) as tmp:
         model.save(str(tmp), create_model_card=False)
         saved = dict(model.save_report or {}, comparison=comparison)
         saved["reason"] = saved.get("reason") or reason
@@ -128,54 +126,12 @@ def convert(
     return output
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it, or choose another OUTPUT.")
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"{output} exists and is not a directory; remove it or choose another OUTPUT.")
-
-
 def _check_not_an_input(output: Path, stack: CheckpointStack) -> None:
     """Never let --overwrite delete the checkpoint being converted (or a folder holding it)."""
     resolved = output.resolve()
     for path in stack.local_paths:
         if resolved == path or resolved in path.parents:
             raise FileExistsError(f"OUTPUT {output} is (or contains) the input {path}; choose another OUTPUT.")
-
-
-@contextlib.contextmanager
-def _atomic_dir(output: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temp dir next to ``output``; on success it becomes ``output``, on any failure it vanishes.
-
-    The temp dir's name carries this host and pid (``.OUTPUT.st-HOST-PID.XXXX.partial``), so the leftovers
-    of a convert that was killed (SIGKILL: no cleanup ran) are removed by the next one.
-    """
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_beside(output, ".partial")
-    try:
-        yield tmp
-        _publish(tmp, output, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
-    """Rename ``tmp`` to ``output``; an existing ``output`` is moved aside first and deleted only after."""
-    if not output.exists():
-        os.rename(tmp, output)
-        return
-    if not overwrite:
-        raise FileExistsError(f"{output} appeared while converting; pass --overwrite to replace it.")
-    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.{temp_tag()}.", suffix=".old", dir=output.parent))
-    os.rmdir(old)
-    os.rename(output, old)
-    try:
-        os.rename(tmp, output)
-    except BaseException:
-        os.rename(old, output)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _copy_adapters(stack: CheckpointStack, target: Path) -> None:
@@ -246,7 +202,7 @@ def _provenance_section(
     model: SentenceTransformer, stack: CheckpointStack, source: str, dtype: str | None, causal: bool, keep_adapters: bool,
     saved: dict[str, Any],
 ) -> str:
-    from . import __version__
+    from .. import __version__
 
     settings = stack.settings
     encoder = model[0]
@@ -427,14 +383,14 @@ def _run(action) -> int:
         print("st-llm2vec: interrupted; nothing was written", file=sys.stderr)
         return 130
     except (CheckpointError, BidirectionalityError, OSError, ValueError) as exc:  # PortableFormatError included
-        from .cli import debug_requested, user_error_message
+        from ..cli import debug_requested, user_error_message
 
         if debug_requested():
             raise
         print(f"st-llm2vec: error: {user_error_message(exc) or exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # e.g. safetensors' SafetensorError for a full disk: one line, not a traceback
-        from .cli import debug_requested, user_error_message
+        from ..cli import debug_requested, user_error_message
 
         message = user_error_message(exc)
         if message is None or debug_requested():
@@ -477,7 +433,7 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"Saved Sentence-Transformers model to {output}")
         print(f"Format: {format_line(convert.last_report)}")
         if convert.last_report.get("proof"):
-            from .portable import describe_proof
+            from ..portable import describe_proof
 
             print(f"Proof: {describe_proof(convert.last_report['proof'])}")
         if args.push_to_hub:

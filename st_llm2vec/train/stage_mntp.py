@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .config_check import Key, nonempty
+from .config import Key, nonempty
 from .mntp import COLLATOR_TYPES, check_mlm_probability, check_strategy
 from .recipe import RecipeArguments
 
@@ -106,9 +106,9 @@ def train_mntp(config: Mapping[str, Any] | str | os.PathLike, overrides: Mapping
 
     The whole config is checked before anything loads. ``output_dir`` is locked for the run, and only
     this config's complete checkpoints are resumed; a finished run of the same config is not trained
-    again (see :mod:`st_llm2vec.runs`).
+    again (see :mod:`st_llm2vec.train.runs`).
     """
-    from .config_check import check_files_exist
+    from .config import check_files_exist
     from .recipe import finish_run, read_arguments, start_run
     from .runs import RunAlreadyComplete
 
@@ -205,7 +205,7 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
         training["max_steps"] = arguments.stop_after_n_steps
     args = training_arguments(training)
     output_dir = args.output_dir
-    resume = run.resolve_resume()  # only complete checkpoints of this run (see st_llm2vec.runs)
+    resume = run.resolve_resume()  # only complete checkpoints of this run (see st_llm2vec.train.runs)
 
     set_seed(args.seed)  # before LoRA init, as llm2vec does: the same config gives the same run
     model, start = start_model(arguments)

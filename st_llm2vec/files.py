@@ -1,0 +1,187 @@
+"""Writing files so that nothing half-written is ever seen: atomic JSON, temp dirs beside their target that
+become it in one rename, the leftovers of killed processes, and the modes the umask gives.
+
+Everything st_llm2vec writes goes through these (model dirs, conversions, exports, run records, checkpoints).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# The training run's lock file (train/runs.py) keeps the modes its holder gave it.
+LOCK_FILE = ".st_llm2vec.lock"
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def normalize_permissions(root: str | os.PathLike, recursive: bool = True) -> None:
+    """Give ``root`` and (``recursive``) everything under it the modes the umask gives new files.
+
+    safetensors and ``tempfile`` create owner-only (0600 / 0700) files; this makes a training output
+    readable like any other file the user writes. Entries we may not chmod are left alone.
+    """
+    mask = current_umask()
+    root = Path(root)
+    paths = [root] + (list(root.rglob("*")) if recursive and root.is_dir() else [])
+    for path in paths:
+        if path.is_symlink() or path.name == LOCK_FILE:
+            continue
+        try:
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+        except OSError:
+            pass
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to ``path`` via a temp file and a rename (readers see the old or the new file, never half)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None if it is missing or not a complete JSON object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OSError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
+
+
+def temp_tag() -> str:
+    """This host and pid, in the names of temp dirs, so that a later run can tell a dead one's leftovers."""
+    return f"st-{_host_tag()}-{os.getpid()}"
+
+
+def clean_stale_temp_dirs(output: Path) -> None:
+    """Remove ``.OUTPUT.st-HOST-PID.*.partial`` dirs of dead processes on this host; restore a stale ``.old``
+    (a save killed between moving the old OUTPUT aside and moving the new one in) if OUTPUT is missing,
+    else remove it. Dirs of live processes, of other hosts, and without a pid tag are left alone."""
+    pattern = re.compile(rf"^\.{re.escape(output.name)}\.st-{re.escape(_host_tag())}-(\d+)\.[^/]+\.(partial|old)$")
+    try:
+        entries = list(output.parent.iterdir())
+    except OSError:
+        return
+    for entry in sorted(entries, key=lambda p: p.name):
+        match = pattern.match(entry.name)
+        if not match or not entry.is_dir() or pid_alive(int(match.group(1))):
+            continue
+        if match.group(2) == "old" and not output.exists():
+            os.rename(entry, output)
+            logger.warning("Restored %s from %s, left by an interrupted save.", output, entry.name)
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        logger.warning("Removed %s, left by an interrupted save (pid %s).", entry, match.group(1))
+
+
+def temp_dir_beside(output: Path, suffix: str = ".partial") -> Path:
+    """A new hidden temp dir next to ``output`` (``.OUTPUT.st-HOST-PID.XXXX.partial``), after removing the ones
+    dead processes left there (a SIGKILL runs no cleanup): everything we write atomically is built in one."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp_dirs(output)
+    return Path(tempfile.mkdtemp(prefix=f".{output.name}.{temp_tag()}.", suffix=suffix, dir=output.parent))
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """``output`` may be written: absent, or ``overwrite`` and a directory."""
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it, or choose another OUTPUT.")
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output} exists and is not a directory; remove it or choose another OUTPUT.")
+
+
+@contextlib.contextmanager
+def atomic_dir(output: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temp dir next to ``output``; on success it becomes ``output``, on any failure it vanishes.
+
+    The temp dir's name carries this host and pid (``.OUTPUT.st-HOST-PID.XXXX.partial``), so the leftovers
+    of a convert that was killed (SIGKILL: no cleanup ran) are removed by the next one.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_beside(output, ".partial")
+    try:
+        yield tmp
+        publish(tmp, output, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish(tmp: Path, output: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``output``; an existing ``output`` is moved aside first and deleted only after."""
+    if not output.exists():
+        os.rename(tmp, output)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{output} appeared while converting; pass --overwrite to replace it.")
+    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.{temp_tag()}.", suffix=".old", dir=output.parent))
+    os.rmdir(old)
+    os.rename(output, old)
+    try:
+        os.rename(tmp, output)
+    except BaseException:
+        os.rename(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+
+def move_into(source: Path, target: Path, stale: tuple[str, ...] = ()) -> None:
+    """Move every entry of ``source`` into ``target`` (replacing same-named ones), after removing ``stale`` entries."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in stale:
+        old = target / name
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old.exists() or old.is_symlink():
+            old.unlink()
+    for entry in source.iterdir():
+        destination = target / entry.name
+        if destination.is_dir() and not destination.is_symlink():
+            shutil.rmtree(destination)
+        elif destination.exists() or destination.is_symlink():
+            destination.unlink()
+        os.replace(entry, destination)
