@@ -15,12 +15,15 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from .errors import InputError
+from .upstream import attn_implementation
 
-class BidirectionalityError(ValueError):
+
+class BidirectionalityError(InputError):
     """The model could not be made bidirectional (or is not a decoder-only LLM)."""
 
 
-class NonFiniteWeightsError(ValueError):
+class NonFiniteWeightsError(InputError):
     """The model computes NaN / inf: corrupt weights, or a dtype too narrow for them."""
 
 
@@ -168,7 +171,7 @@ def ensure_bidirectional(model: PreTrainedModel) -> dict[str, float]:
     result = probe_bidirectional(model)
     min_shift, max_mismatch = _tolerances(next(model.parameters()).dtype)
     arch = type(model).__name__
-    impl = getattr(model.config, "_attn_implementation", None)
+    impl = attn_implementation(model.config)
     if not result["early_token_shift"] > min_shift:
         alternatives = [i for i in ("eager", "sdpa", "flex_attention") if i != impl]
         raise BidirectionalityError(

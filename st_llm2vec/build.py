@@ -14,11 +14,13 @@ from typing import Any
 import torch
 
 from .encoder import LLM2VecTransformer
-from .instructions import llm2vec_chat_template, llm2vec_text_suffix, normalize_pooling_mode
+from .instructions import llm2vec_chat_template, llm2vec_text_suffix
+from .modes import check_tokenizer, from_stock, normalize_pooling_mode
 from .model import LLM2VecModel
 from .pooling import LLM2VecPooling
 from .portable import AUTO as AUTO_FORMAT
-from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, adds_bos, make_portable
+from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, make_portable
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ def parse_dtype(value: Any) -> torch.dtype | str | None:
         return value
     dtype = getattr(torch, value, None) if isinstance(value, str) else None
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"torch_dtype {value!r} is not a torch dtype (use bfloat16, float16, float32 or auto).")
+        raise InputError(f"torch_dtype {value!r} is not a torch dtype (use bfloat16, float16, float32 or auto).")
     return dtype
 
 
@@ -50,7 +52,7 @@ def model_kwargs(torch_dtype: Any = None, attn_implementation: str | None = None
 def original_name_or_path(model_name_or_path: str) -> str | None:
     """``_name_or_path`` as written in config.json: llm2vec keys its instruct wrappers on it.
 
-    transformers overwrites ``config._name_or_path`` with the load path, so read the file itself.
+    transformers overwrites ``config.name_or_path`` with the load path, so read the file itself.
     """
     path = os.path.join(model_name_or_path, "config.json")
     if os.path.isfile(path):
@@ -93,7 +95,7 @@ def from_llm(
     model can be (mean / eos_token / bos_token pooling, no instruct wrapper), else exact (logged).
     """
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     pooling_mode = normalize_pooling_mode(pooling_mode)
     name = original_name_or_path(model_name_or_path)
     encoder = LLM2VecTransformer(
@@ -108,11 +110,7 @@ def from_llm(
     if text_suffix == AUTO:
         text_suffix = llm2vec_text_suffix(encoder.config.model_type, name, pooling_mode, encoder.tokenizer.eos_token)
     encoder.text_suffix = text_suffix
-    if pooling_mode == "bos_token" and not adds_bos(encoder.tokenizer):
-        raise ValueError(
-            f"pooling_mode='bos_token' needs a tokenizer that starts every input with a BOS token; "
-            f"{model_name_or_path!r} adds none. Use 'mean', 'weighted_mean' or 'eos_token'."
-        )
+    check_tokenizer(pooling_mode, encoder.tokenizer, repr(model_name_or_path))
 
     pooling = LLM2VecPooling(encoder.get_embedding_dimension(), pooling_mode, skip_instruction)
     model = LLM2VecModel(
@@ -127,9 +125,6 @@ def from_llm(
             logger.info("Using the exact format (saved models need st_llm2vec to load): %s", exc)
     model.portable_required = format == PORTABLE
     return model
-
-
-_STOCK_TO_POOLING = {"mean": "mean", "lasttoken": "eos_token", "cls": "bos_token"}
 
 
 def read_portable_dir(path: str) -> dict[str, Any] | None:
@@ -148,10 +143,11 @@ def read_portable_dir(path: str) -> dict[str, Any] | None:
         return None
     with open(os.path.join(path, modules[-1]["path"], "config.json"), encoding="utf-8") as f:
         pooling = json.load(f)
-    mode = _STOCK_TO_POOLING.get(pooling.get("pooling_mode"))
-    if mode is None:
+    stock = from_stock(pooling.get("pooling_mode"))
+    if stock is None:
         return None
-    if mode == "mean" and pooling.get("include_prompt", True):
+    mode = stock.name
+    if stock.excludes_prompt and pooling.get("include_prompt", True):
         logger.warning(
             "%s pools the prompt's tokens (include_prompt: true, saved by st-llm2vec < 0.2); it is rebuilt as this "
             "version writes it, the prompt excluded from the mean as llm2vec does: query embeddings change.", path)
@@ -178,7 +174,7 @@ def load_model(path: str, format: str = AUTO_FORMAT, **kwargs: Any) -> LLM2VecMo
     ``kwargs`` (``dtype``, ``attn_implementation``, ``device``, …) reach the loader.
     """
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     settings = read_portable_dir(path)
     if settings is not None:
         # the saved tokenizer appends any EOS suffix itself, and prompts are stored as stock prompts

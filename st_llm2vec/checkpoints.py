@@ -22,7 +22,8 @@ import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from sentence_transformers import SentenceTransformer
 
-from .instructions import normalize_pooling_mode
+from .modes import normalize_pooling_mode
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ MAX_CHAIN = 8  # adapter -> base -> ... links followed before assuming a cycle
 _PEFT_PREFIX = "base_model.model."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint stack that cannot be converted as given; the message names the fix."""
 
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import UserError
 
 # name -> (module, help). The module defines run_<name>(args) -> int, and its options with
 # add_arguments_<name>(parser) and/or parents_<name>() -> [argparse parsers to inherit from].
@@ -16,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch-smollm2": ("st_llm2vec.quickstart", "convert the SmolLM2-135M-Instruct GGUF to a HF checkpoint (cached)"),
     "convert": ("st_llm2vec.export.convert", "HF causal LM or llm2vec checkpoint stack → standalone ST model dir"),
     "push": ("st_llm2vec.export.convert", "push an exported ST model dir to the Hugging Face Hub"),
-    "export": ("st_llm2vec.export.onnx", "portable model dir → + proven ONNX graph (onnx/model.onnx, --quantize int8)"),
+    "export": ("st_llm2vec.export.command", "portable model dir → + proven ONNX graph (onnx/model.onnx, --quantize int8)"),
     "mntp": ("st_llm2vec.train.stage_mntp", "masked next-token prediction training from a JSON/YAML config"),
     "simcse": ("st_llm2vec.train.stage_contrastive", "unsupervised SimCSE training from a JSON/YAML config"),
     "supervised": ("st_llm2vec.train.stage_contrastive", "supervised contrastive training with hard negatives"),
@@ -30,8 +37,7 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-# Errors that mean "fix your input" (config, paths, data, disk), reported in one line with exit status 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+# Write failures that mean a full disk, whoever raised them (OSError, or safetensors' / torch's own errors).
 _DISK_FULL = re.compile(r"no space left on device|os error (28|122)|disk quota exceeded|file too large|os error 27",
                         re.IGNORECASE)
 _WRITE_FAILED = re.compile(r"PytorchStreamWriter failed writing|file write failed|unexpected pos \d+ vs \d+")
@@ -46,14 +52,15 @@ def _causes(exc: BaseException):
 
 
 def user_error_message(exc: BaseException) -> str | None:
-    """A one-line description of ``exc`` if it is a user-side error (bad input, missing file, full disk), else None."""
+    """One line for an error the user can fix — a :class:`~st_llm2vec.errors.UserError`, or a full disk
+    whoever raised it — else None (a bug: its traceback is kept)."""
     for err in _causes(exc):
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             return f"cannot write: {err.strerror or err} (free some disk space or choose another output location)"
         text = str(err)
         if _DISK_FULL.search(text) or _WRITE_FAILED.search(text):
             return f"cannot write: {_one_line(text)} (is the disk full? free some space or choose another output location)"
-    if isinstance(exc, USER_ERRORS):
+    if isinstance(exc, UserError):
         return _one_line(str(exc) or type(exc).__name__)
     return None
 
@@ -62,15 +69,33 @@ def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a job scheduler, ``kill``) raises like Ctrl-C, so every command's cleanup runs (temp dirs, locks)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None, *, report_errors: bool | None = None) -> int:
     """Run ``st-llm2vec COMMAND [options]``.
 
-    Errors in the user's input (a bad config value, a missing file, a full disk, another run holding the
-    output dir, ...) are printed as one line, exit status 2; ``--debug`` (or ST_LLM2VEC_DEBUG=1) shows the
-    traceback instead. ``report_errors`` defaults to True for the console script (``argv`` None) and to
-    False for calls with an explicit ``argv``, which get the exception itself (as a library call would).
+    The one error path of every command: a user error (:class:`~st_llm2vec.errors.UserError`, a full disk)
+    is printed as one line, exit status 2; ``--debug`` (or ST_LLM2VEC_DEBUG=1) shows its traceback instead;
+    anything else is a bug and keeps its traceback. Ctrl-C or SIGTERM: exit status 130, with what the command
+    guarantees about its output (its module's ``INTERRUPTED``). ``report_errors`` defaults to True for the
+    console script (``argv`` None) and to False for calls with an explicit ``argv``, which get the exception
+    itself (as a library call would).
     """
-    global _debug
     if report_errors is None:
         report_errors = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -93,13 +118,14 @@ def main(argv: list[str] | None = None, *, report_errors: bool | None = None) ->
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv[1:])
     debug = debug or args.debug
-    previous, _debug = _debug, debug
     try:
-        return int(getattr(module, f"run_{attr}")(args) or 0)
+        with _sigterm_interrupts():
+            return int(getattr(module, f"run_{attr}")(args) or 0)
     except KeyboardInterrupt:
         if debug or not report_errors:
             raise
-        print(f"st-llm2vec {name}: interrupted", file=sys.stderr)
+        note = getattr(module, "INTERRUPTED", "")
+        print(f"st-llm2vec {name}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
         return 130
     except Exception as exc:
         message = user_error_message(exc)
@@ -107,16 +133,6 @@ def main(argv: list[str] | None = None, *, report_errors: bool | None = None) ->
             raise
         print(f"st-llm2vec {name}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
-    finally:
-        _debug = previous
-
-
-_debug = False  # --debug of the command now running (see debug_requested)
-
-
-def debug_requested() -> bool:
-    """Whether the running command was given ``--debug`` (commands that report their own errors re-raise then)."""
-    return _debug
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from .instructions import (
     truncate_words,
 )
 from .packing import CU_SEQ_LENS, PACKED_KEYS
+from .upstream import attn_implementation
+from .errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +48,13 @@ def _check_loadable(model_name_or_path: str) -> None:
 
     path = os.path.expanduser(model_name_or_path)
     if os.path.isfile(path):
-        raise ValueError(
+        raise InputError(
             f"{model_name_or_path!r} is a file; pass the directory that holds the checkpoint (config.json, "
             "weights and tokenizer files), or a Hub id."
         )
     if not os.path.isdir(path):
         if not looks_like_hub_id(str(model_name_or_path)):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{model_name_or_path!r} does not exist (looked relative to {os.getcwd()!r}): pass an existing "
                 "checkpoint directory or a Hugging Face Hub id such as 'owner/name' — offline, SmolLM2-135M-Instruct: "
                 '"$(st-llm2vec fetch-smollm2 --quiet)"'
@@ -61,7 +63,7 @@ def _check_loadable(model_name_or_path: str) -> None:
     if os.path.isdir(model_name_or_path):
         names = ("config.json", "adapter_config.json")
         if not any(os.path.isfile(os.path.join(model_name_or_path, n)) for n in names):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{model_name_or_path!r} has no config.json: expected a Hugging Face causal-LM checkpoint "
                 "directory (config.json + safetensors weights + tokenizer), a PEFT adapter directory, "
                 "or a model saved by st_llm2vec."
@@ -88,7 +90,7 @@ def _broken_json_file(directory: str) -> str | None:
 
 def _check_positive(name: str, value: Any, none_means: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int or None ({none_means}), got {value!r}")
+        raise InputError(f"{name} must be a positive int or None ({none_means}), got {value!r}")
 
 
 # (prompt, text) pairs already warned about pooling nothing in the portable format (once each).
@@ -168,24 +170,24 @@ class LLM2VecTransformer(Transformer):
             )
         except Exception as exc:  # a broken JSON file surfaces as unrelated errors: name it instead
             if isinstance(exc, OSError) and not os.path.isdir(os.path.expanduser(model_name_or_path)):
-                raise OSError(
+                raise MissingFileError(
                     f"{model_name_or_path!r} is not a local directory (looked relative to {os.getcwd()!r}), and "
                     f"loading it as a Hugging Face Hub id failed: {exc}"
                 ) from exc
             broken = _broken_json_file(os.path.expanduser(model_name_or_path))
             if broken is None:
                 raise
-            raise ValueError(broken) from exc
+            raise InputError(broken) from exc
         self.doc_max_length = doc_max_length
         self.chat_template = chat_template
         self.text_suffix = text_suffix
         self.max_batch_tokens = max_batch_tokens
         if format not in ("exact", "portable"):
-            raise ValueError(f"format must be 'exact' or 'portable', got {format!r}")
+            raise InputError(f"format must be 'exact' or 'portable', got {format!r}")
         self.format = format
         tokenizer = self.tokenizer
         if tokenizer is None:
-            raise ValueError(f"{model_name_or_path!r} has no tokenizer; st_llm2vec needs a text tokenizer.")
+            raise InputError(f"{model_name_or_path!r} has no tokenizer; st_llm2vec needs a text tokenizer.")
         self._check_tokenizer(model_name_or_path)
         vocab_rows = self.model.get_input_embeddings().num_embeddings
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id >= vocab_rows:
@@ -211,13 +213,13 @@ class LLM2VecTransformer(Transformer):
         """An EOS token (llm2vec pads with it and encodes empty texts as it) and a positive length limit."""
         files = os.path.join(model_name_or_path, "tokenizer_config.json")
         if self.tokenizer.eos_token is None:
-            raise ValueError(
+            raise InputError(
                 f"The tokenizer of {model_name_or_path!r} has no EOS token: st_llm2vec pads with EOS (as llm2vec) "
                 f"and encodes empty texts as EOS. Set \"eos_token\" in {files} (the model's end-of-text token)."
             )
         limit = self.max_seq_length
         if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ValueError(
+            raise InputError(
                 f"max_seq_length is {limit!r} (the tokenizer's model_max_length): set \"model_max_length\" in {files} "
                 "to a positive int, or pass max_seq_length=<positive int>."
             )
@@ -229,9 +231,9 @@ class LLM2VecTransformer(Transformer):
                 [{"role": "user", "content": "\ue000"}], chat_template=template, tokenize=False
             )
         except Exception as exc:
-            raise ValueError(f"chat_template does not render ({type(exc).__name__}: {exc}); fix it or pass None.") from exc
+            raise InputError(f"chat_template does not render ({type(exc).__name__}: {exc}); fix it or pass None.") from exc
         if rendered.count("\ue000") != 1:
-            raise ValueError(
+            raise InputError(
                 "chat_template must contain the message content exactly once (e.g. \"[INST] {{ messages[0]['content'] "
                 f"| trim }} [/INST]\"); this one renders it {rendered.count(chr(0xE000))} times. Fix it or pass None."
             )
@@ -261,7 +263,7 @@ class LLM2VecTransformer(Transformer):
     @chat_template.setter
     def chat_template(self, value: str | None) -> None:
         if value is not None and not isinstance(value, str):
-            raise ValueError(f"chat_template must be a Jinja template string or None, got {value!r}")
+            raise InputError(f"chat_template must be a Jinja template string or None, got {value!r}")
         if value is not None and getattr(self, "processor", None) is not None and self.tokenizer is not None:
             self._check_chat_template(value)
         self._chat_template = value
@@ -273,7 +275,7 @@ class LLM2VecTransformer(Transformer):
     @max_batch_tokens.setter
     def max_batch_tokens(self, value: int | None) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"max_batch_tokens must be a positive int or None (no budget), got {value!r}")
+            raise InputError(f"max_batch_tokens must be a positive int or None (no budget), got {value!r}")
         self._max_batch_tokens = value
 
     @classmethod
@@ -282,19 +284,19 @@ class LLM2VecTransformer(Transformer):
         unknown keys and bad values, and a warning when it keeps the model causal."""
         where = os.path.join(model_name_or_path, subfolder, config_filename or cls.config_file_name)
         if os.path.isdir(os.path.join(model_name_or_path, subfolder)) and not os.path.isfile(where):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{where} is missing: it holds this model's encode settings (doc_max_length, chat_template, "
                 "text_suffix, bidirectional), which would otherwise silently fall back to defaults. Restore it or re-save the model."
             )
         try:
             config = super().load_config(model_name_or_path, subfolder=subfolder, config_filename=config_filename, **kwargs)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{where} is not valid JSON ({exc}); fix it or re-save the model.") from exc
+            raise InputError(f"{where} is not valid JSON ({exc}); fix it or re-save the model.") from exc
         allowed = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(Transformer.__init__).parameters)
         allowed = (allowed | _LEGACY_CONFIG_KEYS) - {"self", "model_name_or_path", "args", "kwargs"}
         unknown = sorted(set(config) - allowed)
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"{where}: unknown key(s) {unknown} (a typo, or a file written by a newer st_llm2vec?). "
                 f"Valid keys: {sorted(cls.config_keys)}. Remove or rename them."
             )
@@ -304,11 +306,11 @@ class LLM2VecTransformer(Transformer):
             _check_positive("max_seq_length", config.get("max_seq_length"), "the tokenizer's model_max_length")
             for key in ("chat_template", "text_suffix"):
                 if config.get(key) is not None and not isinstance(config[key], str):
-                    raise ValueError(f"{key} must be a string or null, got {config[key]!r}")
+                    raise InputError(f"{key} must be a string or null, got {config[key]!r}")
             if not isinstance(config.get("bidirectional", True), bool):
-                raise ValueError(f"bidirectional must be true or false, got {config['bidirectional']!r}")
+                raise InputError(f"bidirectional must be true or false, got {config['bidirectional']!r}")
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise InputError(f"{where}: {exc}") from None
         if config.get("bidirectional") is False:
             logger.warning(
                 f'{where} has "bidirectional": false, so this model loads causal (every token sees only the tokens '
@@ -498,7 +500,7 @@ class LLM2VecTransformer(Transformer):
             if group not in ("text", "common") or key != "max_length"
         ]
         if unsupported:
-            raise ValueError(
+            raise InputError(
                 f"processing_kwargs {unsupported} are not supported by st_llm2vec, which tokenizes as llm2vec "
                 "does (left padding with EOS, truncation to max_length); only 'max_length' can be overridden."
             )
@@ -514,7 +516,7 @@ class LLM2VecTransformer(Transformer):
         """A prompt must be a string and leave room for text: one that fills ``max_length`` tokens would
         leave no text token, so every text would get the same embedding."""
         if not isinstance(prompt, str):  # a ValueError: ST retries a TypeError as prompt + text, garbling it
-            raise ValueError(f"prompt must be a str (an instruction), got {type(prompt).__name__}: {prompt!r}")
+            raise InputError(f"prompt must be a str (an instruction), got {type(prompt).__name__}: {prompt!r}")
         if max_length is None:
             return
         portable = getattr(self, "format", "exact") == "portable"
@@ -533,7 +535,7 @@ class LLM2VecTransformer(Transformer):
         if length >= max_length:
             name = "max_seq_length" if max_length == self.max_seq_length else "max_length"
             wrapper = ", chat template" if self.chat_template and not portable else ""
-            raise ValueError(
+            raise InputError(
                 f"The prompt is {length} tokens long (with special tokens{wrapper}) and {name} is {max_length}: "
                 "no token of the text would be encoded, so every text would get the same embedding. Shorten the "
                 f"prompt, or raise max_seq_length (model.max_seq_length = {length + 64}, within the model's context)."
@@ -548,7 +550,7 @@ class LLM2VecTransformer(Transformer):
         except Exception:  # e.g. a device this machine lacks: the real move reports it
             target = None
         if isinstance(target, torch.Tensor) and target.is_meta:
-            raise ValueError(
+            raise InputError(
                 "st_llm2vec models cannot be moved to the 'meta' device: the weights would be dropped and every "
                 "later call would fail. Use device='cpu' or 'cuda'; to free memory, delete the model instead."
             )
@@ -565,53 +567,33 @@ class LLM2VecTransformer(Transformer):
         if not self._is_flash_attention_requested():
             return False
         try:
-            (_, flash_varlen_fn, *_), _ = lazy_import_flash_attention(self.config._attn_implementation)
+            (_, flash_varlen_fn, *_), _ = lazy_import_flash_attention(attn_implementation(self.config))
         except (ImportError, ValueError, RuntimeError):
             return False
         return flash_varlen_fn is not None
 
     def _can_flatten_inputs(self) -> bool:
         """Pack batches: always with flash-attn varlen (unless unpad_inputs=False), with a document mask if asked."""
-        if self.backend != "torch" or self._unpad_inputs is False:
+        if self.backend != "torch" or self.unpad_inputs is False:
             return False
         if self._uses_flash_varlen():
             if self.model_forward_params is not None:  # as ST does: let the varlen metadata reach the model
                 self.model_forward_params |= {"position_ids", *PACKED_KEYS}
             return True
-        return self._unpad_inputs is True and packing.document_mask_supported(self.model.config, self.max_seq_length)
+        return self.unpad_inputs is True and packing.document_mask_supported(self.model.config, self.max_seq_length)
 
     def _pack_this_batch(self, lengths: torch.Tensor) -> bool:
-        """``unpad_inputs=None`` without flash attention: pack an ``encode`` batch when that costs fewer FLOPs.
-
-        A packed row of T tokens spends T^2 on (document-masked, dense) attention but no compute on
-        padding; B rows padded to width W spend B*W tokens of matmuls and B*W^2 of attention. Texts
-        of mixed lengths (ST sorts batches by characters, not tokens) usually pack cheaper. Only
-        inside ``torch.inference_mode`` (``encode``): training and direct ``preprocess`` calls stay padded.
-        """
-        if self._unpad_inputs is not None or len(lengths) < 2 or not torch.is_inference_mode_enabled():
+        """``unpad_inputs=None`` without flash attention: pack an ``encode`` batch when that costs fewer FLOPs
+        (:func:`packing.packs_cheaper`). Only inside ``torch.inference_mode`` (``encode``): training and direct
+        ``preprocess`` calls stay padded."""
+        if self.unpad_inputs is not None or len(lengths) < 2 or not torch.is_inference_mode_enabled():
             return False
         if not packing.document_mask_supported(self.model.config, self.max_seq_length):
             return False
-        per_token, per_pair = self._flop_coefficients()
-        total, width, count = int(lengths.sum()), int(lengths.max()), len(lengths)
-        packed = total * per_token + total * total * per_pair
-        padded = count * width * per_token + count * width * width * per_pair
-        return packed < padded
-
-    def _flop_coefficients(self) -> tuple[float, float]:
-        """(matmul FLOPs per token, attention FLOPs per query-key pair), summed over layers."""
         cached = getattr(self, "_flop_cache", None)
-        if cached is not None and cached[0] is self.model:
-            return cached[1]
-        config = self.model.config
-        embedding = self.model.get_input_embeddings()
-        params = sum(p.numel() for p in self.model.parameters()) - embedding.weight.numel()
-        layers = getattr(config, "num_hidden_layers", 1) or 1
-        heads = getattr(config, "num_attention_heads", 1) or 1
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        coefficients = (2.0 * params, 4.0 * heads * head_dim * layers)
-        self._flop_cache = (self.model, coefficients)
-        return coefficients
+        if cached is None or cached[0] is not self.model:
+            cached = self._flop_cache = (self.model, packing.flop_coefficients(self.model))
+        return packing.packs_cheaper(lengths, *cached[1])
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Run the backbone; ``embed_mask`` is for pooling only, so it bypasses the HF forward.
@@ -659,16 +641,8 @@ class LLM2VecTransformer(Transformer):
         # left-padded rows: group by length, each group trimmed to its own longest row
         rows, width = input_ids.shape
         lengths = features["attention_mask"].sum(dim=1)
-        order = torch.argsort(lengths, stable=True).tolist()
-        groups, current = [], []
-        for row in order:
-            if current and (len(current) + 1) * int(lengths[row]) > budget:
-                groups.append(current)
-                current = []
-            current.append(row)
-        groups.append(current)
         output = None
-        for group in groups:
+        for group in packing.budget_groups(lengths, budget):
             index = torch.tensor(group, device=input_ids.device)
             w = max(int(lengths[group].max()), 1)
             sub = {

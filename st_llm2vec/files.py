@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import OutputExistsError
+
 logger = logging.getLogger(__name__)
 
 # The training run's lock file (train/runs.py) keeps the modes its holder gave it.
@@ -128,9 +130,9 @@ def temp_dir_beside(output: Path, suffix: str = ".partial") -> Path:
 def check_output(output: Path, overwrite: bool) -> None:
     """``output`` may be written: absent, or ``overwrite`` and a directory."""
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it, or choose another OUTPUT.")
+        raise OutputExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it, or choose another OUTPUT.")
     if output.exists() and not output.is_dir():
-        raise FileExistsError(f"{output} exists and is not a directory; remove it or choose another OUTPUT.")
+        raise OutputExistsError(f"{output} exists and is not a directory; remove it or choose another OUTPUT.")
 
 
 @contextlib.contextmanager
@@ -156,7 +158,7 @@ def publish(tmp: Path, output: Path, overwrite: bool) -> None:
         os.rename(tmp, output)
         return
     if not overwrite:
-        raise FileExistsError(f"{output} appeared while converting; pass --overwrite to replace it.")
+        raise OutputExistsError(f"{output} appeared while converting; pass --overwrite to replace it.")
     old = Path(tempfile.mkdtemp(prefix=f".{output.name}.{temp_tag()}.", suffix=".old", dir=output.parent))
     os.rmdir(old)
     os.rename(output, old)

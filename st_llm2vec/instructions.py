@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import InputError
+
 # llm2vec marks where the text starts with the separator "!@#$%^&*()" and splits on it afterwards,
 # which breaks on inputs that contain it. We split structurally instead (``format_text``); only a chat
 # template, which is opaque, is rendered once on a marker chosen absent from the instruction and the
 # text, and checked to come out exactly once.
 _MARKER_CANDIDATES = tuple(chr(c) for c in range(0xE000, 0xE040))
 
-# llm2vec picks these wrappers by ``config._name_or_path`` (prepare_for_tokenization). They are kept
+# llm2vec picks these wrappers by ``config.name_or_path`` (prepare_for_tokenization). They are kept
 # as chat templates so a user can also give their own.
 LLM2VEC_CHAT_TEMPLATES: dict[str, str] = {
     "meta-llama/Meta-Llama-3-8B-Instruct": (
@@ -33,7 +35,6 @@ LLM2VEC_CHAT_TEMPLATES: dict[str, str] = {
 # llm2vec appends these for eos_token pooling, by config class (Llama-3 base by name).
 _LLM2VEC_EOS_SUFFIX_BY_TYPE = {"llama": " </s>", "mistral": " </s>", "gemma": "<eos>", "qwen2": "<|endoftext|>"}
 
-POOLING_MODES = ("mean", "weighted_mean", "eos_token", "bos_token")
 # The feature marking the tokens to pool (the text part): written by the encoder, read by pooling.
 EMBED_MASK = "embed_mask"
 # Per row, what a mean divides by where that is not the number of pooled tokens: stock ST's WordWeights
@@ -42,17 +43,6 @@ EMBED_MASK = "embed_mask"
 TOKEN_WEIGHTS_SUM = "token_weights_sum"
 # Features for pooling only: the encoder keeps them away from the HF model's forward.
 POOLING_FEATURES = (EMBED_MASK, TOKEN_WEIGHTS_SUM)
-POOLING_ALIASES = {"last_token": "eos_token", "weightedmean": "weighted_mean", "lasttoken": "eos_token"}
-
-
-def normalize_pooling_mode(mode: str) -> str:
-    """Canonical pooling name, or a ValueError listing the valid ones."""
-    mode = POOLING_ALIASES.get(mode, mode)
-    if mode not in POOLING_MODES:
-        raise ValueError(
-            f"Unknown pooling_mode {mode!r}; choose one of {', '.join(POOLING_MODES)} (or the alias 'last_token')."
-        )
-    return mode
 
 
 def stock_prompt_length(tokenizer, prompt: str, max_length: int | None = None) -> int:
@@ -72,7 +62,9 @@ def llm2vec_text_suffix(
     model_type: str, name_or_path: str | None, pooling_mode: str, eos_token: str | None
 ) -> str | None:
     """The suffix llm2vec appends for eos_token pooling; other models get their own EOS token."""
-    if normalize_pooling_mode(pooling_mode) != "eos_token":
+    from .modes import MODES, normalize_pooling_mode
+
+    if not MODES[normalize_pooling_mode(pooling_mode)].eos_suffix:
         return None
     if name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct":
         return None  # llm2vec returns early after the Llama-3 instruct wrapper
@@ -131,7 +123,7 @@ def _render_around_text(head: str, text: str, render_template, strip: bool) -> t
     if strip:
         rendered = rendered.strip()
     if rendered.count(marker) != 1:
-        raise ValueError(
+        raise InputError(
             "chat_template must contain the message content exactly once, unchanged (e.g. "
             "\"[INST] {{ messages[0]['content'] | trim }} [/INST]\"); this one renders it "
             f"{rendered.count(marker)} times. Fix the template or pass chat_template=None."
@@ -152,7 +144,7 @@ def truncate_words(text: str, count_tokens, doc_max_length: int | None) -> str:
     if doc_max_length is None:
         return text
     if isinstance(doc_max_length, bool) or not isinstance(doc_max_length, int) or doc_max_length < 1:
-        raise ValueError(f"doc_max_length must be a positive int or None (no truncation), got {doc_max_length!r}")
+        raise InputError(f"doc_max_length must be a positive int or None (no truncation), got {doc_max_length!r}")
     # No tokenizer splits text into more tokens than UTF-8 bytes (+ a prefix-space token), so short
     # texts, the usual case, skip the extra tokenization llm2vec does for every text.
     if len(text.encode("utf-8")) + 2 <= doc_max_length:

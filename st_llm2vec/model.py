@@ -68,7 +68,10 @@ class LLM2VecModel(SentenceTransformer):
 
     def _card_text(self, directory: Path, model_name: str | None, save_format: str, report: dict[str, Any] | None) -> str:
         """ST's generated card, with the loading section for ``save_format``."""
-        SentenceTransformer._create_model_card(self, str(directory), model_name)
-        readme = directory / "README.md"
-        text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+        from sentence_transformers.base.model_card import generate_model_card
+
+        if model_name and not Path(model_name).exists() and not self.model_card_data.model_id:
+            self.model_card_data.model_id = model_name  # as ST's save does
+        self.model_card_data.save_dir = str(directory)
+        text = generate_model_card(self)
         return patch_card(text, save_format, self.model_card_data.model_id or model_name, self.prompts, report)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .instructions import EMBED_MASK
+from .upstream import attn_implementation
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -80,9 +81,47 @@ def split(features: dict[str, Any], budget: int) -> Iterator[dict[str, Any]]:
         }
 
 
+def flop_coefficients(model: torch.nn.Module) -> tuple[float, float]:
+    """(matmul FLOPs per token, attention FLOPs per query-key pair) of ``model``, summed over layers."""
+    config = model.config
+    embedding = model.get_input_embeddings()
+    params = sum(p.numel() for p in model.parameters()) - embedding.weight.numel()
+    layers = getattr(config, "num_hidden_layers", 1) or 1
+    heads = getattr(config, "num_attention_heads", 1) or 1
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2.0 * params, 4.0 * heads * head_dim * layers
+
+
+def packs_cheaper(lengths: torch.Tensor, per_token: float, per_pair: float) -> bool:
+    """Packing the texts of ``lengths`` tokens costs fewer FLOPs than padding them.
+
+    A packed row of T tokens spends T^2 on (document-masked, dense) attention but no compute on
+    padding; B rows padded to width W spend B*W tokens of matmuls and B*W^2 of attention. Texts of
+    mixed lengths (ST sorts batches by characters, not tokens) usually pack cheaper.
+    """
+    total, width, count = int(lengths.sum()), int(lengths.max()), len(lengths)
+    packed = total * per_token + total * total * per_pair
+    padded = count * width * per_token + count * width * width * per_pair
+    return packed < padded
+
+
+def budget_groups(lengths: torch.Tensor, budget: int) -> list[list[int]]:
+    """Row indices grouped by length so that each group, padded to its own longest row, holds at most
+    ``budget`` tokens (a row longer than the budget alone): token-budget batching of padded rows."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for row in torch.argsort(lengths, stable=True).tolist():
+        if current and (len(current) + 1) * int(lengths[row]) > budget:
+            groups.append(current)
+            current = []
+        current.append(row)
+    groups.append(current)
+    return groups
+
+
 def document_mask_supported(config: PretrainedConfig, max_seq_length: int | None) -> bool:
     """A 4D document mask reproduces every layer's attention: no sliding window can cut a text."""
-    if getattr(config, "_attn_implementation", None) not in DOCUMENT_MASK_IMPLEMENTATIONS:
+    if attn_implementation(config) not in DOCUMENT_MASK_IMPLEMENTATIONS:
         return False
     layer_types = getattr(config, "layer_types", None) or []
     window = getattr(config, "sliding_window", None)
@@ -109,7 +148,7 @@ def document_mask(model: torch.nn.Module, features: dict[str, Any]) -> Any:
     config = model.config
     if config.is_causal:
         mask_function = and_masks(causal_mask_function, mask_function)
-    return ALL_MASK_ATTENTION_FUNCTIONS[config._attn_implementation](
+    return ALL_MASK_ATTENTION_FUNCTIONS[attn_implementation(config)](
         batch_size=1,
         q_length=total,
         kv_length=total,

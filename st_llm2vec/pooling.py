@@ -26,7 +26,9 @@ import torch
 from sentence_transformers.base.modules.module import Module
 
 from .encoder import LLM2VecTransformer
-from .instructions import EMBED_MASK, TOKEN_WEIGHTS_SUM, normalize_pooling_mode
+from .instructions import EMBED_MASK, TOKEN_WEIGHTS_SUM
+from .modes import check_tokenizer, normalize_pooling_mode
+from .errors import InputError, MissingFileError
 
 
 class LLM2VecPooling(Module):
@@ -42,9 +44,9 @@ class LLM2VecPooling(Module):
     def __init__(self, embedding_dimension: int, pooling_mode: str = "mean", skip_instruction: bool = True) -> None:
         super().__init__()
         if isinstance(embedding_dimension, bool) or not isinstance(embedding_dimension, int) or embedding_dimension < 1:
-            raise ValueError(f"embedding_dimension must be a positive int, got {embedding_dimension!r}")
+            raise InputError(f"embedding_dimension must be a positive int, got {embedding_dimension!r}")
         if not isinstance(skip_instruction, bool):
-            raise ValueError(f"skip_instruction must be true or false, got {skip_instruction!r}")
+            raise InputError(f"skip_instruction must be true or false, got {skip_instruction!r}")
         self.embedding_dimension = embedding_dimension
         self.pooling_mode = normalize_pooling_mode(pooling_mode)
         self.skip_instruction = skip_instruction
@@ -59,12 +61,12 @@ class LLM2VecPooling(Module):
         try:
             config = super().load_config(model_name_or_path, subfolder=subfolder, config_filename=config_filename, **kwargs)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{where} is not valid JSON ({exc}); fix it or re-save the model.") from exc
+            raise InputError(f"{where} is not valid JSON ({exc}); fix it or re-save the model.") from exc
         if not config:
-            raise FileNotFoundError(f"{where} is missing or empty: it holds the pooling settings. Restore it or re-save the model.")
+            raise MissingFileError(f"{where} is missing or empty: it holds the pooling settings. Restore it or re-save the model.")
         unknown = sorted(set(config) - set(cls.config_keys))
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {cls.config_keys}. Remove or rename them.")
+            raise InputError(f"{where}: unknown key(s) {unknown}; valid keys: {cls.config_keys}. Remove or rename them.")
         return config
 
     @classmethod
@@ -76,7 +78,7 @@ class LLM2VecPooling(Module):
         except ValueError as exc:
             if where in str(exc):
                 raise
-            raise ValueError(f"{where}: {exc}") from None
+            raise InputError(f"{where}: {exc}") from None
         module.config_path = where
         return module
 
@@ -90,18 +92,12 @@ class LLM2VecPooling(Module):
         hidden = backbone.get_embedding_dimension()
         where = getattr(self, "config_path", None) or "LLM2VecPooling"
         if hidden != self.embedding_dimension:
-            raise ValueError(
+            raise InputError(
                 f"{where}: embedding_dimension is {self.embedding_dimension} but the backbone's hidden size is "
                 f"{hidden}, and pooling does not change the size. Set embedding_dimension to {hidden}."
             )
-        tokenizer = backbone.tokenizer
-        if self.pooling_mode == "bos_token" and tokenizer is not None:
-            ids = tokenizer("a")["input_ids"]
-            if tokenizer.bos_token_id is None or not ids or ids[0] != tokenizer.bos_token_id:
-                raise ValueError(
-                    f"{where}: pooling_mode 'bos_token' needs a tokenizer that starts every input with a BOS token, "
-                    "and this one adds none (the first text token would be pooled). Use 'mean', 'weighted_mean' or 'eos_token'."
-                )
+        if backbone.tokenizer is not None:
+            check_tokenizer(self.pooling_mode, backbone.tokenizer, where)
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         tokens = features["token_embeddings"]

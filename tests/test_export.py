@@ -252,7 +252,7 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(stack, tmp_path
     out = tmp_path / "m"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    assert cli(["convert", str(stack / "base"), str(out)]) == 1
+    assert cli(["convert", str(stack / "base"), str(out)], report_errors=True) == 2
     assert "--overwrite" in capsys.readouterr().err and (out / "old.txt").is_file()
     assert cli(["convert", str(stack / "base"), str(out), "--overwrite", "--format", "exact"]) == 0
     assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
@@ -285,7 +285,7 @@ def test_a_failed_convert_leaves_nothing(stack, tmp_path, monkeypatch, failure):
 
 def test_cli_reports_interrupt(stack, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(convert_module, "_model_card", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
-    assert cli(["convert", str(stack / "base"), str(tmp_path / "m")]) == 130
+    assert cli(["convert", str(stack / "base"), str(tmp_path / "m")], report_errors=True) == 130
     assert "nothing was written" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
 
 
@@ -338,12 +338,12 @@ def test_cli_push(full, hub, capsys):
 
 
 def test_push_refuses_non_model_dirs_bad_repo_ids_and_missing_tokens_before_uploading(full, stack, tmp_path, hub, monkeypatch, capsys):
-    assert cli(["push", str(stack / "base"), "someone/x"]) == 1 and "modules.json" in capsys.readouterr().err
-    assert cli(["push", str(full), "not-a-repo-id"]) == 1 and "user-or-org/model-name" in capsys.readouterr().err
+    assert cli(["push", str(stack / "base"), "someone/x"], report_errors=True) == 2 and "modules.json" in capsys.readouterr().err
+    assert cli(["push", str(full), "not-a-repo-id"], report_errors=True) == 2 and "user-or-org/model-name" in capsys.readouterr().err
     monkeypatch.delenv("HF_TOKEN")
-    assert cli(["push", str(full), "someone/x"]) == 1 and "hf auth login" in capsys.readouterr().err
+    assert cli(["push", str(full), "someone/x"], report_errors=True) == 2 and "hf auth login" in capsys.readouterr().err
     # a missing token is caught before a (long) conversion starts
-    assert cli(["convert", str(stack / "base"), str(tmp_path / "m"), "--push-to-hub", "someone/x"]) == 1
+    assert cli(["convert", str(stack / "base"), str(tmp_path / "m"), "--push-to-hub", "someone/x"], report_errors=True) == 2
     assert "HF_TOKEN" in capsys.readouterr().err and not (tmp_path / "m").exists()
     assert hub["create_repo"] == [] and hub["upload_folder"] == []
 
@@ -384,5 +384,5 @@ def test_sigterm_during_convert_leaves_nothing(stack, tmp_path, monkeypatch, cap
     import signal
 
     monkeypatch.setattr(convert_module, "_model_card", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
-    assert cli(["convert", str(stack / "base"), str(tmp_path / "m")]) == 130
+    assert cli(["convert", str(stack / "base"), str(tmp_path / "m")], report_errors=True) == 130
     assert list(tmp_path.iterdir()) == []

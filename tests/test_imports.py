@@ -44,6 +44,23 @@ def test_cli_help_answers_fast_and_lists_the_commands():
     assert elapsed < 3, f"st-llm2vec --help took {elapsed:.1f} s"
 
 
+def test_every_subcommands_help_imports_neither_torch_nor_transformers_nor_sentence_transformers():
+    """``st-llm2vec COMMAND --help`` must answer at once: its options are built without the heavy stack."""
+    code = (
+        "import json, sys, contextlib, io\n"
+        "from st_llm2vec.cli import COMMANDS, main\n"
+        "heavy = {}\n"
+        "for name in COMMANDS:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main([name, '--help'])\n"
+        "    heavy[name] = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'sentence_transformers'})\n"
+        "print(json.dumps(heavy))\n"
+    )
+    heavy = json.loads(_python(code))
+    assert set(heavy) == set(COMMANDS)
+    assert {name: mods for name, mods in heavy.items() if mods} == {}
+
+
 @pytest.fixture(scope="module")
 def exact_dir(tmp_path_factory):
     import st_llm2vec

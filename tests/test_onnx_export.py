@@ -17,7 +17,7 @@ import st_llm2vec
 from st_llm2vec.cli import main
 
 HAS_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the onnx extra is not installed: pip install 'st-llm2vec[onnx]'")
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason='the onnx extra is not installed: pip install -e ".[onnx]"')
 QUERY = "Retrieve semantically similar text:"
 TEXTS = ["A man is playing a guitar on the street.", "Two dogs run.", "The cat sleeps on a warm windowsill."]
 
@@ -117,7 +117,7 @@ def test_int8_export_is_quantized_proven_and_reports_its_cosine(portable):
 @needs_onnx
 def test_an_export_below_the_cosine_threshold_is_refused_unless_forced(portable, capsys):
     out = portable.parent / "refused"
-    assert main(["export", str(portable), str(out), "--min-cosine", "1.5"]) == 1
+    assert main(["export", str(portable), str(out), "--min-cosine", "1.5"], report_errors=True) == 2
     assert "failed its proof: min cosine vs the fp32 torch model is 1.000000 < 1.5" in capsys.readouterr().err
     assert not out.exists() and not [p for p in portable.parent.iterdir() if p.name.startswith(".refused")]
     assert main(["export", str(portable), str(out), "--min-cosine", "1.5", "--force"]) == 0
@@ -128,9 +128,9 @@ def test_an_export_below_the_cosine_threshold_is_refused_unless_forced(portable,
 def test_non_portable_dirs_and_openvino_get_a_clear_error(tiny_llm, tmp_path, capsys):
     exact = tmp_path / "exact"
     st_llm2vec.from_llm(str(tiny_llm("llama")), format="exact").save(str(exact))
-    assert main(["export", str(exact), str(tmp_path / "out")]) == 1
+    assert main(["export", str(exact), str(tmp_path / "out")], report_errors=True) == 2
     assert "is not in the portable format" in capsys.readouterr().err
-    assert main(["export", str(exact), str(tmp_path / "out"), "--backend", "openvino"]) == 1
+    assert main(["export", str(exact), str(tmp_path / "out"), "--backend", "openvino"], report_errors=True) == 2
     assert "optimum-intel, whose releases cap transformers < 5.6" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -146,8 +146,8 @@ def test_without_the_onnx_extra_export_says_how_to_install_it(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", script, "export", str(tmp_path), str(tmp_path / "out")],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 1, proc.stderr
-    assert "pip install 'st-llm2vec[onnx]'" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert 'pip install -e ".[onnx]"' in proc.stderr and "Traceback" not in proc.stderr
 
 
 @needs_onnx

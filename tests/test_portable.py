@@ -345,10 +345,12 @@ def _refused_save(model, tmp_path, match):
 
 
 def test_the_proof_refuses_a_dir_whose_stock_pooling_differs(tiny_llm, tmp_path, monkeypatch):
-    from st_llm2vec import portable
+    import dataclasses
+
+    from st_llm2vec import modes
 
     model = st_llm2vec.from_llm(str(tiny_llm("llama")), format="portable")
-    monkeypatch.setitem(portable.STOCK_POOLING, "mean", "max")
+    monkeypatch.setitem(modes.MODES, "mean", dataclasses.replace(modes.MODES["mean"], stock="max"))
     _refused_save(model, tmp_path, "other embeddings")
 
 

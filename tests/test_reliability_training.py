@@ -371,7 +371,7 @@ def test_convert_on_a_full_disk_is_one_line(tiny_llm, tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
     monkeypatch.setattr("safetensors.torch.save_file", disk_full)
-    assert main(["convert", str(tiny_llm()), str(tmp_path / "m")]) == 1
+    assert main(["convert", str(tiny_llm()), str(tmp_path / "m")], report_errors=True) == 2
     err = capsys.readouterr().err
     ours = [line for line in err.splitlines() if line.startswith("st-llm2vec")]  # (progress bars aside)
     assert len(ours) == 1 and "No space left on device (os error 28)" in ours[0] and "Traceback" not in err

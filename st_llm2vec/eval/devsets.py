@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..errors import InputError, MissingFileError
+
 if TYPE_CHECKING:
     from sentence_transformers.sentence_transformer.evaluation import (
         EmbeddingSimilarityEvaluator,
@@ -97,7 +99,7 @@ def find_shared_data(path: str | Path | None = None) -> Path | None:
             continue
         p = Path(explicit).expanduser()
         if not _looks_like_shared_data(p):
-            raise FileNotFoundError(f"{origin}={p} is not the shared data folder (expected sts/, para/ or anssel/ inside).")
+            raise MissingFileError(f"{origin}={p} is not the shared data folder (expected sts/, para/ or anssel/ inside).")
         return p.resolve()
     for cand in _default_candidates():
         if _looks_like_shared_data(cand):
@@ -109,7 +111,7 @@ def _require_data(data_dir: str | Path | None) -> Path:
     """Like :func:`find_shared_data` but raise a clear error naming the fix when nothing is found."""
     found = find_shared_data(data_dir)
     if found is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Shared data folder not found. Put it at <repo>/../shared/data, set {DATA_ENV}=/path/to/shared/data, "
             "or pass data_dir=..."
         )
@@ -138,7 +140,7 @@ def _sts_file(path: Path) -> list[StsPair]:
         try:
             score = float(row[0])
         except ValueError as exc:
-            raise ValueError(f"{path}:{lineno}: score {row[0]!r} is not a number") from exc
+            raise InputError(f"{path}:{lineno}: score {row[0]!r} is not a number") from exc
         pairs.append(StsPair(row[1].strip(), row[2].strip(), score))
     if skipped:
         logger.warning("%s: skipped %d malformed or unscored rows", path, skipped)
@@ -152,7 +154,7 @@ def read_sts(path: str | Path, split: str | None = None) -> list[StsPair]:
         pattern = f"*.{split}.tsv" if split else "*.tsv"
         files = sorted(path.glob(pattern))
         if not files:
-            raise FileNotFoundError(f"No {pattern} files in {path}")
+            raise MissingFileError(f"No {pattern} files in {path}")
         return [pair for f in files for pair in _sts_file(f)]
     return _sts_file(path)
 
@@ -162,7 +164,7 @@ def _header_index(path: Path, header: list[str], wanted: Sequence[str]) -> list[
     clean = [h.strip() for h in header]
     missing = [w for w in wanted if w not in clean]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; header is {clean}")
+        raise InputError(f"{path}: missing column(s) {missing}; header is {clean}")
     return [clean.index(w) for w in wanted]
 
 
@@ -178,7 +180,7 @@ def read_sick(path: str | Path) -> list[SickPair]:
             pid, a, b, score, label = (row[i] for i in cols)
             out.append(SickPair(pid.strip(), a.strip(), b.strip(), float(score), label.strip().upper()))
         except (IndexError, ValueError) as exc:
-            raise ValueError(f"{path}:{lineno}: malformed SICK row {row!r}") from exc
+            raise InputError(f"{path}:{lineno}: malformed SICK row {row!r}") from exc
     return out
 
 
@@ -194,7 +196,7 @@ def read_msr(path: str | Path) -> list[MsrPair]:
             quality, s1, s2 = (row[i] for i in cols)
             out.append(MsrPair(s1.strip(), s2.strip(), int(quality)))
         except (IndexError, ValueError) as exc:
-            raise ValueError(f"{path}:{lineno}: malformed MSR row {row!r}") from exc
+            raise InputError(f"{path}:{lineno}: malformed MSR row {row!r}") from exc
     return out
 
 
@@ -209,7 +211,7 @@ def read_wang(path: str | Path) -> list[WangRow]:
             try:
                 out.append(WangRow(row["qtext"].strip(), row["atext"].strip(), int(row["label"])))
             except (TypeError, ValueError, AttributeError) as exc:
-                raise ValueError(f"{path}:{reader.line_num}: malformed row {row!r}") from exc
+                raise InputError(f"{path}:{reader.line_num}: malformed row {row!r}") from exc
     return out
 
 
@@ -244,7 +246,7 @@ def read_scored_pairs(path: str | Path) -> list[StsPair]:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (expected scored pairs: sentence1, sentence2, score)")
+        raise MissingFileError(f"{path}: no such file (expected scored pairs: sentence1, sentence2, score)")
     pairs: list[StsPair] = []
     if path.suffix == ".jsonl":
         with open(path, encoding="utf-8-sig") as fh:
@@ -256,7 +258,7 @@ def read_scored_pairs(path: str | Path) -> list[StsPair]:
                     a, b, score = (next(row[k] for k in names if k in row) for names in _PAIR_COLUMNS.values())
                     pairs.append(StsPair(str(a).strip(), str(b).strip(), float(score)))
                 except (ValueError, TypeError, StopIteration, AttributeError) as exc:
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object with sentence1, sentence2 and a numeric "
+                    raise InputError(f"{path}:{lineno}: expected a JSON object with sentence1, sentence2 and a numeric "
                                      f"score, got {line.strip()[:120]!r}") from exc
     else:
         delimiter = "," if path.suffix == ".csv" else "\t"
@@ -273,18 +275,18 @@ def read_scored_pairs(path: str | Path) -> list[StsPair]:
             if cols is None:
                 numeric = [i for i, cell in enumerate(row) if _number(cell) is not None]
                 if len(row) != 3 or len(numeric) != 1:
-                    raise ValueError(f"{path}:{lineno}: expected 3 columns, one of them the score (or a header naming "
+                    raise InputError(f"{path}:{lineno}: expected 3 columns, one of them the score (or a header naming "
                                      f"sentence1, sentence2, score), got {row!r}")
                 cols = [i for i in range(3) if i != numeric[0]] + numeric
             try:
                 a, b, score = (row[i] for i in cols)
             except IndexError as exc:
-                raise ValueError(f"{path}:{lineno}: missing column(s) in {row!r}") from exc
+                raise InputError(f"{path}:{lineno}: missing column(s) in {row!r}") from exc
             if _number(score) is None:
-                raise ValueError(f"{path}:{lineno}: score {score!r} is not a number")
+                raise InputError(f"{path}:{lineno}: score {score!r} is not a number")
             pairs.append(StsPair(a.strip(), b.strip(), float(score)))
     if not pairs:
-        raise ValueError(f"{path}: no scored pairs in the file")
+        raise InputError(f"{path}: no scored pairs in the file")
     return pairs
 
 
@@ -292,12 +294,12 @@ def read_text_lines(path: str | Path) -> list[str]:
     """A user's unlabeled text, one text per line (blank lines dropped), for MNTP and SimCSE."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (expected plain text, one sentence or passage per line)")
+        raise MissingFileError(f"{path}: no such file (expected plain text, one sentence or passage per line)")
     with open(path, encoding="utf-8-sig") as fh:
         lines = [" ".join(line.split()) for line in fh]
     lines = [line for line in lines if line]
     if not lines:
-        raise ValueError(f"{path}: the file holds no text")
+        raise InputError(f"{path}: the file holds no text")
     return lines
 
 

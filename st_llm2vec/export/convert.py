@@ -18,21 +18,22 @@ import logging
 import os
 import re
 import shutil
-import signal
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sentence_transformers import SentenceTransformer
+from typing import TYPE_CHECKING
 
-from ..bidirectional import BidirectionalityError
-from ..build import from_llm, model_kwargs, original_name_or_path
-from ..checkpoints import CheckpointError, CheckpointStack, check_safetensors, merge_adapters, resolve_stack
 from ..cards import usage_section
-from ..instructions import POOLING_MODES
-from ..portable import EXACT, FORMATS, PORTABLE, PortableFormatError, switch_if_faithful
+from ..errors import InputError, MissingFileError, NotPermittedError, OutputExistsError
 from ..files import atomic_dir, check_output, normalize_permissions
+from ..modes import ALIASES, POOLING_MODES
+from ..portable import EXACT, FORMATS, PORTABLE, PortableFormatError
+
+if TYPE_CHECKING:  # the command's options load without torch / sentence-transformers; its work imports them
+    from sentence_transformers import SentenceTransformer
+
+    from ..checkpoints import CheckpointStack
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,12 @@ def convert(
     ``"exact"`` keeps llm2vec's exact semantics with our module classes; ``"auto"`` (default): portable
     when possible, else exact, saying why. What was written is in ``convert.last_report``.
     """
+    from ..build import from_llm, model_kwargs
+    from ..checkpoints import merge_adapters, resolve_stack
+    from ..portable import switch_if_faithful
+
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     output = Path(output).expanduser().absolute()
     check_output(output, overwrite)
     if push_to_hub:
@@ -131,7 +136,7 @@ def _check_not_an_input(output: Path, stack: CheckpointStack) -> None:
     resolved = output.resolve()
     for path in stack.local_paths:
         if resolved == path or resolved in path.parents:
-            raise FileExistsError(f"OUTPUT {output} is (or contains) the input {path}; choose another OUTPUT.")
+            raise OutputExistsError(f"OUTPUT {output} is (or contains) the input {path}; choose another OUTPUT.")
 
 
 def _copy_adapters(stack: CheckpointStack, target: Path) -> None:
@@ -172,6 +177,8 @@ def _fill_card_data(model: SentenceTransformer, stack: CheckpointStack, repo_id:
 
 def _base_title(stack: CheckpointStack) -> str:
     """The base's original name (config.json ``_name_or_path``, e.g. a Hub id) or else its folder name."""
+    from ..build import original_name_or_path
+
     name = original_name_or_path(stack.base) or stack.base
     return name if not Path(name).is_absolute() else Path(name).name
 
@@ -266,11 +273,11 @@ def _check_repo_id(repo_id: str) -> None:
 
     expected = f"Hub repo id {repo_id!r} must look like 'user-or-org/model-name'"
     if not isinstance(repo_id, str) or "/" not in repo_id:
-        raise ValueError(f"{expected}.")
+        raise InputError(f"{expected}.")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise ValueError(f"{expected}: {exc}") from None
+        raise InputError(f"{expected}: {exc}") from None
 
 
 def _check_push_target(repo_id: str) -> None:
@@ -279,7 +286,7 @@ def _check_push_target(repo_id: str) -> None:
 
     _check_repo_id(repo_id)
     if not get_token():
-        raise PermissionError(
+        raise NotPermittedError(
             "No Hugging Face token found: run `hf auth login` or set HF_TOKEN, then push again."
         )
 
@@ -287,7 +294,9 @@ def _check_push_target(repo_id: str) -> None:
 def _check_model_dir(directory: Path) -> None:
     """A dir worth pushing: an ST model (modules.json) whose weights are readable safetensors."""
     if not (directory / "modules.json").is_file():
-        raise FileNotFoundError(f"{directory} is not a Sentence-Transformers model dir (no modules.json); run `st-llm2vec convert` first.")
+        raise MissingFileError(f"{directory} is not a Sentence-Transformers model dir (no modules.json); run `st-llm2vec convert` first.")
+    from ..checkpoints import CheckpointError, check_safetensors
+
     weights = sorted(directory.rglob("*.safetensors"))
     if not weights:
         raise CheckpointError(f"{directory} holds no safetensors weights; re-run `st-llm2vec convert`.")
@@ -328,6 +337,8 @@ def _push_dir(
 ) -> str:
     # With local_model_path, push_to_hub uploads that folder verbatim (the model object only supplies
     # card data). Loading the dir first proves it is a working model before anything is uploaded.
+    from sentence_transformers import SentenceTransformer
+
     model = model if model is not None else SentenceTransformer(str(directory), device="cpu")
     url = model.push_to_hub(
         repo_id,
@@ -355,7 +366,7 @@ def add_arguments_convert(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SOURCE", help="base model dir / Hub id, or an llm2vec LoRA adapter dir")
     parser.add_argument("output", metavar="OUTPUT", help="directory to write the Sentence-Transformers model to")
     parser.add_argument("--adapter", action="append", default=[], metavar="DIR", help="LoRA adapter to merge; repeat, merged in the order given")
-    parser.add_argument("--pooling-mode", choices=POOLING_MODES + ("last_token",), help="override llm2vec_config.json's pooling_mode")
+    parser.add_argument("--pooling-mode", choices=POOLING_MODES + tuple(ALIASES), help="override llm2vec_config.json's pooling_mode")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT (only once the new one is complete)")
     parser.add_argument("--keep-adapters", action="store_true", help="also copy the source adapters into OUTPUT/adapters/")
     parser.add_argument("--dtype", choices=DTYPES, help="load and save the weights in this dtype")
@@ -371,75 +382,36 @@ def add_arguments_convert(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
 
-def _run(action) -> int:
-    """Run ``action`` with SIGTERM raising (so cleanup runs); report expected errors in one line."""
-    previous = None
-    if hasattr(signal, "SIGTERM") and _in_main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_on_signal)
-    try:
-        action()
-        return 0
-    except KeyboardInterrupt:
-        print("st-llm2vec: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    except (CheckpointError, BidirectionalityError, OSError, ValueError) as exc:  # PortableFormatError included
-        from ..cli import debug_requested, user_error_message
-
-        if debug_requested():
-            raise
-        print(f"st-llm2vec: error: {user_error_message(exc) or exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # e.g. safetensors' SafetensorError for a full disk: one line, not a traceback
-        from ..cli import debug_requested, user_error_message
-
-        message = user_error_message(exc)
-        if message is None or debug_requested():
-            raise
-        print(f"st-llm2vec: error: {message}", file=sys.stderr)
-        return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _raise_on_signal(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+# what an interrupted convert leaves (the CLI says it): built in a temp dir, moved into place only when complete
+INTERRUPTED = "nothing was written"
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    def action() -> None:
-        output = convert(
-            args.source,
-            args.output,
-            adapters=args.adapter,
-            pooling_mode=args.pooling_mode,
-            overwrite=args.overwrite,
-            keep_adapters=args.keep_adapters,
-            dtype=args.dtype,
-            attn_implementation=args.attn_implementation,
-            allow_pickle=args.allow_pickle,
-            push_to_hub=args.push_to_hub,
-            prompts=dict(args.prompt) if args.prompt is not None else None,
-            causal=args.causal,
-            private=args.private or None,
-            format=args.format,
-        )
-        print(f"Saved Sentence-Transformers model to {output}")
-        print(f"Format: {format_line(convert.last_report)}")
-        if convert.last_report.get("proof"):
-            from ..portable import describe_proof
+    output = convert(
+        args.source,
+        args.output,
+        adapters=args.adapter,
+        pooling_mode=args.pooling_mode,
+        overwrite=args.overwrite,
+        keep_adapters=args.keep_adapters,
+        dtype=args.dtype,
+        attn_implementation=args.attn_implementation,
+        allow_pickle=args.allow_pickle,
+        push_to_hub=args.push_to_hub,
+        prompts=dict(args.prompt) if args.prompt is not None else None,
+        causal=args.causal,
+        private=args.private or None,
+        format=args.format,
+    )
+    print(f"Saved Sentence-Transformers model to {output}")
+    print(f"Format: {format_line(convert.last_report)}")
+    if convert.last_report.get("proof"):
+        from ..portable import describe_proof
 
-            print(f"Proof: {describe_proof(convert.last_report['proof'])}")
-        if args.push_to_hub:
-            print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
-
-    return _run(action)
+        print(f"Proof: {describe_proof(convert.last_report['proof'])}")
+    if args.push_to_hub:
+        print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
+    return 0
 
 
 def add_arguments_push(parser: argparse.ArgumentParser) -> None:
@@ -450,8 +422,6 @@ def add_arguments_push(parser: argparse.ArgumentParser) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    def action() -> None:
-        url = push(args.directory, args.repo_id, private=args.private or None, commit_message=args.commit_message)
-        print(f"Pushed {args.directory} to {url}")
-
-    return _run(action)
+    url = push(args.directory, args.repo_id, private=args.private or None, commit_message=args.commit_message)
+    print(f"Pushed {args.directory} to {url}")
+    return 0

@@ -27,7 +27,6 @@ modules, the graph in ONNX Runtime), or use onnxruntime directly.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -43,16 +42,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError, MissingExtraError, MissingFileError
 from ..portable import BIDIRECTIONAL_PROBE, PROBE_TEXTS
+from .command import DEFAULT_MIN_COSINE, OPSET
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("onnx", "openvino")
 QUANTIZE = ("int8",)
-DEFAULT_MIN_COSINE = 0.99
 ONNX_DIR, ONNX_FILE, ONNX_DATA = "onnx", "model.onnx", "model.onnx_data"
 REPORT_FILE = "export_report.json"
-OPSET = 17
 # Held texts for the cosine check: other lengths and content than the probe texts, so the batch pads.
 HELD_TEXTS = PROBE_TEXTS + [
     "Quantum computers use qubits, which can represent a zero and a one at the same time.",
@@ -77,14 +75,14 @@ CALIBRATION_TEXTS = [
     "import numpy as np; x = np.arange(10).reshape(2, 5)",
     "La vie est belle.",
 ]
-_INSTALL_HINT = "pip install 'st-llm2vec[onnx]'  (onnx, onnxruntime, onnxscript; changes no other package)"
-_OPTIMUM_NOTE = (
+_INSTALL_HINT = 'pip install -e ".[onnx]"  (from the st-llm2vec clone: onnx, onnxruntime, onnxscript; changes no other package)'
+OPTIMUM_NOTE = (
     "stock sentence-transformers' backend='onnx' needs optimum.onnxruntime, and no released Optimum "
     "(optimum <= 1.27, optimum-onnx <= 0.1.0: transformers < 4.58) imports on transformers 5"
 )
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(InputError):
     """The export cannot be made or failed its proof; the message says why."""
 
 
@@ -94,7 +92,7 @@ def require_onnx() -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError as exc:
-        raise ImportError(f"ONNX export needs the onnx extra ({exc.name or exc} is missing): {_INSTALL_HINT}") from exc
+        raise MissingExtraError(f"ONNX export needs the onnx extra ({exc.name or exc} is missing): {_INSTALL_HINT}") from exc
     return onnx, onnxruntime
 
 
@@ -310,7 +308,7 @@ def _swap_in(model: Any, backbone: OnnxBackbone) -> None:
     module = model[0]
     module.model = backbone
     module.backend = "onnx"  # never flatten/unpad: the graph takes padded batches
-    module._unpad_inputs = False
+    module.unpad_inputs = False
 
 
 def load_onnx(path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None,
@@ -326,7 +324,7 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None, providers:
     path = Path(path)
     graph = path / ONNX_DIR / file_name
     if not graph.is_file():
-        raise FileNotFoundError(f"{graph} not found: export the model first (st-llm2vec export {path} OUT)")
+        raise MissingFileError(f"{graph} not found: export the model first (st-llm2vec export {path} OUT)")
     model = SentenceTransformer(str(path), device="cpu", model_kwargs={"dtype": torch.float32})
     _swap_in(model, OnnxBackbone(graph, model[0].model.config, threads=threads, providers=providers))
     return model
@@ -382,12 +380,13 @@ def pipeline_cosines(model: Any, backbone: OnnxBackbone, texts: list[str]) -> tu
     with ``backbone`` and with the model's own torch backbone; and whether all of the former are finite."""
     runs = [("documents", {})] + [(f"prompt {n!r}", {"prompt_name": n}) for n in _prompt_names(model)]
     reference = {key: model.encode(texts, batch_size=8, convert_to_numpy=True, **kw) for key, kw in runs}
-    original = model[0].model, model[0].backend, getattr(model[0], "_unpad_inputs", None)
+    original = model[0].model, model[0].backend, model[0].unpad_inputs
     _swap_in(model, backbone)
     try:
         ours = {key: model.encode(texts, batch_size=8, convert_to_numpy=True, **kw) for key, kw in runs}
     finally:
-        model[0].model, model[0].backend, model[0]._unpad_inputs = original
+        model[0].model, model[0].backend = original[:2]
+        model[0].unpad_inputs = original[2]
     cosines, finite = {}, True
     for key in reference:
         a, b = reference[key].astype(np.float64), ours[key].astype(np.float64)
@@ -445,7 +444,7 @@ def _card_section(report: dict[str, Any]) -> str:
         f"{proof['torch_first_token_shift']:.2e}); min cosine vs the fp32 torch model {proof['min_cosine']:.6f} "
         f"(mean {proof['mean_cosine']:.6f}) over {proof['texts']} held texts"
         + (f" and prompts {', '.join(proof['prompts'])}" if proof["prompts"] else "") + ".", "",
-        "Loading: " + _OPTIMUM_NOTE + ". Until Optimum supports transformers 5, run it with st-llm2vec:", "",
+        "Loading: " + OPTIMUM_NOTE + ". Until Optimum supports transformers 5, run it with st-llm2vec:", "",
         "```python", "from st_llm2vec.export.onnx import load_onnx", "",
         "model = load_onnx('path/to/this/model')  # stock modules, backbone in ONNX Runtime",
         "embeddings = model.encode(texts)", "```", "",
@@ -454,7 +453,7 @@ def _card_section(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def export(source: str | os.PathLike, output: str | os.PathLike, *, backend: str = "onnx", quantize: str | None = None,
+def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: str | None = None,
            min_cosine: float = DEFAULT_MIN_COSINE, force: bool = False, overwrite: bool = False,
            opset: int = OPSET, texts: list[str] | None = None) -> dict[str, Any]:
     """Write ``source`` (a portable dir) plus its proven ONNX graph to ``output``; returns the report.
@@ -464,14 +463,6 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, backend: str
     """
     from ..files import atomic_dir, check_output, normalize_permissions
 
-    if backend == "openvino":
-        raise OnnxExportError(
-            "--backend openvino is not available: stock sentence-transformers loads OpenVINO through optimum-intel, "
-            "whose releases cap transformers < 5.6 and huggingface-hub < 1.22 (st-llm2vec needs transformers "
-            ">= 5.2,<5.24 with huggingface-hub 2.x). OpenVINO's runtime reads the ONNX graph directly: export with "
-            "--backend onnx and compile onnx/model.onnx with openvino.Core().")
-    if backend not in BACKENDS:
-        raise OnnxExportError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if quantize not in (None, *QUANTIZE):
         raise OnnxExportError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)}")
     _, ort = require_onnx()
@@ -511,7 +502,7 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, backend: str
                     "(the fp32 export, without --quantize, is exact)") if quantize and int8 else ""
             raise OnnxExportError("the exported graph failed its proof: " + "; ".join(problems) + hint)
         report = {
-            "backend": backend, "quantize": quantize, "opset": opset, "source": source.name,
+            "backend": "onnx", "quantize": quantize, "opset": opset, "source": source.name,
             "onnxruntime": ort.__version__, "torch": torch.__version__, "bidirectional": bidirectional,
             "min_cosine_threshold": min_cosine, "forced": bool(force and proof["min_cosine"] < min_cosine),
             "proof": proof, "int8": int8, "seconds": round(time.perf_counter() - started, 1),
@@ -523,41 +514,3 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, backend: str
                         encoding="utf-8")
         normalize_permissions(tmp)
     return report
-
-
-def add_arguments_export(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="a portable model dir (from `st-llm2vec convert` or model.save)")
-    parser.add_argument("output", metavar="OUTPUT", help="directory to write MODEL plus onnx/model.onnx to")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnx", help="onnx (default); openvino: see the error")
-    parser.add_argument("--quantize", choices=QUANTIZE, help="int8: dynamic int8 quantization (ONNX Runtime, per channel)")
-    parser.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
-                        help=f"refuse the export below this min cosine vs the fp32 torch model (default {DEFAULT_MIN_COSINE})")
-    parser.add_argument("--force", action="store_true", help="write the export even below --min-cosine (other checks stay)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT (only once the new one is proven)")
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from .convert import _run
-
-    def action() -> None:
-        report = export(args.model, args.output, backend=args.backend, quantize=args.quantize,
-                        min_cosine=args.min_cosine, force=args.force, overwrite=args.overwrite, opset=args.opset)
-        proof = report["proof"]
-        print(f"Exported {args.model} to {args.output}/{ONNX_DIR}/{ONNX_FILE} "
-              f"({report['quantize'] or 'fp32'}, {report['graph_bytes'] / 1e6:.1f} MB, {report['seconds']} s)")
-        print(f"Proof: finite; first-token shift {proof['first_token_shift']:.2e} (torch {proof['torch_first_token_shift']:.2e}); "
-              f"min cosine vs fp32 torch {proof['min_cosine']:.6f} over {proof['texts']} texts")
-        print(f"Load with: from st_llm2vec.export.onnx import load_onnx; load_onnx({args.output!r}). Note: {_OPTIMUM_NOTE}.")
-
-    try:
-        return _run(action)
-    except ImportError as exc:  # the onnx extra is missing: say how to install it, in one line
-        import sys
-
-        from ..cli import debug_requested
-
-        if debug_requested():
-            raise
-        print(f"st-llm2vec: error: {exc}", file=sys.stderr)
-        return 1

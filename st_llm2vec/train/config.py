@@ -1,9 +1,11 @@
-"""Up-front checks of a training config: every key's type and range, before any model or data loads.
+"""A training config's keys, declared once, and their up-front checks: every value's type and range, before any
+model or data loads.
 
-The training stages (:mod:`.recipe`) read llm2vec-style JSON/YAML configs whose keys are recipe keys
-(checked against each stage's :class:`Key` table) or
-``SentenceTransformerTrainingArguments`` fields (checked against the dataclass's type hints, plus the
-ranges in :data:`TRAINING_ARG_RANGES`). A bad value is reported with the config file and key
+A recipe key is a field of a stage's arguments dataclass, declared with :func:`key`: its type (the
+annotation), default, help, llm2vec alias and range or choices, all in that one place. From it come the
+dataclass, the check (:func:`keys_of` → :class:`Key`) and the command-line option (:func:`add_options`).
+The other keys of a config are ``SentenceTransformerTrainingArguments`` fields (checked against that
+dataclass's type hints, plus the ranges in :data:`TRAINING_ARG_RANGES`). A bad value is reported with the config file and key
 (``mntp.json: lora_r: expected an integer >= 1, got 'abc'``), all bad keys at once, as a
 :class:`ConfigError`. Numbers written as strings (YAML reads ``1e-4`` as a string) and ``"true"`` /
 ``"false"`` are converted; anything else of the wrong type is refused.
@@ -11,6 +13,8 @@ ranges in :data:`TRAINING_ARG_RANGES`). A bad value is reported with the config 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import enum
 import functools
 import json
@@ -22,8 +26,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InputError, MissingFileError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A config file or value that cannot be used; the message names the file and the key."""
 
 
@@ -41,6 +47,107 @@ class Key:
     high_open: bool = False
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], Any] | None = None
+
+
+def key(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str = "",
+    aliases: tuple[str, ...] = (),
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: tuple[Any, ...] | None = None,
+    check: Callable[[Any], Any] | None = None,
+    kind: str | None = None,
+    nullable: bool | None = None,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    cli: dict[str, Any] | None = None,
+) -> Any:
+    """A recipe key as a dataclass field: default, ``help``, llm2vec's other names (``aliases``) and the
+    range / choices / ``check`` its values must meet. The kind (int, list of str, ...) and whether null is
+    allowed come from the annotation unless ``kind`` / ``nullable`` say otherwise; ``cli`` holds extra
+    argparse settings for its option (``nargs``, ``const``)."""
+    metadata = {"help": help, "aliases": tuple(aliases), "key": dict(
+        low=low, high=high, low_open=low_open, high_open=high_open, choices=choices, check=check, kind=kind,
+        nullable=nullable), "cli": dict(cli or {})}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def _kind_of(hint: Any) -> tuple[str, bool]:
+    """(kind, nullable) for an annotation: ``int | None`` → ("int", True), ``str | list[str]`` → ("strs", …)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    nullable = type(None) in args
+    args = tuple(a for a in args if a is not type(None))
+    lists = [a for a in args if typing.get_origin(a) is list]
+    if len(args) == 1 and args[0] in (bool, int, float, str):
+        return args[0].__name__, nullable
+    if len(args) == 1 and lists:
+        return "list_str", nullable
+    if set(args) - set(lists) == {str} and lists:
+        return "strs", nullable
+    if len(args) == 1 and (args[0] is dict or typing.get_origin(args[0]) is dict):
+        return "dict", nullable
+    return "any", nullable
+
+
+def keys_of(cls: type) -> dict[str, Key]:
+    """The :class:`Key` of every field of a stage's arguments dataclass. A subclass that only changes a
+    field's default keeps the base's declaration (help, range, aliases); one that re-declares it with
+    :func:`key` replaces it."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Key] = {}
+    for field in dataclasses.fields(cls):
+        meta = declaration(cls, field.name)
+        spec = dict(meta.get("key") or {})
+        kind, nullable = _kind_of(hints[field.name])
+        kind = spec.pop("kind", None) or kind
+        nullable = nullable if spec.get("nullable") is None else spec["nullable"]
+        spec.pop("nullable", None)
+        out[field.name] = Key(kind, nullable=nullable, **spec)
+    return out
+
+
+def declaration(cls: type, name: str) -> Mapping[str, Any]:
+    """The metadata of field ``name`` as :func:`key` declared it, from the most derived class that did."""
+    for klass in cls.__mro__:
+        own = vars(klass).get("__dataclass_fields__", {}).get(name)
+        if own is not None and own.metadata.get("key") is not None:
+            return own.metadata
+    return {}
+
+
+def aliases_of(cls: type) -> dict[str, str]:
+    """llm2vec's other names for the stage's keys: alias → key."""
+    return {alias: f.name for f in dataclasses.fields(cls) for alias in declaration(cls, f.name).get("aliases", ())}
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """``--KEY VALUE`` for every key of ``cls`` (and its aliases), each without a default, so that only the
+    options given override the config file; values are checked as the file's are.
+
+    Written here rather than with transformers' ``HfArgumentParser``: importing transformers costs more than
+    the one second ``st-llm2vec STAGE --help`` may take, and the values need the config's checks anyway.
+    """
+    specs = keys_of(cls)
+    for field in dataclasses.fields(cls):
+        meta = declaration(cls, field.name)
+        spec = specs[field.name]
+        names = [f"--{field.name}"] + [f"--{a}" for a in meta.get("aliases", ())]
+        if "_" in field.name:
+            names.insert(1, f"--{field.name.replace('_', '-')}")
+        options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS, "metavar": field.name.upper()}
+        if spec.kind in ("list_str", "strs"):
+            options["nargs"] = "+"
+        elif spec.kind == "dict":
+            options["type"] = json.loads
+        options.update(meta.get("cli") or {})
+        default = field.default if field.default is not dataclasses.MISSING else (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+        text = meta.get("help") or ""
+        text = f"{text}{'; ' if text else ''}{_expected(spec)}; default {default!r}"
+        parser.add_argument(*names, help=text.replace("%", "%%"), **options)
 
 
 def _range_text(spec: Key) -> str:
@@ -123,24 +230,24 @@ def check_value(key: str, value: Any, spec: Key) -> Any:
     if value is None:
         if spec.nullable:
             return None
-        raise ValueError(f"{key}: expected {_expected(spec)}, got null")
+        raise InputError(f"{key}: expected {_expected(spec)}, got null")
     try:
         out = _coerce(value, spec.kind)
     except ValueError:
-        raise ValueError(f"{key}: expected {_expected(spec)}, got {value!r}") from None
+        raise InputError(f"{key}: expected {_expected(spec)}, got {value!r}") from None
     if spec.choices is not None and out not in spec.choices:
-        raise ValueError(f"{key}: expected {_expected(spec)}, got {value!r}")
+        raise InputError(f"{key}: expected {_expected(spec)}, got {value!r}")
     if isinstance(out, (int, float)) and not isinstance(out, bool):
         too_low = spec.low is not None and (out <= spec.low if spec.low_open else out < spec.low)
         too_high = spec.high is not None and (out >= spec.high if spec.high_open else out > spec.high)
         if too_low or too_high:
-            raise ValueError(f"{key}: expected {_expected(spec)}, got {value!r}")
+            raise InputError(f"{key}: expected {_expected(spec)}, got {value!r}")
     if spec.check is not None:
         try:
             spec.check(out)
         except (ValueError, TypeError) as exc:
             text = str(exc)
-            raise ValueError(text if text.startswith(key) else f"{key}: {text}") from None
+            raise InputError(text if text.startswith(key) else f"{key}: {text}") from None
     return out
 
 
@@ -251,17 +358,17 @@ def check_files_exist(values: Mapping[str, Any], keys: tuple[str, ...], source: 
         value = values.get(key)
         for path in [value] if isinstance(value, str) else list(value or []):
             if isinstance(path, str) and path and not os.path.exists(path):
-                raise FileNotFoundError(f"{source or 'config'}: {key}: {path!r} does not exist.")
+                raise MissingFileError(f"{source or 'config'}: {key}: {path!r} does not exist.")
 
 
 def nonempty(value: Any) -> None:
     if not value:
-        raise ValueError(f"expected a non-empty value, got {value!r}")
+        raise InputError(f"expected a non-empty value, got {value!r}")
 
 
 def resume_value(value: Any) -> None:
     if value is not None and not isinstance(value, (str, bool, os.PathLike)):
-        raise ValueError(f"expected a checkpoint path, true or false, got {value!r}")
+        raise InputError(f"expected a checkpoint path, true or false, got {value!r}")
 
 
 def torch_dtype_check(value: Any) -> None:
@@ -271,7 +378,7 @@ def torch_dtype_check(value: Any) -> None:
 
 
 def pooling_check(value: Any) -> None:
-    from ..instructions import normalize_pooling_mode
+    from ..modes import normalize_pooling_mode
 
     normalize_pooling_mode(value)
 
@@ -283,7 +390,7 @@ def read_config_file(path: str | os.PathLike, what: str = "config") -> dict[str,
     """A JSON or YAML config file as a dict; a syntax error names the file, line and column."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path!r} does not exist." if not os.path.isdir(path) else f"{what} {path!r} is a directory, not a file.")
+        raise MissingFileError(f"{what} {path!r} does not exist." if not os.path.isdir(path) else f"{what} {path!r} is a directory, not a file.")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if path.endswith((".yaml", ".yml")):

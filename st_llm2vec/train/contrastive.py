@@ -18,21 +18,14 @@ The recipe runner (config, start model, saving) is :mod:`st_llm2vec.train.stage_
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
 from .trainer import LLM2VecTrainer
+from ..errors import InputError
 
-# llm2vec's loss names → the ST loss that computes the same.
-LOSS_ALIASES = {
-    "HardNegativeNLLLoss": "MultipleNegativesRankingLoss",
-    "MultipleNegativesRankingLoss": "MultipleNegativesRankingLoss",
-    "MNRL": "MultipleNegativesRankingLoss",
-    "CachedMultipleNegativesRankingLoss": "CachedMultipleNegativesRankingLoss",
-    "CachedMNRL": "CachedMultipleNegativesRankingLoss",
-}
 
 
 # --------------------------------------------------------------------------- batching
@@ -49,7 +42,7 @@ class GlobalBatchSampler(torch.utils.data.BatchSampler):
         self.num_chunks = num_chunks
         self.global_batch_size = sampler.batch_size
         if self.global_batch_size % num_chunks:
-            raise ValueError(f"global batch size {self.global_batch_size} is not divisible by {num_chunks} processes")
+            raise InputError(f"global batch size {self.global_batch_size} is not divisible by {num_chunks} processes")
         self.batch_size = self.global_batch_size // num_chunks
         self.drop_last = True
 
@@ -96,6 +89,8 @@ def build_loss(
     """MNRL (llm2vec's HardNegativeNLLLoss) or its cached variant, cosine × ``scale``; ``gather_across_devices``
     "auto" gathers when there is more than one process."""
     from sentence_transformers.sentence_transformer import losses
+
+    from .stage_contrastive import LOSS_ALIASES  # declared with the loss_class key
 
     gather = world_size > 1 if gather_across_devices in (None, "auto") else bool(gather_across_devices)
     if LOSS_ALIASES[loss_class] == "CachedMultipleNegativesRankingLoss":

@@ -47,6 +47,7 @@ from sentence_transformers.base.evaluation import BaseEvaluator
 from torch import nn
 
 from ..cards import LLM2VEC_CITATION
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ IGNORE_INDEX = -100
 MASK_TOKEN_TYPES = ("blank", "eos", "mask")
 BLANK_TOKEN = "_"
 ADDED_MASK_TOKEN = "<mask>"
-COLLATOR_TYPES = ("default", "all_mask")
 FEATURE_PREFIX = "mntp"
 
 
@@ -63,32 +63,34 @@ FEATURE_PREFIX = "mntp"
 # ---------------------------------------------------------------------------------------------
 
 
-class LMHeadError(ValueError):
+class LMHeadError(InputError):
     """No LM head could be found for the model (untied head without ``lm_head.weight``)."""
 
 
 def check_mlm_probability(mlm_probability: float) -> float:
     p = float(mlm_probability)
     if not 0.0 < p < 1.0:
-        raise ValueError(f"mlm_probability must be in the open interval (0, 1), got {mlm_probability!r}")
+        raise InputError(f"mlm_probability must be in the open interval (0, 1), got {mlm_probability!r}")
     return p
 
 
 def check_strategy(strategy: str) -> str:
+    from .stage_mntp import COLLATOR_TYPES  # declared with the data_collator_type key
+
     if strategy not in COLLATOR_TYPES:
-        raise ValueError(f"data_collator_type must be one of {COLLATOR_TYPES}, got {strategy!r}")
+        raise InputError(f"data_collator_type must be one of {COLLATOR_TYPES}, got {strategy!r}")
     return strategy
 
 
 def mask_token_string(tokenizer: Any, mask_token_type: str) -> str:
     """The token string ``mask_token_type`` names: ``blank`` → ``_``, ``eos``, ``mask``, or a literal token."""
     if not mask_token_type:
-        raise ValueError(f"mask_token_type must be 'blank', 'eos', 'mask' or a token, got {mask_token_type!r}")
+        raise InputError(f"mask_token_type must be 'blank', 'eos', 'mask' or a token, got {mask_token_type!r}")
     if mask_token_type == "blank":
         return BLANK_TOKEN
     if mask_token_type == "eos":
         if tokenizer.eos_token is None:
-            raise ValueError("mask_token_type='eos' but the tokenizer has no eos_token.")
+            raise InputError("mask_token_type='eos' but the tokenizer has no eos_token.")
         return tokenizer.eos_token
     if mask_token_type == "mask":
         return tokenizer.mask_token if tokenizer.mask_token is not None else ADDED_MASK_TOKEN
@@ -121,7 +123,7 @@ def resolve_mask_token_id(tokenizer: Any, mask_token_type: str = "blank") -> int
             if mask_token_type == "mask"
             else "Choose mask_token_type='eos', or 'mask' to add a <mask> token (the embeddings are resized)."
         )
-        raise ValueError(
+        raise InputError(
             f"The tokenizer has no single token {token!r} for mask_token_type={mask_token_type!r}. {hint}"
         )
     return token_id
@@ -193,9 +195,9 @@ def mask_tokens(
     check_mlm_probability(mlm_probability)
     check_strategy(strategy)
     if strategy == "default" and vocab_size is None:
-        raise ValueError("strategy='default' replaces 10 % of the chosen tokens by random ones: pass vocab_size")
+        raise InputError("strategy='default' replaces 10 % of the chosen tokens by random ones: pass vocab_size")
     if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}")
+        raise InputError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     real = attention_mask.bool()
@@ -246,7 +248,7 @@ class MNTPDataCollator:
     def __post_init__(self) -> None:
         if self.tokenizer.pad_token_id is None:
             if self.tokenizer.eos_token is None:
-                raise ValueError("The tokenizer has neither a pad nor an eos token to pad MNTP batches with.")
+                raise InputError("The tokenizer has neither a pad nor an eos token to pad MNTP batches with.")
             import copy
 
             # tokenizer.pad needs a pad token: EOS (llm2vec's choice) on a copy, the caller's tokenizer stays as it is
@@ -277,7 +279,7 @@ class MNTPDataCollator:
         with_labels = ["labels" in row for row in features]
         if any(with_labels):
             if not all(with_labels):
-                raise ValueError("Either every row of a batch carries 'labels' (pre-masked) or none does.")
+                raise InputError("Either every row of a batch carries 'labels' (pre-masked) or none does.")
             # tokenizer.pad leaves labels alone (they pad with IGNORE_INDEX, not the pad token)
             labels = torch.full_like(input_ids, IGNORE_INDEX)
             for i, row in enumerate(features):
@@ -455,7 +457,7 @@ class MNTPLoss(nn.Module):
         config = backbone.config
         dtype = backbone.get_input_embeddings().weight.dtype
         if lm_head is None or isinstance(lm_head, str):
-            source = lm_head or getattr(encoder, "model_name_or_path", None) or config._name_or_path
+            source = lm_head or getattr(encoder, "model_name_or_path", None) or config.name_or_path
             head = load_lm_head(source, config, dtype=dtype)
             self.lm_head_source = source
         elif isinstance(lm_head, torch.Tensor):
@@ -470,7 +472,7 @@ class MNTPLoss(nn.Module):
         if head is not None:
             hidden_size = backbone.get_input_embeddings().weight.shape[1]
             if head.weight.shape[1] != hidden_size:
-                raise ValueError(f"The LM head takes {head.weight.shape[1]} features; the model's hidden size is {hidden_size}.")
+                raise InputError(f"The LM head takes {head.weight.shape[1]} features; the model's hidden size is {hidden_size}.")
             self._match_vocab(backbone.get_input_embeddings().num_embeddings)
             for p in head.parameters():
                 p.requires_grad_(not freeze_lm_head)
@@ -513,7 +515,7 @@ class MNTPLoss(nn.Module):
         """
         model = self.model if model is None else model
         if labels.shape != input_ids.shape:
-            raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            raise InputError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
         features = model({"input_ids": input_ids, "attention_mask": attention_mask})
         hidden = features["token_embeddings"]
         targets = labels[:, 1:]
@@ -603,7 +605,7 @@ class MNTPEvaluator(BaseEvaluator):
             rows = rows[:max_rows]
         rows = [{"text": r} if isinstance(r, str) else r for r in rows]
         if not rows:
-            raise ValueError("MNTPEvaluator needs at least one row")
+            raise InputError("MNTPEvaluator needs at least one row")
         generator = torch.Generator().manual_seed(seed)
         self.batches = []
         for i in range(0, len(rows), batch_size):

@@ -38,6 +38,8 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, load_dataset
 from datasets.exceptions import DatasetGenerationError
 
+from ..errors import InputError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 # llm2vec 0.2.3 (llm2vec/dataset/E5Data.py): dataset -> instruction, or the two alternated instructions.
@@ -120,7 +122,7 @@ class PairData:
     def __post_init__(self) -> None:
         names = [s.name for s in self.subsets]
         if len(set(names)) != len(names):
-            raise ValueError(f"Duplicate dataset names in the mixture: {names}")
+            raise InputError(f"Duplicate dataset names in the mixture: {names}")
 
     def __len__(self) -> int:
         return sum(len(s.dataset) for s in self.subsets)
@@ -168,7 +170,7 @@ class PairData:
             return self
         listing = ", ".join(f"{name} ({n} rows)" for name, n in small.items())
         if not skip_small or len(small) == len(self.subsets):
-            raise ValueError(
+            raise InputError(
                 f"The global batch size is {global_batch_size} (per-device batch size × processes) and every "
                 f"batch comes from a single dataset, but these datasets have fewer rows: {listing}. Lower "
                 "per_device_train_batch_size, drop them from `datasets`, or set skip_small_datasets: true "
@@ -184,7 +186,7 @@ class PairData:
         without_negatives = [s.name for s in self.subsets if not s.has_negatives]
         if global_batch_size < 2 and (simcse or without_negatives):
             what = "SimCSE needs" if simcse else f"Datasets without hard negatives ({', '.join(without_negatives)}) need"
-            raise ValueError(
+            raise InputError(
                 f"{what} at least 2 rows per batch: the other rows are the negatives, so with a global batch "
                 f"of {global_batch_size} (per_device_train_batch_size × processes) the loss is always 0. Set "
                 "per_device_train_batch_size to 2 or more (llm2vec uses 128 for SimCSE)."
@@ -195,7 +197,7 @@ class PairData:
             distinct = len(set(subset.dataset["anchor"] if "anchor" in subset.dataset.column_names
                                else subset.dataset[subset.dataset.column_names[0]]))
             if distinct < global_batch_size:
-                raise ValueError(
+                raise InputError(
                     f"{subset.source or subset.name} has {distinct} distinct sentences ({len(subset.dataset)} rows), "
                     f"fewer than one batch of {global_batch_size}: a batch never holds a sentence twice, so SimCSE "
                     "would train 0 steps. Add sentences, or lower per_device_train_batch_size."
@@ -324,17 +326,17 @@ def read_pair_folder(
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder of <dataset>.jsonl files (llm2vec's echo-data layout).")
+        raise MissingFileError(f"{folder} is not a folder of <dataset>.jsonl files (llm2vec's echo-data layout).")
     table: dict[str, str | Sequence[str]] = {**E5_INSTRUCTIONS, **dict(instructions or {})}
     marks = set(SYMMETRIC_SPLITS if symmetric is None else symmetric) if symmetric_instructions else set()
     files = {p.stem: p for p in sorted(folder.glob("*.jsonl"))}
     if datasets is not None:
         missing = [d for d in datasets if d not in files]
         if missing:
-            raise FileNotFoundError(f"No {', '.join(m + '.jsonl' for m in missing)} in {folder}; found: {sorted(files)}")
+            raise MissingFileError(f"No {', '.join(m + '.jsonl' for m in missing)} in {folder}; found: {sorted(files)}")
         files = {d: files[d] for d in datasets}
     if not files:
-        raise FileNotFoundError(f"No .jsonl files in {folder}.")
+        raise MissingFileError(f"No .jsonl files in {folder}.")
     # llm2vec reads allnli.jsonl (alternating instructions) and ignores its older split files.
     for split, (base, _) in SPLITS.items():
         if split in files and base in files and split not in table:
@@ -352,7 +354,7 @@ def read_pair_folder(
 
     unknown = [stem for stem in files if instruction_for(stem) is None]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"No instruction for dataset(s) {unknown} in {folder}. Known datasets: {sorted(E5_INSTRUCTIONS)} "
             f"(and the splits {sorted(SPLITS)}). Add them to `instructions` in the config "
             '(e.g. {"my_set": "Given a question, retrieve passages that answer it"}; "" for none), '
@@ -371,7 +373,7 @@ def read_pair_folder(
         subsets += _build_subsets(stem, _read_jsonl(file), instruction, sym, str(file), dropped)
     subsets = [s for s in subsets if len(s.dataset)]
     if not subsets:
-        raise ValueError(f"No usable rows in {folder}: every row lacks a query or a positive.")
+        raise InputError(f"No usable rows in {folder}: every row lacks a query or a positive.")
     return PairData(subsets, dropped)
 
 
@@ -415,7 +417,7 @@ def shared_pair_data(
         elif name == "msr":
             rows[name] = [{"query": a, "positive": b} for a, b in devsets.msr_pairs(data_dir)]
         else:
-            raise ValueError(f"Unknown shared set {name!r}; choose from 'sick', 'msr'.")
+            raise InputError(f"Unknown shared set {name!r}; choose from 'sick', 'msr'.")
     marks = SHARED_SYMMETRIC if symmetric_instructions else ()
     return pair_data_from_rows(rows, {n: table.get(n) for n in sets}, marks)
 
@@ -436,7 +438,7 @@ def read_sentences(path: str | os.PathLike) -> list[str]:
     if blank:
         logger.warning("%s: dropped %d blank lines", path, blank)
     if not sentences:
-        raise ValueError(f"{path} has no sentences.")
+        raise InputError(f"{path} has no sentences.")
     return sentences
 
 

@@ -5,10 +5,11 @@ A stage is a :class:`RecipeArguments` subclass (its own keys, key checks and def
 function that builds its data, loss and trainer (``stage_mntp.py``, ``stage_contrastive.py``); all the
 rest is here, written once:
 
-- config: llm2vec's ``train_configs`` JSON / YAML (or a dict) → ``(arguments, training kwargs)``.
-  transformers' ``HfArgumentParser`` builds the dataclass (``parse_dict``) and the command-line options;
-  every key that is not the stage's own must be a ``SentenceTransformerTrainingArguments`` field, and
-  every value is checked (:mod:`.config_check`) before anything loads. llm2vec's key names are read as
+- config: llm2vec's ``train_configs`` JSON / YAML (or a dict) → ``(arguments, training kwargs)``. Each
+  recipe key is declared once (:func:`~st_llm2vec.train.config.key`), from which come the dataclass, its
+  check and its command-line option; every key that is not the stage's own must be a
+  ``SentenceTransformerTrainingArguments`` field, and every value is checked (:mod:`.config`) before
+  anything loads. llm2vec's key names are read as
   aliases (``evaluation_strategy``, ``lora_modules``); relative paths are looked up beside the file;
 - run: one training run per ``output_dir`` (lock, fingerprint, complete-checkpoint resume: :mod:`.runs`);
 - model: the start model (a causal LM, or a saved st_llm2vec dir, with optional llm2vec LoRA merged);
@@ -23,16 +24,20 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from ..cards import LLM2VEC_CITATION
+from ..errors import InputError
 from .config import (
-    Key,
+    add_options,
+    aliases_of,
     check_keys,
     check_output_dir,
     check_training_args,
+    key,
+    keys_of,
     pooling_check,
     raise_errors,
     read_config_file,
@@ -53,59 +58,41 @@ A = TypeVar("A", bound="RecipeArguments")
 class RecipeArguments:
     """The keys every stage reads (llm2vec's model / LoRA / run keys); a stage subclasses it with its own.
 
-    Class-level settings a stage overrides: ``STAGE`` (its name), ``TITLE`` (in messages), ``KEYS`` (type
-    and range of its own keys, merged over the bases), ``TRAINING_DEFAULTS`` (trainer defaults of the
-    stage, e.g. its learning rate), ``IGNORED_KEYS`` (llm2vec keys without effect here), ``PATH_KEYS``
-    (paths looked up beside the config file, part of the run fingerprint), ``RESULT_FILE``.
+    Every key is declared once, as a field made by :func:`~st_llm2vec.train.config.key` (type, default,
+    help, llm2vec alias, range): the config check, the command-line option and the dataclass come from it.
+    Class-level settings a stage overrides: ``STAGE`` (its name), ``TITLE`` (in messages),
+    ``TRAINING_DEFAULTS`` (trainer defaults of the stage, e.g. its learning rate), ``IGNORED_KEYS``
+    (llm2vec keys without effect here), ``PATH_KEYS`` (paths looked up beside the config file, part of the
+    run fingerprint), ``RESULT_FILE``.
     """
 
     STAGE: ClassVar[str] = ""
     TITLE: ClassVar[str] = ""
-    KEYS: ClassVar[dict[str, Key]] = {
-        "model_name_or_path": Key("str", nullable=False),
-        "torch_dtype": Key("any", check=torch_dtype_check),
-        "attn_implementation": Key("str"),
-        "pooling_mode": Key("str", check=pooling_check),
-        "format": Key("str", nullable=False, choices=FORMATS),
-        "max_seq_length": Key("int", low=1),
-        "max_train_samples": Key("int", low=1),
-        "lora_r": Key("int", nullable=False, low=1),
-        "lora_alpha": Key("float", low=0, low_open=True),
-        "lora_dropout": Key("float", nullable=False, low=0, high=1, high_open=True),
-        "lora_target_modules": Key("list_str"),
-        "stop_after_n_steps": Key("int", low=0),
-        "overwrite_output_dir": Key("bool", nullable=False),
-        "resume_from_checkpoint": Key("any", check=resume_value),
-    }
     TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {}
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset()
     PATH_KEYS: ClassVar[tuple[str, ...]] = ("model_name_or_path",)
     RESULT_FILE: ClassVar[str] = ""
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "a causal-LM checkpoint (Hub id or dir) or a saved st_llm2vec model dir"}
-    )
-    torch_dtype: str | None = field(default=None, metadata={"help": "bfloat16, float16, float32 or auto"})
-    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa, eager, flash_attention_2, ..."})
-    pooling_mode: str | None = field(default=None, metadata={"help": "mean, weighted_mean, eos_token, bos_token"})
-    format: str = field(
-        default="auto", metadata={"help": "saved format: portable (stock ST modules), exact (llm2vec's semantics), auto"}
-    )
-    max_seq_length: int | None = field(default=None, metadata={"help": "training token limit"})
-    max_train_samples: int | None = None
-    lora_r: int = 16
-    lora_alpha: float | None = field(default=None, metadata={"help": "default 2 * lora_r (llm2vec)"})
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = field(default=None, metadata={"aliases": ["--lora_modules"]})
-    stop_after_n_steps: int | None = field(
-        default=None, metadata={"help": "end training at this step (the LR schedule still spans the whole run)"}
-    )
-    overwrite_output_dir: bool = False
-    resume_from_checkpoint: str | None = field(
-        default=None,
-        metadata={"nargs": "?", "const": "latest",
-                  "help": "a checkpoint dir, or (no value) the last complete one in output_dir"},
-    )
+    model_name_or_path: str | None = key(
+        None, nullable=False, help="a causal-LM checkpoint (Hub id or dir) or a saved st_llm2vec model dir")
+    torch_dtype: str | None = key(None, kind="any", check=torch_dtype_check, help="bfloat16, float16, float32 or auto")
+    attn_implementation: str | None = key(None, help="sdpa, eager, flash_attention_2, ...")
+    pooling_mode: str | None = key(None, check=pooling_check, help="mean, weighted_mean, eos_token, bos_token")
+    format: str = key("auto", choices=FORMATS,
+                      help="saved format: portable (stock ST modules), exact (llm2vec's semantics), auto")
+    max_seq_length: int | None = key(None, low=1, help="training token limit")
+    max_train_samples: int | None = key(None, low=1, help="use at most this many training rows")
+    lora_r: int = key(16, low=1, help="LoRA rank")
+    lora_alpha: float | None = key(None, low=0, low_open=True, help="LoRA alpha; default 2 * lora_r (llm2vec)")
+    lora_dropout: float = key(0.05, low=0, high=1, high_open=True, help="LoRA dropout")
+    lora_target_modules: list[str] | None = key(None, aliases=("lora_modules",),
+                                                help="modules to adapt; default every projection")
+    stop_after_n_steps: int | None = key(
+        None, low=0, help="end training at this step (the LR schedule still spans the whole run)")
+    overwrite_output_dir: bool = key(False, help="train afresh, removing old checkpoints")
+    resume_from_checkpoint: str | None = key(
+        None, kind="any", check=resume_value, cli={"nargs": "?", "const": "latest"},
+        help="a checkpoint dir, or (no value) the last complete one in output_dir")
 
     def check(self, training: Mapping[str, Any]) -> None:
         """What the stage refuses beyond one key at a time (``training``: the trainer kwargs)."""
@@ -113,19 +100,6 @@ class RecipeArguments:
     def unmerged_output(self) -> bool:
         """The stage saves its LoRA adapter unmerged (so the output is not a standalone portable model)."""
         return False
-
-    @classmethod
-    def keys(cls) -> dict[str, Key]:
-        """The key table of the stage: its own ``KEYS`` over its bases'."""
-        merged: dict[str, Key] = {}
-        for klass in reversed(cls.__mro__):
-            merged.update(vars(klass).get("KEYS", {}))
-        return merged
-
-    @classmethod
-    def aliases(cls) -> dict[str, str]:
-        """llm2vec's other names for our keys (the fields' ``aliases`` metadata, which is also the CLI's)."""
-        return {a.lstrip("-"): f.name for f in fields(cls) for a in f.metadata.get("aliases", [])}
 
 
 def training_argument_names() -> set[str]:
@@ -140,8 +114,6 @@ def read_arguments(
     """(the stage's arguments, ``SentenceTransformerTrainingArguments`` kwargs) from a config dict or a
     JSON / YAML file, ``overrides`` on top. Unknown keys are refused and every value is checked before
     anything loads; a bad one raises a :class:`~st_llm2vec.train.config.ConfigError` naming the file."""
-    from transformers import HfArgumentParser
-
     source, base_dir = None, None
     if isinstance(config, Mapping):
         data = dict(config)
@@ -151,38 +123,38 @@ def read_arguments(
         base_dir = Path(source).resolve().parent
     data.update(overrides or {})
     training: dict[str, Any] = dict(data.pop("training_args", None) or {})  # a nested block is read too
-    own_names, aliases, training_names = {f.name for f in fields(cls)}, cls.aliases(), training_argument_names()
+    own_names, aliases, training_names = {f.name for f in fields(cls)}, aliases_of(cls), training_argument_names()
     own: dict[str, Any] = {}
     unknown = []
-    for key, value in data.items():
-        key = aliases.get(key, TRAINING_ARG_ALIASES.get(key, key))
-        if key in own_names:
-            own[key] = value
-        elif key in training_names:
-            training[key] = value
-        elif key in cls.IGNORED_KEYS:
-            logger.warning("Ignoring llm2vec key %r: st_llm2vec does not use it.", key)
+    for name, value in data.items():
+        name = aliases.get(name, TRAINING_ARG_ALIASES.get(name, name))
+        if name in own_names:
+            own[name] = value
+        elif name in training_names:
+            training[name] = value
+        elif name in cls.IGNORED_KEYS:
+            logger.warning("Ignoring llm2vec key %r: st_llm2vec does not use it.", name)
         else:
-            unknown.append(key)
+            unknown.append(name)
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"Unknown {cls.TITLE} config key(s) {sorted(unknown)}: neither a recipe key ({sorted(own_names)}) "
             "nor a SentenceTransformerTrainingArguments field."
         )
     if base_dir is not None:
-        for key in cls.PATH_KEYS:
-            if key in own:
-                own[key] = _beside(own[key], base_dir)
+        for name in cls.PATH_KEYS:
+            if name in own:
+                own[name] = _beside(own[name], base_dir)
     if not own.get("model_name_or_path"):
-        raise ValueError(f"The {cls.TITLE} config needs model_name_or_path (a causal-LM checkpoint or an st_llm2vec model dir).")
+        raise InputError(f"The {cls.TITLE} config needs model_name_or_path (a causal-LM checkpoint or an st_llm2vec model dir).")
 
     if not training.get("output_dir"):
-        raise ValueError(f"The {cls.TITLE} config needs output_dir.")
-    own, errors = check_keys(own, cls.keys())
+        raise InputError(f"The {cls.TITLE} config needs output_dir.")
+    own, errors = check_keys(own, keys_of(cls))
     training, more = check_training_args({**cls.TRAINING_DEFAULTS, **training})
     raise_errors(errors + more, source)
     check_output_dir(training["output_dir"], source)
-    (arguments,) = HfArgumentParser(cls).parse_dict(own)
+    arguments = cls(**own)
     arguments.check(training)
     return arguments, training
 
@@ -253,6 +225,37 @@ def finish_run(run: Any, trainer: Any) -> None:
         run.finish(trainer.state.global_step, trainer.state.max_steps)
 
 
+R = TypeVar("R")
+
+
+def run_lifecycle(
+    arguments: RecipeArguments,
+    training: Mapping[str, Any],
+    train: Callable[[Any], tuple[R, Any]],
+    finished: Callable[[Mapping[str, Any]], R],
+    *,
+    do_train: bool = True,
+    run: Any = None,
+) -> R:
+    """The one lifecycle of every stage: lock ``output_dir`` for this config's run (or take ``run``, already
+    started); if it holds this run finished, return ``finished(record)`` without training; else
+    ``train(run)`` → ``(result, trainer)``, record the run as finished, and release the lock whatever happens."""
+    from .runs import RunAlreadyComplete
+
+    if run is None:
+        try:
+            run = start_run(arguments, training, do_train=do_train)
+        except RunAlreadyComplete as done:
+            logger.warning("%s", done)
+            return finished(done.record)
+    try:
+        result, trainer = train(run)
+        finish_run(run, trainer)
+        return result
+    finally:
+        run.release()
+
+
 def stop_callbacks(arguments: RecipeArguments) -> list[Any]:
     """llm2vec's ``stop_after_n_steps`` as a callback (which also saves a checkpoint at that step)."""
     from .trainer import StopAfterNSteps
@@ -304,7 +307,7 @@ def load_start_model(
     from peft import PeftModel
 
     from ..build import from_llm, load_model, model_kwargs
-    from ..instructions import normalize_pooling_mode
+    from ..modes import normalize_pooling_mode
 
     kwargs = model_kwargs(torch_dtype, attn_implementation)
     merged = False
@@ -327,11 +330,13 @@ def load_start_model(
 
 
 def _set_pooling(model: Any, mode: str, source: str) -> None:
+    from ..modes import MODES
+
     pooling = model[1]
     if getattr(pooling, "pooling_mode", mode) == mode:
         return
-    if "eos_token" in (mode, pooling.pooling_mode):
-        raise ValueError(
+    if MODES[mode].eos_suffix or MODES[pooling.pooling_mode].eos_suffix:
+        raise InputError(
             f"{source} pools with {pooling.pooling_mode!r}; switching to {mode!r} changes the text suffix too. "
             "Build the model with st_llm2vec.from_llm(..., pooling_mode=...) instead."
         )
@@ -344,6 +349,8 @@ def _merge_injected_adapters(hf_model: Any) -> bool:
     adapter) into the weights. Returns True if there were any."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    from ..upstream import forget_injected_adapters
+
     parents = {}
     for name, module in hf_model.named_modules():
         for child_name, child in module.named_children():
@@ -352,9 +359,8 @@ def _merge_injected_adapters(hf_model: Any) -> bool:
     for module, child_name, child in parents.values():
         child.merge()
         setattr(module, child_name, child.get_base_layer())
-    if parents and hasattr(hf_model, "peft_config"):
-        del hf_model.peft_config
-        hf_model._hf_peft_config_loaded = False
+    if parents:
+        forget_injected_adapters(hf_model)
     return bool(parents)
 
 
@@ -431,16 +437,11 @@ def describe_in_card(model: Any, arguments: RecipeArguments, start: StartModel, 
 
 def parent_parser(cls: type[RecipeArguments]) -> argparse.ArgumentParser:
     """The options of ``st-llm2vec STAGE``: the config file, every recipe key of the stage as ``--KEY VALUE``
-    (built by ``HfArgumentParser`` from the dataclass; only keys given override the file), ``--output-dir``,
-    and ``--set KEY=VALUE`` for anything else (trainer arguments)."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(cls, add_help=False)
-    # Only the options given may override the config file, so none has a default. (set_defaults cannot do it:
-    # a child parser built with parents= copies those into the namespace as values.)
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
+    (from its declaration; only keys given override the file), ``--output-dir``, and ``--set KEY=VALUE``
+    for anything else (trainer arguments)."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("config", help=f"JSON or YAML config with llm2vec's train_configs/{cls.STAGE} keys")
+    add_options(parser, cls)
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=argparse.SUPPRESS,
                         help="override output_dir")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -454,7 +455,7 @@ def overrides_from_cli(cls: type[RecipeArguments], args: argparse.Namespace) -> 
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
         try:
             overrides[key.strip().lstrip("-")] = json.loads(value)
         except json.JSONDecodeError:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import LOCK_FILE, normalize_permissions, pid_alive, read_json, write_json_atomic
+from ..errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ RUN_CONTROL_KEYS = frozenset({
 })
 
 
-class RunError(ValueError):
+class RunError(InputError):
     """A training run that cannot go ahead as configured; the message says why and what to do."""
 
 
@@ -450,7 +451,7 @@ class TrainingRun:
         if self.mode == "path":
             path = Path(str(self.resume))
             if not path.is_dir():
-                raise FileNotFoundError(f"resume_from_checkpoint {str(path)!r} is not a directory.")
+                raise MissingFileError(f"resume_from_checkpoint {str(path)!r} is not a directory.")
             marker = read_json(path / CHECKPOINT_MARKER)
             if marker is None:
                 problem = checkpoint_problem(path)

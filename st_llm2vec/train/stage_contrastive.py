@@ -20,73 +20,70 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from .config import Key
-from .contrastive import LOSS_ALIASES
+from ..errors import InputError
+from .config import key
 from .recipe import RecipeArguments, StartModel
 
 logger = logging.getLogger(__name__)
 
+# llm2vec's loss names → the ST loss that computes the same.
+LOSS_ALIASES = {
+    "HardNegativeNLLLoss": "MultipleNegativesRankingLoss",
+    "MultipleNegativesRankingLoss": "MultipleNegativesRankingLoss",
+    "MNRL": "MultipleNegativesRankingLoss",
+    "CachedMultipleNegativesRankingLoss": "CachedMultipleNegativesRankingLoss",
+    "CachedMNRL": "CachedMultipleNegativesRankingLoss",
+}
+
 
 def _evaluator_value(value: Any) -> None:
     if value not in (None, False) and str(value).lower() not in ("sts", "none", "false", ""):
-        raise ValueError(f"expected 'sts' or 'none', got {value!r}")
+        raise InputError(f"expected 'sts' or 'none', got {value!r}")
 
 
 def _instructions_value(value: Mapping[str, Any]) -> None:
     for name, text in value.items():
         if not (isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text))):
-            raise ValueError(f"{name!r}: expected an instruction string or a list of them, got {text!r}")
+            raise InputError(f"{name!r}: expected an instruction string or a list of them, got {text!r}")
 
 
 @dataclass
 class ContrastiveArguments(RecipeArguments):
     """The keys both contrastive stages read (llm2vec's ``run_simcse`` / ``run_supervised`` arguments)."""
 
-    KEYS: ClassVar[dict[str, Key]] = {
-        "peft_model_name_or_path": Key("str"), "bidirectional": Key("bool", nullable=False),
-        "loss_class": Key("str", nullable=False, choices=tuple(LOSS_ALIASES)),
-        "loss_scale": Key("float", nullable=False, low=0, low_open=True),
-        "mini_batch_size": Key("int", nullable=False, low=1),
-        "gather_across_devices": Key("bool_or_auto"),
-        "simcse_dropout": Key("float", low=0, high=1, high_open=True),
-        "dataset_name": Key("str"), "dataset_file_path": Key("str"),
-        "save_mode": Key("str", nullable=False, choices=("merged", "adapter")),
-        "eval_data_dir": Key("str"), "eval_max_pairs": Key("int", low=1),
-        "evaluator": Key("any", check=_evaluator_value), "eval_instruction": Key("str"),
-    }
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset({"experiment_id", "do_train", "remove_unused_columns"})
     PATH_KEYS: ClassVar[tuple[str, ...]] = ("model_name_or_path", "peft_model_name_or_path", "dataset_file_path",
                                             "eval_data_dir")
     RESULT_FILE: ClassVar[str] = "st_llm2vec_stage.json"
 
-    peft_model_name_or_path: str | None = field(default=None, metadata={"help": "an llm2vec adapter, merged first"})
-    bidirectional: bool = True
+    peft_model_name_or_path: str | None = key(None, help="an llm2vec adapter, merged first")
+    bidirectional: bool = key(True, help="false keeps the model causal (a baseline)")
     # loss: llm2vec's HardNegativeNLLLoss is MultipleNegativesRankingLoss (scale = loss_scale, cosine)
-    loss_class: str = "MultipleNegativesRankingLoss"
-    loss_scale: float = 20.0
-    mini_batch_size: int = field(default=32, metadata={"help": "CachedMultipleNegativesRankingLoss only"})
-    gather_across_devices: str | None = field(
-        default="auto", metadata={"help": "true, false, or auto (when more than one process)"}
-    )
-    simcse_dropout: float | None = None
+    loss_class: str = key("MultipleNegativesRankingLoss", choices=tuple(LOSS_ALIASES),
+                          help="the contrastive loss (Cached... for large batches on small GPUs)")
+    loss_scale: float = key(20.0, low=0, low_open=True, help="the loss's scale (1 / temperature)")
+    mini_batch_size: int = key(32, low=1, help="CachedMultipleNegativesRankingLoss only")
+    gather_across_devices: bool | str | None = key(
+        "auto", kind="bool_or_auto", help="negatives from every process: true, false, or auto (more than one process)")
+    simcse_dropout: float | None = key(None, low=0, high=1, high_open=True, help="attention dropout while training")
     # data
-    dataset_name: str | None = None
-    dataset_file_path: str | None = None
+    dataset_name: str | None = key(None, help="which data layout dataset_file_path holds")
+    dataset_file_path: str | None = key(None, help="the training data")
     # run
-    save_mode: str = field(default="merged", metadata={"help": "merged, or adapter (over the start model on disk)"})
-    eval_data_dir: str | None = field(default=None, metadata={"help": "default: the shared data folder if found"})
-    eval_max_pairs: int | None = 1000  # per dev set; None: all
-    evaluator: str | None = "sts"  # "sts" | "none"
-    eval_instruction: str | None = None  # prompt for both sides of the dev STS pairs
+    save_mode: str = key("merged", choices=("merged", "adapter"), help="merged, or adapter (over the start model on disk)")
+    eval_data_dir: str | None = key(None, help="default: the shared data folder if found")
+    eval_max_pairs: int | None = key(1000, low=1, help="pairs per dev set; null: all")
+    evaluator: str | None = key("sts", kind="any", check=_evaluator_value, help="sts or none")
+    eval_instruction: str | None = key(None, help="prompt for both sides of the dev STS pairs")
 
     def check(self, training: Mapping[str, Any]) -> None:
         if training.get("prompts") is not None:
-            raise ValueError(
+            raise InputError(
                 "Training prompts come from the datasets' instruction table; set `instructions` (supervised) "
                 "instead of `prompts`."
             )
         if self.save_mode == "adapter" and self.peft_model_name_or_path:
-            raise ValueError(
+            raise InputError(
                 "save_mode 'adapter' saves a LoRA over the start model as it is on disk, but peft_model_name_or_path "
                 "is merged in memory first. Save the merged start model (e.g. `st-llm2vec convert`) and start from "
                 "it, or use save_mode 'merged'."
@@ -121,14 +118,14 @@ class SimCSEArguments(ContrastiveArguments):
         name, path = str(self.dataset_name or ""), self.dataset_file_path
         if name.lower() in ("wiki1m", "text", "txt"):
             if not path:
-                raise ValueError(f"dataset_name {name!r} needs dataset_file_path: a text file, one sentence per line.")
+                raise InputError(f"dataset_name {name!r} needs dataset_file_path: a text file, one sentence per line.")
             sentences = read_sentences(path)
         elif name.lower() == "shared":
             from ..eval import devsets
 
             sentences = devsets.simcse_sentences(path)
         else:
-            raise ValueError(
+            raise InputError(
                 f"SimCSE dataset_name {name!r} is unknown: use 'Wiki1M' (a text file, one sentence per line, "
                 "in dataset_file_path) or 'shared' (SICK + MSR train sentences from the shared data folder)."
             )
@@ -144,21 +141,18 @@ class SupervisedArguments(ContrastiveArguments):
 
     STAGE: ClassVar[str] = "supervised"
     TITLE: ClassVar[str] = "supervised"
-    KEYS: ClassVar[dict[str, Key]] = {
-        "instructions": Key("dict", check=_instructions_value), "symmetric_datasets": Key("list_str"),
-        "symmetric_instructions": Key("bool", nullable=False), "datasets": Key("list_str"),
-        "shared_sets": Key("list_str", nullable=False), "skip_small_datasets": Key("bool", nullable=False),
-    }
     TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {"learning_rate": 2e-4}
 
     dataset_name: str | None = "E5"
     eval_instruction: str | None = "Retrieve semantically similar text:"  # llm2vec's MTEB STS instruction
-    instructions: dict[str, Any] | None = None
-    symmetric_datasets: list[str] | None = None
-    symmetric_instructions: bool = True
-    datasets: list[str] | None = None
-    shared_sets: list[str] = field(default_factory=lambda: ["sick", "msr"])
-    skip_small_datasets: bool = False
+    instructions: dict[str, Any] | None = key(None, check=_instructions_value,
+                                              help="instruction per dataset, over llm2vec's table")
+    symmetric_datasets: list[str] | None = key(None, help="datasets whose documents get the instruction too")
+    symmetric_instructions: bool = key(True, help="llm2vec's instructions on both sides of symmetric sets")
+    datasets: list[str] | None = key(None, help="read only these datasets of the folder")
+    shared_sets: list[str] = key(default_factory=lambda: ["sick", "msr"], nullable=False,
+                                 help="sets of the shared data for dataset_name 'shared'")
+    skip_small_datasets: bool = key(False, help="drop datasets smaller than one global batch instead of refusing")
 
     def data(self):
         from .pair_data import read_pair_folder, shared_pair_data
@@ -168,14 +162,14 @@ class SupervisedArguments(ContrastiveArguments):
             logger.info("max_train_samples caps the rows of each dataset in the supervised stage")
         if name.lower() in ("e5", "echo", "jsonl"):
             if not path:
-                raise ValueError(f"dataset_name {name!r} needs dataset_file_path: a folder of <dataset>.jsonl files.")
+                raise InputError(f"dataset_name {name!r} needs dataset_file_path: a folder of <dataset>.jsonl files.")
             data = read_pair_folder(path, instructions=self.instructions, symmetric=self.symmetric_datasets,
                                     symmetric_instructions=self.symmetric_instructions, datasets=self.datasets)
         elif name.lower() == "shared":
             data = shared_pair_data(path, self.shared_sets, instructions=self.instructions,
                                     symmetric_instructions=self.symmetric_instructions)
         else:
-            raise ValueError(
+            raise InputError(
                 f"Supervised dataset_name {name!r} is unknown: use 'E5' (a folder of <dataset>.jsonl files in "
                 "dataset_file_path, llm2vec's echo-data layout) or 'shared' (SICK triplets + MSR pairs)."
             )
@@ -187,7 +181,7 @@ ARGUMENTS: dict[str, type[ContrastiveArguments]] = {"simcse": SimCSEArguments, "
 
 def arguments_class(stage: str) -> type[ContrastiveArguments]:
     if stage not in ARGUMENTS:
-        raise ValueError(f"Unknown stage {stage!r}; choose from {tuple(ARGUMENTS)}.")
+        raise InputError(f"Unknown stage {stage!r}; choose from {tuple(ARGUMENTS)}.")
     return ARGUMENTS[stage]
 
 
@@ -293,7 +287,7 @@ def _prepare(arguments: ContrastiveArguments, training: dict[str, Any], callback
 
     model, start = start_model(arguments, arguments.peft_model_name_or_path, arguments.bidirectional)
     if arguments.save_mode == "adapter" and start.merged_in_memory:
-        raise ValueError(
+        raise InputError(
             f"save_mode 'adapter' needs the start model on disk as it is trained on, but {start.model_name_or_path} "
             "holds an adapter that was merged in memory. Use save_mode 'merged'."
         )
@@ -302,7 +296,7 @@ def _prepare(arguments: ContrastiveArguments, training: dict[str, Any], callback
     if arguments.simcse_dropout is not None:
         restore["attention_dropout"] = getattr(getattr(encoder.model, "config", None), "attention_dropout", None)
         if set_attention_dropout(encoder.model, arguments.simcse_dropout) == 0 and arguments.simcse_dropout > 0:
-            raise ValueError(
+            raise InputError(
                 f"simcse_dropout={arguments.simcse_dropout}: {type(encoder.model).__name__} has no attention "
                 "module with an `attention_dropout` setting, so the SimCSE dropout would have no effect."
             )
@@ -332,19 +326,16 @@ def _prepare(arguments: ContrastiveArguments, training: dict[str, Any], callback
 
 def run_stage(stage: Stage) -> StageResult:
     """Train a prepared stage, put the model back in its inference configuration and save it; then record
-    the run as finished and release output_dir."""
-    from .recipe import finish_run
+    the run as finished and release output_dir (:func:`~st_llm2vec.train.recipe.run_lifecycle`)."""
+    from .recipe import run_lifecycle
 
-    try:
-        if stage.run is not None:
-            stage.run.start(stage.trainer)
-        result = _run(stage)
-        if stage.run is not None:
-            finish_run(stage.run, stage.trainer)
-        return result
-    finally:
-        if stage.run is not None:
-            stage.run.release()
+    return run_lifecycle(stage.arguments, stage.training, lambda run: _train(stage),
+                         lambda record: _finished_result(stage.name, record, True), run=stage.run)
+
+
+def _train(stage: Stage) -> tuple[StageResult, Any]:
+    stage.run.start(stage.trainer)
+    return _run(stage), stage.trainer
 
 
 def _run(stage: Stage) -> StageResult:
@@ -420,14 +411,11 @@ def train_supervised(
 
 def train_stage(stage: str, config, overrides=None, callbacks: Sequence = (), load_model: bool = True) -> StageResult:
     """Prepare and run a stage; if output_dir holds this finished run, its saved result (nothing is trained)."""
-    from .runs import RunAlreadyComplete
+    from .recipe import read_arguments, run_lifecycle
 
-    try:
-        prepared = prepare_stage(stage, config, overrides, callbacks)
-    except RunAlreadyComplete as done:
-        logger.warning("%s", done)
-        return _finished_result(stage, done.record, load_model)
-    return run_stage(prepared)
+    arguments, training = read_arguments(arguments_class(stage), config, overrides)
+    return run_lifecycle(arguments, training, lambda run: _train(_prepare(arguments, training, callbacks, run)),
+                         lambda record: _finished_result(stage, record, load_model))
 
 
 def _finished_result(stage: str, record: Mapping[str, Any], load_model: bool) -> StageResult:

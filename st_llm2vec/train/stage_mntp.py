@@ -14,14 +14,18 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .config import Key, nonempty
-from .mntp import COLLATOR_TYPES, check_mlm_probability, check_strategy
+from ..errors import InputError
+from .config import key, nonempty, pooling_check
 from .recipe import RecipeArguments
 
 logger = logging.getLogger(__name__)
+
+
+# llm2vec's data_collator_type values: 80/10/10 mask/random/keep, or every selected token masked
+COLLATOR_TYPES = ("default", "all_mask")
 
 
 @dataclass
@@ -30,22 +34,6 @@ class MNTPArguments(RecipeArguments):
 
     STAGE: ClassVar[str] = "mntp"
     TITLE: ClassVar[str] = "MNTP"
-    KEYS: ClassVar[dict[str, Key]] = {
-        "pooling_mode": Key("str", nullable=False),
-        "dataset_name": Key("str"), "dataset_config_name": Key("str"),
-        "train_file": Key("strs"), "validation_file": Key("strs"), "text_column": Key("str"),
-        "validation_split_percentage": Key("float", nullable=False, low=0, high=100, high_open=True),
-        "max_seq_length": Key("int", low=2),
-        "line_by_line": Key("bool", nullable=False), "streaming": Key("bool", nullable=False),
-        "preprocessing_num_workers": Key("int", low=1), "overwrite_cache": Key("bool", nullable=False),
-        "max_eval_samples": Key("int", low=1),
-        "mask_token_type": Key("str", nullable=False, check=nonempty),
-        "data_collator_type": Key("str", nullable=False, choices=COLLATOR_TYPES),
-        "mlm_probability": Key("float", nullable=False, low=0, high=1, low_open=True, high_open=True),
-        "lm_head": Key("str"), "freeze_lm_head": Key("bool", nullable=False), "use_lora": Key("bool", nullable=False),
-        "do_train": Key("bool", nullable=False), "do_eval": Key("bool", nullable=False),
-        "merge_lora": Key("bool", nullable=False),
-    }
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset({
         "model_type", "config_overrides", "config_name", "tokenizer_name", "cache_dir", "use_fast_tokenizer",
         "model_revision", "token", "use_auth_token", "trust_remote_code", "low_cpu_mem_usage", "pad_to_max_length",
@@ -55,35 +43,35 @@ class MNTPArguments(RecipeArguments):
 
     # model (MNTP's own defaults)
     attn_implementation: str | None = "sdpa"
-    pooling_mode: str | None = "mean"
-    lm_head: str | None = field(default=None, metadata={"help": "where the LM head is, if not in the checkpoint"})
-    freeze_lm_head: bool = True
-    use_lora: bool = True
-    merge_lora: bool = True
+    pooling_mode: str | None = key("mean", nullable=False, check=pooling_check,
+                                   help="pooling of the saved model: mean, weighted_mean, eos_token, bos_token")
+    lm_head: str | None = key(None, help="where the LM head is, if not in the checkpoint")
+    freeze_lm_head: bool = key(True, help="keep the LM head's weights fixed")
+    use_lora: bool = key(True, help="train a LoRA (else every weight)")
+    merge_lora: bool = key(True, help="fold the LoRA into the saved model")
     stop_after_n_steps: int | None = 10000
     # data
-    dataset_name: str | None = None
-    dataset_config_name: str | None = None
-    train_file: list[str] | None = None
-    validation_file: list[str] | None = None
-    text_column: str | None = None
-    validation_split_percentage: float = 5
-    line_by_line: bool = False
-    streaming: bool = False
-    preprocessing_num_workers: int | None = None
-    overwrite_cache: bool = False
-    max_eval_samples: int | None = None
+    dataset_name: str | None = key(None, help="a Hub text dataset")
+    dataset_config_name: str | None = key(None, help="its config")
+    train_file: list[str] | None = key(None, kind="strs", help="local txt/jsonl/csv/parquet file(s)")
+    validation_file: list[str] | None = key(None, kind="strs", help="local validation file(s)")
+    text_column: str | None = key(None, help="the text column (default: 'text' or the only one)")
+    validation_split_percentage: float = key(5, low=0, high=100, high_open=True,
+                                             help="percent of train held out when there is no validation_file")
+    max_seq_length: int | None = key(None, low=2, help="block length (default min(model_max_length, 1024))")
+    line_by_line: bool = key(False, help="one row per line instead of packed blocks")
+    streaming: bool = key(False, help="stream the dataset")
+    preprocessing_num_workers: int | None = key(None, low=1, help="tokenization processes")
+    overwrite_cache: bool = key(False, help="re-tokenize instead of reusing datasets' cache")
+    max_eval_samples: int | None = key(None, low=1, help="use at most this many validation rows")
     # masking
-    mask_token_type: str = "blank"
-    data_collator_type: str = "default"
-    mlm_probability: float = 0.2
+    mask_token_type: str = key("blank", check=nonempty, help="blank (_), eos, mask, or a token")
+    data_collator_type: str = key("default", choices=COLLATOR_TYPES, help="default (80/10/10) or all_mask")
+    mlm_probability: float = key(0.2, low=0, high=1, low_open=True, high_open=True,
+                                 help="share of tokens to predict")
     # run
-    do_train: bool = True
-    do_eval: bool = False
-
-    def check(self, training: Mapping[str, Any]) -> None:
-        check_mlm_probability(self.mlm_probability)
-        check_strategy(self.data_collator_type)
+    do_train: bool = key(True, help="train")
+    do_eval: bool = key(False, help="evaluate on the validation rows")
 
     def unmerged_output(self) -> bool:
         return self.use_lora and not self.merge_lora
@@ -109,22 +97,12 @@ def train_mntp(config: Mapping[str, Any] | str | os.PathLike, overrides: Mapping
     again (see :mod:`st_llm2vec.train.runs`).
     """
     from .config import check_files_exist
-    from .recipe import finish_run, read_arguments, start_run
-    from .runs import RunAlreadyComplete
+    from .recipe import read_arguments, run_lifecycle
 
     arguments, training = read_arguments(MNTPArguments, config, overrides)
     check_files_exist(dataclasses.asdict(arguments), ("train_file", "validation_file"))  # before the model loads
-    try:
-        run = start_run(arguments, training, do_train=arguments.do_train)
-    except RunAlreadyComplete as done:
-        logger.warning("%s", done)
-        return _finished_result(training["output_dir"])
-    try:
-        result, trainer = _train(arguments, training, run)
-        finish_run(run, trainer)
-        return result
-    finally:
-        run.release()
+    return run_lifecycle(arguments, training, lambda run: _train(arguments, training, run),
+                         lambda record: _finished_result(record["output_dir"]), do_train=arguments.do_train)
 
 
 def _finished_result(output_dir: str) -> MNTPResult:
@@ -201,7 +179,7 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
         training["eval_strategy"] = "no"
     if arguments.streaming and training.get("max_steps", -1) <= 0:
         if not arguments.stop_after_n_steps:
-            raise ValueError("A streaming corpus has no length: set max_steps or stop_after_n_steps.")
+            raise InputError("A streaming corpus has no length: set max_steps or stop_after_n_steps.")
         training["max_steps"] = arguments.stop_after_n_steps
     args = training_arguments(training)
     output_dir = args.output_dir

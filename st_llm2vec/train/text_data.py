@@ -28,6 +28,8 @@ from datasets import Dataset, DatasetDict, Features, IterableDataset, Value, loa
 from datasets import Sequence as SequenceFeature
 from datasets.exceptions import DatasetGenerationError
 
+from ..errors import InputError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 # file extension -> (datasets builder, extra builder kwargs)
@@ -44,7 +46,7 @@ MIN_TOKENS = 2
 OUTPUT_FEATURES = Features({"input_ids": SequenceFeature(Value("int32"))})
 
 
-class EmptyDatasetError(ValueError):
+class EmptyDatasetError(InputError):
     """The corpus yields no training rows (no texts, all too short, or fewer tokens than one block)."""
 
 
@@ -68,14 +70,14 @@ def _builder_for(files: Sequence[str]) -> tuple[str, dict[str, Any]]:
     for path in files:
         ext = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
         if ext not in FILE_BUILDERS:
-            raise ValueError(
+            raise InputError(
                 f"Unsupported data file {path!r}: use one of "
                 + ", ".join(f".{e}" for e in FILE_BUILDERS)
                 + " (one text per line for .txt)."
             )
         builders.add((FILE_BUILDERS[ext][0], tuple(sorted(FILE_BUILDERS[ext][1].items()))))
     if len(builders) > 1:
-        raise ValueError(f"Data files of different formats cannot be mixed: {list(files)}")
+        raise InputError(f"Data files of different formats cannot be mixed: {list(files)}")
     name, kwargs = builders.pop()
     return name, dict(kwargs)
 
@@ -104,7 +106,7 @@ def load_texts(
     if train_files or validation_files:
         for path in train_files + validation_files:
             if not os.path.exists(path):
-                raise FileNotFoundError(f"Data file {path!r} does not exist.")
+                raise MissingFileError(f"Data file {path!r} does not exist.")
         for split, files in (("train", train_files), ("validation", validation_files)):
             if files and all(os.path.getsize(path) == 0 for path in files):
                 raise EmptyDatasetError(f"The {split} data file(s) {files} are empty: no texts to train MNTP on.")
@@ -121,11 +123,11 @@ def load_texts(
                 builder, data_files=data_files, streaming=streaming, cache_dir=cache_dir, **builder_kwargs, **load_kwargs
             )
         except DatasetGenerationError as error:
-            raise ValueError(f"Could not read {train_files + validation_files} as {builder!r} data: {error.__cause__ or error}") from error
+            raise InputError(f"Could not read {train_files + validation_files} as {builder!r} data: {error.__cause__ or error}") from error
     elif dataset_name:
         raw = load_dataset(dataset_name, dataset_config_name, streaming=streaming, cache_dir=cache_dir, **load_kwargs)
     else:
-        raise ValueError("Need a corpus: set train_file (txt/jsonl/csv/tsv/parquet) or dataset_name.")
+        raise InputError("Need a corpus: set train_file (txt/jsonl/csv/tsv/parquet) or dataset_name.")
     return raw
 
 
@@ -141,7 +143,7 @@ def text_column_of(dataset: Dataset | IterableDataset, text_column: str | None =
     names = list(features or {})
     if text_column is not None:
         if text_column not in names:
-            raise ValueError(f"text_column {text_column!r} is not a column of the dataset; columns: {names}")
+            raise InputError(f"text_column {text_column!r} is not a column of the dataset; columns: {names}")
         column = text_column
     elif "text" in names:
         column = "text"
@@ -151,9 +153,9 @@ def text_column_of(dataset: Dataset | IterableDataset, text_column: str | None =
             if isinstance(features[name], Value) and features[name].dtype in ("string", "large_string")
         ]
         if not strings:
-            raise ValueError(f"The dataset has no text (string) column; columns: {names}. Set text_column.")
+            raise InputError(f"The dataset has no text (string) column; columns: {names}. Set text_column.")
         if len(strings) > 1:
-            raise ValueError(
+            raise InputError(
                 f"The dataset has several string columns {strings} and none named 'text': set text_column "
                 "to the one to train on."
             )
@@ -181,7 +183,7 @@ def tokenize_corpus(
     checked on its first row (see :func:`check_not_empty`).
     """
     if max_seq_length is None or int(max_seq_length) < MIN_TOKENS:
-        raise ValueError(f"max_seq_length must be an integer >= {MIN_TOKENS}, got {max_seq_length!r}")
+        raise InputError(f"max_seq_length must be an integer >= {MIN_TOKENS}, got {max_seq_length!r}")
     max_seq_length = int(max_seq_length)
     stats = stats if stats is not None else TextStats()
     streaming = isinstance(dataset, IterableDataset)
@@ -278,13 +280,13 @@ def split_validation(
     """
     train = raw["train"] if "train" in raw else None
     if train is None:
-        raise ValueError(f"The corpus has no 'train' split; splits: {list(raw)}")
+        raise InputError(f"The corpus has no 'train' split; splits: {list(raw)}")
     if "validation" in raw:
         return train, raw["validation"]
     if not percentage:
         return train, None
     if isinstance(train, IterableDataset):
-        raise ValueError("A streaming corpus without a validation split cannot be split by percentage: set validation_file.")
+        raise InputError("A streaming corpus without a validation split cannot be split by percentage: set validation_file.")
     n_val = int(len(train) * float(percentage) / 100)
     if n_val == 0:
         logger.warning("validation_split_percentage=%s of %d texts is 0 texts: no validation set.", percentage, len(train))

@@ -34,6 +34,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from .runs import normalize_permissions, remove_checkpoint_marker, write_checkpoint_marker
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -130,5 +131,5 @@ class LLM2VecTrainer(SentenceTransformerTrainer):
         result = set_peft_model_state_dict(backbone, weights)
         unexpected = list(getattr(result, "unexpected_keys", None) or [])
         if unexpected:
-            raise ValueError(f"{checkpoint_path}: adapter weights do not fit the model: {unexpected[:5]} …")
+            raise InputError(f"{checkpoint_path}: adapter weights do not fit the model: {unexpected[:5]} …")
         logger.info("Loaded adapter weights from %s", checkpoint_path)
