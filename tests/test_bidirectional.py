@@ -1,4 +1,5 @@
-"""The switch makes decoders bidirectional, and the probe refuses any model that stays causal."""
+"""st_llm2vec/bidirectional.py: the switch makes decoders bidirectional, the probe refuses any model that stays
+causal, and weights that are not finite are reported as such."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from transformers import AutoModel
 import st_llm2vec
 from st_llm2vec import BidirectionalityError
 from st_llm2vec.bidirectional import enable_bidirectional, probe_bidirectional
+from conftest import copy_model_dir as _copy
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text"]
 
@@ -70,3 +72,18 @@ def test_encoder_models_are_refused_before_loading(tmp_path):
                          vocab_size=100)).save_pretrained(tmp_path)
     with pytest.raises(BidirectionalityError, match="not a decoder-only LLM"):
         st_llm2vec.from_llm(str(tmp_path))
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_non_finite_weights_are_reported_as_such_not_as_causal(tiny_llm, tmp_path, bidirectional):
+    from safetensors.torch import load_file, save_file
+
+    path = _copy(tiny_llm("llama"), tmp_path / "m")
+    weights = load_file(path / "model.safetensors")
+    name = next(k for k in weights if "q_proj" in k)
+    weights[name][0, 0] = float("nan")
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"not finite.*q_proj") as info:
+        st_llm2vec.from_llm(str(path), bidirectional=bidirectional)
+    assert "stays causal" not in str(info.value)

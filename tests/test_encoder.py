@@ -1,8 +1,10 @@
-"""The ST module: bidirectional embeddings, padding invariance, save/load, instructions, bad input."""
+"""st_llm2vec/encoder.py (LLM2VecTransformer): loading and its checks, llm2vec's tokenization (left padding, prompts,
+chat templates, max_seq_length), save/load round trips, and bad input refused naming the file, the key or the fix."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -10,15 +12,12 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 import st_llm2vec
+from conftest import REPO
+from conftest import copy_model_dir as _copy
+from conftest import edit_json as _edit_json
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text"]
 TEXTS = ["A man is playing a guitar.", "Two dogs run.", "The children are building a sand castle at the beach today."]
-
-
-@pytest.fixture(scope="module")
-def llama_model(tiny_llm):
-    """llm2vec's exact semantics (the portable format's are in tests/test_portable.py)."""
-    return st_llm2vec.from_llm(str(tiny_llm("llama")), format="exact")
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -56,29 +55,6 @@ def test_padding_side_is_left_with_pad_equal_to_eos(llama_model):
     assert features["attention_mask"][0, 0] == 0 and features["attention_mask"][0, -1] == 1
 
 
-def test_instruction_tokens_are_excluded_from_mean_pooling(llama_model):
-    text, instruction = "Two dogs run.", "Retrieve semantically similar text:"
-    with_instruction = llama_model.encode([text], prompt=instruction)[0]
-    assert not np.allclose(with_instruction, llama_model.encode([text])[0], atol=1e-4)
-
-    # by hand: run the backbone on "instruction text", average the states of the text's own tokens
-    encoder = llama_model[0]
-    tokenizer = encoder.tokenizer
-    ids = tokenizer(instruction + " " + text, return_tensors="pt")
-    n_text = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    with torch.no_grad():
-        states = encoder.model(**ids).last_hidden_state[0]
-    np.testing.assert_allclose(with_instruction, states[-n_text:].mean(0).numpy(), atol=1e-5)
-
-    # skip_instruction=False averages every token, instruction and BOS included
-    llama_model[1].skip_instruction = False
-    try:
-        everything = llama_model.encode([text], prompt=instruction)[0]
-    finally:
-        llama_model[1].skip_instruction = True
-    np.testing.assert_allclose(everything, states.mean(0).numpy(), atol=1e-5)
-
-
 def test_named_prompts_are_saved_and_used(tiny_llm, tmp_path):
     model = st_llm2vec.from_llm(str(tiny_llm("llama")), prompts={"query": "Retrieve semantically similar text:"}, format="exact")
     expected = model.encode(["Two dogs run."], prompt="Retrieve semantically similar text:")
@@ -86,23 +62,6 @@ def test_named_prompts_are_saved_and_used(tiny_llm, tmp_path):
     model.save(str(tmp_path))
     loaded = SentenceTransformer(str(tmp_path))
     np.testing.assert_allclose(loaded.encode_query(["Two dogs run."]), expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("mode", ["mean", "weighted_mean", "eos_token", "last_token", "bos_token"])
-def test_every_pooling_mode_round_trips(tiny_llm, tmp_path, mode):
-    model = st_llm2vec.from_llm(str(tiny_llm("llama")), pooling_mode=mode, format="exact")
-    before = model.encode(TEXTS)
-    model.save(str(tmp_path))
-    np.testing.assert_allclose(SentenceTransformer(str(tmp_path)).encode(TEXTS), before, atol=1e-5)
-
-
-def test_chat_template_is_off_by_default_and_applied_when_configured(tiny_llm):
-    path = str(tiny_llm("llama"))
-    plain = st_llm2vec.from_llm(path, format="exact")
-    assert plain.preprocess(["hello"])["input_ids"].shape[1] == len(plain[0].tokenizer("hello")["input_ids"])
-    wrapped = st_llm2vec.from_llm(path, chat_template="[INST] {{ messages[0]['content'] | trim }} [/INST]", format="exact")
-    ids = wrapped.preprocess(["hello"])["input_ids"][0]
-    assert wrapped[0].tokenizer.decode(ids, skip_special_tokens=True).startswith("[INST] hello [/INST]")
 
 
 def test_causal_option_is_explicit_and_saved(tiny_llm, tmp_path):
@@ -130,30 +89,45 @@ def test_set_backbone_reproves_bidirectionality_unless_told_not_to(tiny_llm):
     assert causal.model.config.is_causal is True and not hasattr(causal, "probe")
 
 
-@pytest.mark.parametrize("mode", ["mean", "weighted_mean"])
-def test_half_precision_pooling_accumulates_in_float32_as_st_does(mode):
-    """1/N and weights 1..N (past 256) are not exact in bf16: the sums run in float32, the result is bf16."""
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
-    from st_llm2vec.pooling import LLM2VecPooling
-
-    tokens = torch.randn(2, 300, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    attention = torch.ones(2, 300, dtype=torch.long)
-    attention[1, :40] = 0
-    pooling = LLM2VecPooling(8, mode)
-
-    def pool(t: torch.Tensor) -> torch.Tensor:
-        return pooling({"token_embeddings": t, "attention_mask": attention, "embed_mask": attention})["sentence_embedding"]
-
-    got = pool(tokens)
-    assert torch.equal(got, pool(tokens.float()).to(torch.bfloat16))
-    if mode == "mean":  # ST numbers weightedmean positions differently (see pooling.py)
-        stock = Pooling(8, "mean")({"token_embeddings": tokens, "attention_mask": attention})["sentence_embedding"]
-        assert got.dtype == stock.dtype
-        torch.testing.assert_close(got.float(), stock.float(), atol=1e-2, rtol=1e-2)
+# --------------------------------------------------------------------------- prompts and chat templates
 
 
-# -- bad input -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["exact", "portable"])
+def test_prompt_filling_max_seq_length_raises_naming_the_lengths_and_the_fix(tiny_llm, fmt):
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")), max_seq_length=16, format=fmt)
+    long_prompt = "Retrieve semantically similar text for this query: " * 6
+    with pytest.raises(ValueError, match=r"prompt is \d+ tokens.*max_seq_length is 16.*[Ss]horten"):
+        model.encode(["Two dogs run.", "A cat."], prompt=long_prompt)
+    # a prompt that leaves room for text still works
+    out = model.encode(["Two dogs run.", "A cat sleeps."], prompt="Query:")
+    assert np.abs(out[0] - out[1]).max() > 1e-4
+
+
+def test_non_string_prompt_is_refused(exact_model):
+    with pytest.raises(ValueError, match="prompt must be a str"):
+        exact_model.encode(["Two dogs run."], prompt=5)
+
+
+def test_chat_template_is_off_by_default_and_applied_when_configured(tiny_llm):
+    path = str(tiny_llm("llama"))
+    plain = st_llm2vec.from_llm(path, format="exact")
+    assert plain.preprocess(["hello"])["input_ids"].shape[1] == len(plain[0].tokenizer("hello")["input_ids"])
+    wrapped = st_llm2vec.from_llm(path, chat_template="[INST] {{ messages[0]['content'] | trim }} [/INST]", format="exact")
+    ids = wrapped.preprocess(["hello"])["input_ids"][0]
+    assert wrapped[0].tokenizer.decode(ids, skip_special_tokens=True).startswith("[INST] hello [/INST]")
+
+
+def test_chat_template_that_drops_the_text_is_refused(tiny_llm):
+    with pytest.raises(ValueError, match="chat_template"):
+        st_llm2vec.from_llm(str(tiny_llm("llama")), chat_template="[INST] hello [/INST]", format="exact")
+
+
+def test_chat_template_with_a_syntax_error_is_refused_at_load(tiny_llm):
+    with pytest.raises(ValueError, match="chat_template"):
+        st_llm2vec.from_llm(str(tiny_llm("llama")), chat_template="{{ messages[0]['content'] ", format="exact")
+
+
+# --------------------------------------------------------------------------- bad input, lengths, devices
 
 
 def test_empty_and_whitespace_texts_get_a_finite_embedding(tiny_llm):
@@ -176,9 +150,47 @@ def test_very_long_text_is_truncated_to_max_seq_length(tiny_llm):
     assert np.isfinite(model.encode(["word " * 20_000])).all()
 
 
-def test_unknown_pooling_mode_names_the_valid_ones(tiny_llm):
-    with pytest.raises(ValueError, match="mean, weighted_mean, eos_token, bos_token"):
-        st_llm2vec.from_llm(str(tiny_llm("llama")), pooling_mode="max")
+@pytest.mark.parametrize("bad", [0, -1])
+def test_non_positive_max_seq_length_is_refused(tiny_llm, exact_model, bad):
+    with pytest.raises(ValueError, match="max_seq_length"):
+        st_llm2vec.from_llm(str(tiny_llm("llama")), max_seq_length=bad)
+    with pytest.raises(ValueError, match="max_seq_length"):
+        exact_model.max_seq_length = bad
+    assert exact_model.max_seq_length == 512
+
+
+def test_per_call_max_length_in_processing_kwargs_is_honoured(exact_model):
+    cut = exact_model.encode(TEXTS[2:], processing_kwargs={"text": {"max_length": 4}})
+    features = exact_model.preprocess(TEXTS[2:], processing_kwargs={"text": {"max_length": 4}})
+    assert features["input_ids"].shape[1] == 4
+    assert np.abs(cut - exact_model.encode(TEXTS[2:])).max() > 1e-4
+
+
+@pytest.mark.parametrize("kwargs", [{"text": {"padding": "max_length"}}, {"common": {"truncation": False}}])
+def test_unsupported_processing_kwargs_are_refused(exact_model, kwargs):
+    """llm2vec's tokenization is fixed (left padding, truncation); other overrides would be ignored."""
+    with pytest.raises(ValueError, match="processing_kwargs"):
+        exact_model.encode(TEXTS, processing_kwargs=kwargs)
+
+
+@pytest.mark.parametrize("bad", [0, -2])
+def test_non_positive_per_call_max_length_is_refused(exact_model, bad):
+    with pytest.raises(ValueError, match="max_length"):
+        exact_model.preprocess(TEXTS, max_length=bad)
+
+
+def test_meta_device_is_refused_before_anything_moves(tiny_llm):
+    model = st_llm2vec.from_llm(str(tiny_llm("llama")))
+    before = model.encode(TEXTS)
+    with pytest.raises(ValueError, match="meta"):
+        model.encode(TEXTS, device="meta")
+    with pytest.raises(ValueError, match="meta"):
+        model.to("meta")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    np.testing.assert_allclose(model.encode(TEXTS), before, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- loading a checkpoint
 
 
 def test_directory_without_config_is_refused(tmp_path):
@@ -187,18 +199,124 @@ def test_directory_without_config_is_refused(tmp_path):
         st_llm2vec.from_llm(str(tmp_path))
 
 
-def test_bos_pooling_without_bos_token_is_refused(tiny_llm):
-    with pytest.raises(ValueError, match="BOS"):
-        st_llm2vec.from_llm(str(tiny_llm("qwen2", add_bos=False)), pooling_mode="bos_token")
+@pytest.mark.parametrize("relative", [False, True])
+def test_from_llm_on_a_missing_local_path_names_the_path(tmp_path, monkeypatch, relative):
+    monkeypatch.chdir(tmp_path)
+    missing = "./no-such-model" if relative else str(tmp_path / "no" / "such-model")
+    with pytest.raises(FileNotFoundError, match="such-model' does not exist"):
+        st_llm2vec.from_llm(missing)
 
 
-def test_doc_max_length_drops_trailing_words_like_llm2vec(tiny_llm):
-    model = st_llm2vec.from_llm(str(tiny_llm("llama")), doc_max_length=12, format="exact")
-    encoder = model[0]
-    long_text = "The children are building a sand castle at the beach while two dogs run in the grass."
-    kept = encoder.tokenizer.decode(model.preprocess([long_text])["input_ids"][0], skip_special_tokens=True)
-    assert long_text.startswith(kept) and kept.split() == long_text.split()[: len(kept.split())]
-    assert len(encoder.tokenizer(kept, add_special_tokens=False)["input_ids"]) <= 12
-    assert kept != long_text
-    short = "Two dogs run."
-    assert encoder.tokenizer.decode(model.preprocess([short])["input_ids"][0], skip_special_tokens=True) == short
+def test_missing_path_that_looks_like_a_hub_id_says_it_is_not_a_local_directory(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network: fail fast
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match="'output/no-such-model' is not a local directory"):
+        st_llm2vec.from_llm("output/no-such-model")
+
+
+def test_from_llm_on_a_weights_file_instead_of_a_directory_names_the_fix(tiny_llm):
+    with pytest.raises(ValueError, match="directory"):
+        st_llm2vec.from_llm(str(tiny_llm("llama") / "model.safetensors"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_safetensors_names_the_file(tiny_llm, tmp_path, damage):
+    path = _copy(tiny_llm("llama"), tmp_path / "m")
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a safetensors file at all")
+    with pytest.raises(ValueError, match=r"model\.safetensors.*(truncated|corrupt)"):
+        st_llm2vec.from_llm(str(path))
+
+
+def test_tokenizer_without_eos_is_refused_at_load(tiny_llm, tmp_path):
+    path = _copy(tiny_llm("llama"), tmp_path / "m")
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config.pop("eos_token", None)
+    config["eos_token"] = None
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="EOS.*eos_token"):
+        st_llm2vec.from_llm(str(path))
+
+
+def test_a_config_naming_a_model_that_is_nowhere_says_which_model_to_use(tmp_path, capsys):
+    """The tiny configs name the llm2vec fixtures in ../shared: on a clone the error says what to pass instead."""
+    from st_llm2vec import cli
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model_name_or_path": "../no-shared-here/fixtures/llama/base", "output_dir": str(tmp_path / "o"),
+                                  "dataset_name": "Wiki1M", "dataset_file_path": str(REPO / "training/mntp/tiny_corpus.txt")}))
+    assert cli.main(["simcse", str(config)], report_errors=True) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "st-llm2vec fetch-smollm2 --quiet" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- loading a saved model dir: its module configs
+
+
+def test_saved_bidirectional_false_logs_a_warning_naming_the_file_and_key(saved_dir, tmp_path, caplog):
+    path = _copy(saved_dir, tmp_path / "m")
+    _edit_json(path / "sentence_bert_config.json", bidirectional=False)
+    with caplog.at_level(logging.WARNING):
+        model = SentenceTransformer(str(path))
+    assert model[0].bidirectional is False
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("sentence_bert_config.json" in m and '"bidirectional": false' in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    "file, key",
+    [("sentence_bert_config.json", "doc_max_lenght"), ("1_LLM2VecPooling/config.json", "pooling")],
+)
+def test_unknown_key_in_a_module_config_names_the_file_and_key(saved_dir, tmp_path, file, key):
+    path = _copy(saved_dir, tmp_path / "m")
+    _edit_json(path / file, **{key: 5})
+    with pytest.raises(ValueError, match=rf"{file.replace('/', '.')}.*{key}"):
+        SentenceTransformer(str(path))
+
+
+@pytest.mark.parametrize(
+    "file",
+    ["sentence_bert_config.json", "1_LLM2VecPooling/config.json", "tokenizer_config.json", "tokenizer.json"],
+)
+def test_invalid_json_in_a_saved_model_names_the_file(saved_dir, tmp_path, file):
+    path = _copy(saved_dir, tmp_path / "m")
+    (path / file).write_text("{not json")
+    with pytest.raises(ValueError, match=rf"{file.replace('/', '.')}.*not valid JSON"):
+        SentenceTransformer(str(path))
+
+
+@pytest.mark.parametrize(
+    "file, changes, match",
+    [
+        ("sentence_bert_config.json", {"doc_max_length": 0}, "doc_max_length"),
+        ("sentence_bert_config.json", {"max_batch_tokens": "100"}, "max_batch_tokens"),
+        ("sentence_bert_config.json", {"bidirectional": "false"}, "bidirectional"),
+        ("sentence_bert_config.json", {"text_suffix": 5}, "text_suffix"),
+        ("1_LLM2VecPooling/config.json", {"skip_instruction": "false"}, "skip_instruction"),
+        ("1_LLM2VecPooling/config.json", {"pooling_mode": "max"}, "pooling_mode"),
+    ],
+)
+def test_invalid_value_in_a_module_config_names_the_file_and_key(saved_dir, tmp_path, file, changes, match):
+    path = _copy(saved_dir, tmp_path / "m")
+    _edit_json(path / file, **changes)
+    with pytest.raises(ValueError, match=rf"{file.replace('/', '.')}.*{match}"):
+        SentenceTransformer(str(path))
+
+
+@pytest.mark.parametrize("file", ["sentence_bert_config.json", "1_LLM2VecPooling/config.json"])
+def test_missing_module_config_names_the_file_instead_of_falling_back_to_defaults(saved_dir, tmp_path, file):
+    """Without sentence_bert_config.json, doc_max_length / chat_template / ... silently became defaults."""
+    path = _copy(saved_dir, tmp_path / "m")
+    (path / file).unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{file.replace('/', '.')} is missing"):
+        SentenceTransformer(str(path))
+
+
+def test_negative_model_max_length_in_saved_tokenizer_config_is_refused(saved_dir, tmp_path):
+    path = _copy(saved_dir, tmp_path / "m")
+    _edit_json(path / "tokenizer_config.json", model_max_length=-5)
+    with pytest.raises(ValueError, match="max_seq_length.*-5.*model_max_length"):
+        SentenceTransformer(str(path))

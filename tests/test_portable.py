@@ -1,4 +1,4 @@
-"""The portable save format: stock sentence-transformers modules that load, bidirectional and equal,
+"""st_llm2vec/portable.py: the portable save format — stock sentence-transformers modules that load, bidirectional and equal,
 in a process where st_llm2vec cannot be imported; the exact format where stock modules cannot express the model."""
 
 from __future__ import annotations
@@ -169,17 +169,6 @@ def test_a_portable_dir_reloads_with_st_llm2vec_as_the_same_model(portable):
     np.testing.assert_allclose(again.encode(TEXTS, prompt_name="query"), model.encode(TEXTS, prompt_name="query"), atol=1e-5)
 
 
-def test_importing_st_llm2vec_registers_the_exact_format_classes_through_one_private_st_attribute(tiny_llm, tmp_path):
-    """The exact format's one private-API touch: ST's class-level ``_module_classes``. Fails loudly if ST drops it."""
-    from sentence_transformers.base.model import BaseModel
-
-    registered = BaseModel._module_classes
-    assert registered["st_llm2vec.encoder.LLM2VecTransformer"] is st_llm2vec.LLM2VecTransformer
-    assert registered["st_llm2vec.pooling.LLM2VecPooling"] is st_llm2vec.LLM2VecPooling
-    st_llm2vec.from_llm(str(tiny_llm("llama")), format="exact").save(str(tmp_path / "exact"))
-    assert isinstance(SentenceTransformer(str(tmp_path / "exact"))[0], st_llm2vec.LLM2VecTransformer)
-
-
 # -- converted llm2vec checkpoints (../shared/fixtures/llm2vec) ------------------------------------
 
 FIXTURES = fixtures_dir()
@@ -280,18 +269,6 @@ def test_a_trained_model_serves_the_query_embeddings_it_was_trained_and_evaluate
     np.testing.assert_allclose(stock["queries"][instruction], model.encode(texts, prompt=instruction), atol=1e-4)
     np.testing.assert_allclose(stock["queries"][stored_prompt(dev)], model.encode(texts, prompt=prompt_for(model, dev)),
                                atol=1e-4)
-
-
-def test_a_killed_saves_temp_dir_is_removed_by_the_next_save_and_a_live_ones_is_kept(tmp_path):
-    """save_portable builds in ``files.temp_dir_beside``: a SIGKILLed save's leftover does not stay forever."""
-    from st_llm2vec.files import temp_dir_beside, temp_tag
-
-    target = tmp_path / "model"
-    dead = tmp_path / f".model.{temp_tag().rsplit('-', 1)[0]}-999999999.x.partial"
-    live = tmp_path / f".model.{temp_tag()}.y.partial"  # this process: alive
-    dead.mkdir(), live.mkdir()
-    fresh = temp_dir_beside(target)
-    assert not dead.exists() and live.is_dir() and fresh.name.startswith(f".model.{temp_tag()}.")
 
 
 # -- what the proof checks, and what serving engines read ------------------------------------------

@@ -1,4 +1,5 @@
-"""Tests for the quick start: orchestration on a tiny random LLM, metrics, table, reload, CLI; (slow) the real run."""
+"""st_llm2vec/quickstart.py: the quick start's orchestration on a tiny random LLM, metrics, table, reload, CLI; (slow)
+the real run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import torch
 from st_llm2vec import cli, quickstart, smollm2
 
 from st_llm2vec.eval import devsets
-from st_llm2vec.eval.scores import evaluate
 from st_llm2vec.errors import MissingExtraError
 from st_llm2vec.quickstart import QuickstartOptions
 
@@ -91,27 +91,6 @@ def test_score_columns_fixed_order():
 def test_write_lines_one_text_per_line(tmp_path):
     path = quickstart.write_lines(tmp_path / "d" / "s.txt", ["a  b", "c\nd"])
     assert path.read_text() == "a b\nc d\n"
-
-
-def test_evaluate_reports_the_evaluators_metrics_under_the_table_keys(tiny_llm):
-    """Scores ×100 keyed as the tables name them; an instruction reaches every text and is taken off afterwards."""
-    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
-
-    from st_llm2vec import from_llm
-
-    model = from_llm(str(tiny_llm("llama")), max_seq_length=32)
-    pairs = devsets.builtin_sts_pairs()
-    samples = [
-        {"query": a, "positive": [b], "negative": [x for x, _, _ in pairs[i + 1 : i + 4]]} for i, (a, b, _) in enumerate(pairs[:8])
-    ]
-    sts, rerank = devsets.builtin_sts_evaluator(), RerankingEvaluator(samples, name="rr")
-    scores = evaluate(model, [sts, rerank], progress=False)
-    assert list(scores) == ["builtin-sts", "rr_map", "rr_mrr@10", "sts_mean"]
-    assert scores["builtin-sts"] == scores["sts_mean"] == 100 * sts(model)["builtin-sts_spearman_cosine"]
-    assert scores["rr_map"] == 100 * rerank(model)["rr_map"]
-    prompts = dict(model.prompts)
-    instructed = evaluate(model, [sts], instruction="Retrieve semantically similar text:", progress=False)
-    assert instructed["builtin-sts"] != scores["builtin-sts"] and model.prompts == prompts
 
 
 def test_configs_are_accepted_by_the_trainers(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for offline SmolLM2 provisioning: cache reuse, atomic writes, clear errors, and (slow) the real conversion."""
+"""st_llm2vec/smollm2.py: offline SmolLM2 provisioning: cache reuse, atomic writes, clear errors, and (slow) the real conversion."""
 
 from __future__ import annotations
 

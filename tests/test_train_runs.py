@@ -1,12 +1,12 @@
-"""Training reliability: one run per output_dir, only a run's own complete checkpoints are resumed, a
-finished run is not trained again, bad input is refused up front with a clear message, and outputs get
-the umask's file modes. Tiny random models; runs are cut short ("interrupted") to skip the final save."""
+"""st_llm2vec/train/runs.py: one training run per output_dir, only a run's own complete checkpoints are resumed, a
+finished run is not trained again, and outputs get the umask's file modes.
+
+Tiny random models; runs are cut short ("interrupted") to skip the final save."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import subprocess
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from st_llm2vec.train.config import ConfigError
 from st_llm2vec.train.stage_contrastive import train_simcse
 from st_llm2vec.train.stage_mntp import train_mntp
 from st_llm2vec.train.runs import (
@@ -25,15 +24,8 @@ from st_llm2vec.train.runs import (
     OutputLock,
     RunMismatchError,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO / "training" / "mntp" / "tiny_corpus.txt"
-SENTENCES = [
-    "A man is playing a guitar on the street.", "Two dogs are running through a field of grass.",
-    "The children are building a sand castle at the beach.", "A woman is slicing tomatoes in the kitchen.",
-    "Nobody is riding the bicycle down the hill.", "The cat sleeps on a warm windowsill in the afternoon.",
-    "A chef is tasting the soup.", "The train to the city was late this morning.",
-]
+from conftest import RUN_SENTENCES as SENTENCES
+from conftest import mntp_config, simcse_config
 
 
 class Interrupted(BaseException):
@@ -66,40 +58,12 @@ def interrupt(monkeypatch, *, after_step: int | None = None, while_saving_step: 
         monkeypatch.setattr(cls, "_save_rng_state", die_while_saving)
 
 
-def mntp_config(model: Path, out: Path, **overrides) -> dict:
-    config = dict(
-        model_name_or_path=str(model), train_file=str(CORPUS), max_seq_length=32, per_device_train_batch_size=4,
-        learning_rate=1e-2, lora_r=4, max_steps=4, logging_steps=1, save_strategy="steps", save_steps=2,
-        use_cpu=True, disable_tqdm=True, seed=7, output_dir=str(out), overwrite_output_dir=False,
-    )
-    config.update(overrides)
-    return config
-
-
-def simcse_config(model: Path, out: Path, corpus: Path, **overrides) -> dict:
-    config = dict(
-        model_name_or_path=str(model), output_dir=str(out), use_cpu=True, disable_tqdm=True, lora_r=4,
-        max_seq_length=32, evaluator="none", logging_steps=1, seed=7, dataset_name="Wiki1M",
-        dataset_file_path=str(corpus), per_device_train_batch_size=4, learning_rate=1e-3, max_steps=4,
-        save_strategy="steps", save_steps=2,
-    )
-    config.update(overrides)
-    return config
-
-
 def losses(state_file: Path) -> list[tuple[int, float]]:
     log = json.loads(state_file.read_text())["log_history"]
     return [(entry["step"], entry["loss"]) for entry in log if "loss" in entry]
 
 
-@pytest.fixture
-def corpus(tmp_path) -> Path:
-    path = tmp_path / "wiki.txt"
-    path.write_text("\n".join(SENTENCES * 2) + "\n")
-    return path
-
-
-# --------------------------------------------------------------------------- 1. one run per output_dir
+# --------------------------------------------------------------------------- one run per output_dir
 
 
 def test_a_second_run_into_a_locked_output_dir_is_refused_in_both_stages(tiny_llm, tmp_path, corpus):
@@ -140,7 +104,7 @@ def test_the_lock_is_held_across_processes_and_a_dead_holders_lock_is_taken_over
     assert not (out / ".st_llm2vec.lock").exists()
 
 
-# --------------------------------------------------------------------------- 2. only a run's own checkpoints
+# --------------------------------------------------------------------------- only a run's own checkpoints
 
 
 def test_overwrite_clears_an_old_runs_checkpoints_and_resume_takes_the_new_runs_own(tiny_llm, tmp_path, monkeypatch):
@@ -189,7 +153,7 @@ def test_resuming_another_runs_checkpoint_is_refused_with_both_fingerprints(tiny
         train_simcse(simcse_config(tiny_llm(), simcse_out, corpus, lora_r=8, resume_from_checkpoint=True))
 
 
-# --------------------------------------------------------------------------- 3. half-written checkpoints
+# --------------------------------------------------------------------------- half-written checkpoints
 
 
 def test_a_checkpoint_cut_short_while_saving_is_skipped(tiny_llm, tmp_path, monkeypatch, caplog):
@@ -214,7 +178,7 @@ def test_a_checkpoint_cut_short_while_saving_is_skipped(tiny_llm, tmp_path, monk
     assert [v for _, v in resumed] == pytest.approx([v for _, v in reference], rel=1e-5)
 
 
-# --------------------------------------------------------------------------- 4. a finished run is finished
+# --------------------------------------------------------------------------- a finished run is finished
 
 
 def test_a_finished_run_is_not_trained_further_and_outputs_follow_the_umask(tiny_llm, tmp_path, monkeypatch):
@@ -255,144 +219,3 @@ def test_a_finished_simcse_run_is_not_trained_further(tiny_llm, tmp_path, monkey
     again = train_simcse(simcse_config(tiny_llm(), out, corpus, max_steps=2))
     assert again.already_complete and again.global_step == 2 and again.loss_after == first.loss_after
     assert abs(again.model.encode(SENTENCES[:2]) - first.model.encode(SENTENCES[:2])).max() < 1e-5
-
-
-# --------------------------------------------------------------------------- 9, 10, 13. data that cannot train
-
-
-def test_simcse_refuses_batches_it_cannot_learn_from_before_loading_the_model(tmp_path):
-    repeated = tmp_path / "repeated.txt"
-    repeated.write_text("\n".join(SENTENCES[:3] * 4) + "\n")  # 12 lines, 3 distinct sentences
-    missing_model = tmp_path / "no-model-here"  # loading it would fail with another error
-    with pytest.raises(ValueError, match="3 distinct sentences .12 rows., fewer than one batch of 4"):
-        train_simcse(simcse_config(missing_model, tmp_path / "a", repeated))
-    with pytest.raises(ValueError, match="SimCSE needs at least 2 rows per batch.*the loss is always 0"):
-        train_simcse(simcse_config(missing_model, tmp_path / "b", repeated, per_device_train_batch_size=1))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-
-
-def test_an_ambiguous_text_column_must_be_named(tiny_llm, tmp_path, caplog):
-    from transformers import AutoTokenizer
-
-    from st_llm2vec.train.text_data import load_texts, tokenize_corpus
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llm())
-    path = tmp_path / "docs.jsonl"
-    path.write_text("".join(json.dumps({"id": f"doc-{i}", "body": s}) + "\n" for i, s in enumerate(SENTENCES)))
-    raw = load_texts(train_file=str(path))["train"]
-    with pytest.raises(ValueError, match=r"several string columns \['id', 'body'\].*set text_column"):
-        tokenize_corpus(raw, tokenizer, 8, line_by_line=True)
-    with caplog.at_level(logging.INFO, logger="st_llm2vec.train.text_data"):
-        rows = tokenize_corpus(raw, tokenizer, 64, line_by_line=True, text_column="body")
-    assert rows[0]["input_ids"] == tokenizer(SENTENCES[0])["input_ids"]
-    assert "'body' column" in caplog.text
-
-
-def test_no_eval_tokens_is_reported_not_a_zero_loss(tiny_llm, tmp_path):
-    import st_llm2vec
-    from st_llm2vec.train.mntp import MNTPDataCollator, MNTPEvaluator, MNTPLoss
-    from st_llm2vec.train.text_data import EmptyDatasetError
-
-    model = st_llm2vec.from_llm(str(tiny_llm()))
-    rows = [{"input_ids": [1, 40], "labels": [-100, -100]}] * 3  # nothing masked
-    metrics = MNTPEvaluator(MNTPLoss(model), rows, MNTPDataCollator(model[0].tokenizer))(model)
-    assert math.isnan(metrics["mntp_loss"]) and math.isnan(metrics["mntp_accuracy"])  # before: 0.0
-
-    one_token = tmp_path / "valid.txt"
-    one_token.write_text("</s>\n" * 6)  # BOS + one token that is never masked, line by line
-    with pytest.raises(EmptyDatasetError, match="No eval tokens"):
-        train_mntp(mntp_config(tiny_llm(), tmp_path / "out", line_by_line=True, do_eval=True,
-                               validation_file=str(one_token), eval_strategy="steps", eval_steps=1))
-
-
-# --------------------------------------------------------------------------- bad config, CLI
-
-
-def test_the_config_is_checked_before_anything_loads(tmp_path, corpus):
-    missing_model = str(tmp_path / "no-model-here")
-    config = tmp_path / "mntp.json"
-    config.write_text(json.dumps(mntp_config(Path(missing_model), tmp_path / "out", lora_r="abc", learning_rate="fast")))
-    with pytest.raises(ConfigError, match=r"mntp\.json: 2 invalid values: lora_r: expected an integer >= 1, got 'abc'; "
-                                          r"learning_rate: expected a number >= 0, got 'fast'"):
-        train_mntp(str(config))
-    assert not (tmp_path / "out").exists()
-    with pytest.raises(ConfigError, match=r"^config: lora_dropout: expected a number >= 0 and < 1"):
-        train_simcse(simcse_config(Path(missing_model), tmp_path / "out", corpus, lora_dropout=1.5))
-    yaml_config = tmp_path / "simcse.yaml"
-    yaml_config.write_text("model_name_or_path: m\noutput_dir: o\nlearning_rate: 1e-4\nmax_steps: [3\n")
-    with pytest.raises(ConfigError, match=r"simcse\.yaml:5:1: invalid YAML"):
-        train_simcse(str(yaml_config))
-    broken = tmp_path / "broken.json"
-    broken.write_text('{\n  "model_name_or_path": "m",\n  "lora_r": 4,\n}\n')
-    with pytest.raises(ConfigError, match=r"broken\.json:4:1: invalid JSON"):
-        train_mntp(str(broken))
-    a_file = tmp_path / "a_file"
-    a_file.write_text("x")
-    with pytest.raises(ConfigError, match="output_dir .* exists and is not a directory"):
-        train_mntp(mntp_config(Path(missing_model), a_file))
-    with pytest.raises(FileNotFoundError, match="train_file"):
-        train_mntp(mntp_config(Path(missing_model), tmp_path / "out", train_file=str(tmp_path / "missing.txt")))
-
-
-def test_cli_reports_user_errors_in_one_line_with_exit_status_2(tiny_llm, tmp_path, capsys, corpus, monkeypatch):
-    from st_llm2vec.cli import main
-
-    config = tmp_path / "mntp.json"
-    config.write_text(json.dumps(mntp_config(tiny_llm(), tmp_path / "out", lora_r="abc")))
-    capsys.readouterr()
-    # the console script calls main() without argv
-    monkeypatch.setattr(sys, "argv", ["st-llm2vec", "mntp", str(config)])
-    assert main() == 2
-    assert capsys.readouterr().err.strip().startswith("st-llm2vec mntp: error: ")
-    assert main(["mntp", str(config)], report_errors=True) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("st-llm2vec mntp: error:") and "lora_r" in err and "\n" not in err
-    with pytest.raises(ConfigError):
-        main(["mntp", str(config), "--debug"], report_errors=True)
-    simcse = tmp_path / "simcse.json"
-    simcse.write_text(json.dumps(simcse_config(tiny_llm(), tmp_path / "s", corpus)))
-    with OutputLock(tmp_path / "s"):
-        assert main(["simcse", str(simcse)], report_errors=True) == 2
-    err = capsys.readouterr().err.strip()
-    assert "in use by another training run" in err and "\n" not in err
-
-
-# --------------------------------------------------------------------------- convert: full disk, killed runs
-
-
-def test_convert_on_a_full_disk_is_one_line(tiny_llm, tmp_path, monkeypatch, capsys):
-    import transformers.modeling_utils
-    from safetensors import SafetensorError
-
-    from st_llm2vec.cli import main
-
-    def disk_full(*args, **kwargs):  # what safetensors raises on ENOSPC
-        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-
-    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
-    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
-    assert main(["convert", str(tiny_llm()), str(tmp_path / "m")], report_errors=True) == 2
-    err = capsys.readouterr().err
-    ours = [line for line in err.splitlines() if line.startswith("st-llm2vec")]  # (progress bars aside)
-    assert len(ours) == 1 and "No space left on device (os error 28)" in ours[0] and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
-
-
-def test_a_killed_converts_temp_dir_is_cleaned_by_the_next_one(tmp_path):
-    from st_llm2vec import files
-
-    output = tmp_path / "model"
-    ctx = files.atomic_dir(output, False)  # a convert that gets SIGKILLed: no cleanup runs
-    tmp = ctx.__enter__()
-    (tmp / "weights").write_text("x")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)  # a process that has exited
-    assert f"-{os.getpid()}." in tmp.name and tmp.name.startswith(".model.") and tmp.name.endswith(".partial")
-    tmp.rename(tmp.with_name(tmp.name.replace(f"-{os.getpid()}.", f"-{dead_pid}.")))
-    live = tmp_path / tmp.name  # a convert of this (live) process at work: kept
-    live.mkdir()
-    other = tmp_path / ".model.abc123.partial"  # no pid in the name: not ours to judge, kept
-    other.mkdir()
-    with files.atomic_dir(output, False) as new:
-        (new / "weights").write_text("y")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".model.abc123.partial", "model", live.name])

@@ -1,4 +1,4 @@
-"""Architecture matrix: the decoders llm2vec users ask for, each under eager and sdpa attention.
+"""st_llm2vec/bidirectional.py per architecture: the decoders llm2vec users ask for, each under eager and sdpa attention.
 
 For every (architecture, attn_implementation) the table below states what ``st_llm2vec.from_llm`` does
 with a tiny random checkpoint (hidden 32, 2 layers, local tokenizer):

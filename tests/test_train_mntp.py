@@ -1,4 +1,5 @@
-"""MNTP: llm2vec loss parity, masking rules, LM heads, corpora, training, resume, CLI and (slow) DDP.
+"""st_llm2vec/train/mntp.py with stage_mntp.py: MNTP's llm2vec loss parity, masking rules, LM heads, collator and
+evaluator, and the MNTP stage's training, CLI and (slow) DDP.
 
 Tiny random models are built here; nothing is downloaded. The llm2vec parity tests read the shared
 fixtures (``ST_LLM2VEC_FIXTURES`` or ``../shared/fixtures/llm2vec``) and skip when they are absent.
@@ -7,6 +8,7 @@ fixtures (``ST_LLM2VEC_FIXTURES`` or ``../shared/fixtures/llm2vec``) and skip wh
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -32,10 +34,11 @@ from st_llm2vec.train.mntp import (
 )
 from st_llm2vec.train.recipe import read_arguments
 from st_llm2vec.train.stage_mntp import MNTPArguments, train_mntp
-from st_llm2vec.train.text_data import EmptyDatasetError, TextStats, load_texts, tokenize_corpus
+from conftest import corpus_lines, make_tiny_llama, make_tokenizer, mntp_config
+from conftest import mntp_history as history
+from conftest import mntp_recipe as recipe
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO / "training" / "mntp" / "tiny_corpus.txt"
 TINY_CONFIG = REPO / "training" / "mntp" / "tiny.json"
 
 
@@ -47,57 +50,6 @@ def fixture_dirs() -> list[str]:
     root = fixtures_root()
     found = sorted(p.parent.name for p in root.glob("*/mntp_batch.npz")) if root.is_dir() else []
     return sorted(set(found) | {"llama", "mistral", "gemma"})
-
-
-
-def corpus_lines() -> list[str]:
-    return [line.strip() for line in CORPUS.read_text().splitlines() if line.strip()]
-
-
-def make_tokenizer(path: Path, texts: list[str], vocab_size: int = 300, mask_token: str | None = None):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    special = ["<unk>", "<s>", "</s>"] + ([mask_token] if mask_token else [])
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    kwargs = {"mask_token": mask_token} if mask_token else {}
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", **kwargs)
-    fast.save_pretrained(path)
-    return fast
-
-
-def make_tiny_llama(path: Path, *, tied: bool = False, causal_lm: bool = True, seed: int = 0) -> Path:
-    """A random 2-layer Llama (hidden 32) saved as a causal-LM checkpoint with a BPE tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
-
-    tok = make_tokenizer(path, corpus_lines())
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=tied,
-    )
-    torch.manual_seed(seed)
-    (LlamaForCausalLM if causal_lm else LlamaModel)(config).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +76,7 @@ def masked_batch(model, texts: list[str], seed: int = 0, **loss_kwargs):
     return loss, inputs, mask, labels
 
 
-def history(output_dir: Path) -> list[tuple[int, float]]:
-    log = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
-    return [(entry["step"], entry["loss"]) for entry in log if "loss" in entry]
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss parity
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- loss parity
 
 
 @pytest.mark.parametrize("name", fixture_dirs())
@@ -212,9 +157,7 @@ def test_batch_without_labels_gives_zero_connected_loss(tiny_llama):
     assert value.item() == 0.0 and value.requires_grad
 
 
-# ---------------------------------------------------------------------------------------------
-# Masking
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- masking
 
 
 def _padded_batch():
@@ -292,9 +235,7 @@ def test_loss_masks_itself_reproducibly_in_eval(tiny_llama):
     assert first == second and first > 0  # eval masks are seeded by the batch content
 
 
-# ---------------------------------------------------------------------------------------------
-# Mask token, LM head, collator
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- mask token, LM head, collator, evaluator
 
 
 def test_each_mask_token_type_names_its_token_or_is_refused_clearly(tiny_llama):
@@ -360,119 +301,31 @@ def test_evaluator_reports_loss_and_accuracy(tiny_llama):
     assert evaluator.primary_metric == "mntp_accuracy"
 
 
-# ---------------------------------------------------------------------------------------------
-# Corpora
-# ---------------------------------------------------------------------------------------------
+def test_trainable_lm_head_gets_gradients(tiny_llama):
+    model = st_llm2vec.from_llm(str(tiny_llama))
+    loss, inputs, mask, labels = masked_batch(model, corpus_lines()[:4], freeze_lm_head=False)
+    loss.masked_loss(inputs, mask, labels).backward()
+    assert loss.lm_head.weight.requires_grad and loss.lm_head.weight.grad.abs().sum() > 0
 
 
-def test_grouped_blocks_and_skipped_short_texts(tiny_llama, tmp_path):
-    from transformers import AutoTokenizer
+def test_no_eval_tokens_is_reported_not_a_zero_loss(tiny_llm, tmp_path):
+    import st_llm2vec
+    from st_llm2vec.train.mntp import MNTPDataCollator, MNTPEvaluator, MNTPLoss
+    from st_llm2vec.train.text_data import EmptyDatasetError
 
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    path = tmp_path / "c.txt"
-    path.write_text("\n".join(["", "   ", *corpus_lines()[:20]]) + "\n")
-    stats = TextStats()
-    raw = load_texts(train_file=str(path))
-    blocks = tokenize_corpus(raw["train"], tok, 16, stats=stats)
-    assert stats.texts == 22 and stats.skipped_short == 2
-    assert len(blocks) > 0 and all(len(ids) == 16 for ids in blocks["input_ids"])
-    total = sum(len(tok(t)["input_ids"]) for t in corpus_lines()[:20])
-    assert len(blocks) == total // 16
+    model = st_llm2vec.from_llm(str(tiny_llm()))
+    rows = [{"input_ids": [1, 40], "labels": [-100, -100]}] * 3  # nothing masked
+    metrics = MNTPEvaluator(MNTPLoss(model), rows, MNTPDataCollator(model[0].tokenizer))(model)
+    assert math.isnan(metrics["mntp_loss"]) and math.isnan(metrics["mntp_accuracy"])  # before: 0.0
 
-    stats = TextStats()
-    rows = tokenize_corpus(raw["train"], tok, 8, line_by_line=True, stats=stats)
-    assert stats.skipped_short == 2 and len(rows) == 20
-    assert all(2 <= len(ids) <= 8 for ids in rows["input_ids"]) and rows[0]["input_ids"][0] == tok.bos_token_id
+    one_token = tmp_path / "valid.txt"
+    one_token.write_text("</s>\n" * 6)  # BOS + one token that is never masked, line by line
+    with pytest.raises(EmptyDatasetError, match="No eval tokens"):
+        train_mntp(mntp_config(tiny_llm(), tmp_path / "out", line_by_line=True, do_eval=True,
+                               validation_file=str(one_token), eval_strategy="steps", eval_steps=1))
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
-def test_local_formats_pick_the_text_column(tiny_llama, tmp_path, fmt):
-    import pandas as pd
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    frame = pd.DataFrame({"id": range(12), "body": corpus_lines()[:12]})
-    path = tmp_path / f"c.{fmt}"
-    {"jsonl": lambda: frame.to_json(path, orient="records", lines=True), "csv": lambda: frame.to_csv(path, index=False),
-     "parquet": lambda: frame.to_parquet(path)}[fmt]()
-    rows = tokenize_corpus(load_texts(train_file=str(path))["train"], tok, 128, line_by_line=True)
-    assert rows[0]["input_ids"] == tok(corpus_lines()[0])["input_ids"]
-
-
-def test_streaming_gives_the_same_blocks(tiny_llama):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    eager = tokenize_corpus(load_texts(train_file=str(CORPUS))["train"], tok, 16)
-    stats = TextStats()
-    lazy = tokenize_corpus(load_texts(train_file=str(CORPUS), streaming=True)["train"], tok, 16, stats=stats)
-    assert [r["input_ids"] for r in lazy] == eager["input_ids"]
-    assert stats.skipped_short == 2  # counted while streaming
-
-
-def test_empty_or_too_short_corpus_is_a_clear_error(tiny_llama, tmp_path):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    with pytest.raises(EmptyDatasetError, match="are empty"):
-        load_texts(train_file=str(empty))
-    blank = tmp_path / "blank.txt"
-    blank.write_text("\n\n  \n")
-    with pytest.raises(EmptyDatasetError, match="shorter than 2 tokens"):
-        tokenize_corpus(load_texts(train_file=str(blank))["train"], tok, 16)
-    short = tmp_path / "short.txt"
-    short.write_text("One short line.\n")
-    with pytest.raises(EmptyDatasetError, match="fewer than one block"):
-        tokenize_corpus(load_texts(train_file=str(short))["train"], tok, 64)
-    with pytest.raises(FileNotFoundError):
-        load_texts(train_file=str(tmp_path / "missing.txt"))
-    odd = tmp_path / "c.xml"
-    odd.write_text("<t>text</t>")
-    with pytest.raises(ValueError, match="Unsupported data file"):
-        load_texts(train_file=str(odd))
-
-
-# ---------------------------------------------------------------------------------------------
-# Training through the recipe
-# ---------------------------------------------------------------------------------------------
-
-
-def recipe(model: Path, output_dir: Path, **overrides) -> dict:
-    config = {
-        "model_name_or_path": str(model),
-        "train_file": str(CORPUS),
-        "max_seq_length": 32,
-        "per_device_train_batch_size": 8,
-        "learning_rate": 1e-2,
-        "lora_r": 8,
-        "max_steps": 20,
-        "stop_after_n_steps": 20,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "seed": 7,
-        "output_dir": str(output_dir),
-        "overwrite_output_dir": True,
-    }
-    config.update(overrides)
-    return config
-
-
-def test_bad_torch_dtype_is_refused_in_both_training_stages(tiny_llama, tmp_path):
-    from st_llm2vec.train.stage_contrastive import train_simcse
-
-    with pytest.raises(ValueError, match="is not a torch dtype .use bfloat16, float16, float32 or auto"):
-        train_mntp(recipe(tiny_llama, tmp_path / "mntp", torch_dtype="bf16"))
-    corpus = tmp_path / "wiki.txt"
-    corpus.write_text("\n".join(corpus_lines()[:8]))
-    simcse = dict(model_name_or_path=str(tiny_llama), output_dir=str(tmp_path / "simcse"), use_cpu=True,
-                  dataset_name="Wiki1M", dataset_file_path=str(corpus), evaluator="none", torch_dtype="float33")
-    with pytest.raises(ValueError, match="'float33' is not a torch dtype"):
-        train_simcse(simcse)
-    assert not (tmp_path / "simcse").exists()
+# --------------------------------------------------------------------------- training through the stage
 
 
 def test_twenty_steps_lower_the_loss(tiny_llama, tmp_path):
@@ -487,17 +340,6 @@ def test_twenty_steps_lower_the_loss(tiny_llama, tmp_path):
     assert len(losses) == 20
     assert after < before - 0.03, (before, after)
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
-
-
-def test_resume_continues_the_same_loss_curve(tiny_llama, tmp_path):
-    common = {"max_steps": 8, "save_strategy": "steps", "save_steps": 4}
-    train_mntp(recipe(tiny_llama, tmp_path / "straight", stop_after_n_steps=8, **common))
-    train_mntp(recipe(tiny_llama, tmp_path / "cut", stop_after_n_steps=4, **common))
-    assert (tmp_path / "cut" / "checkpoint-4").is_dir()
-    train_mntp(recipe(tiny_llama, tmp_path / "cut", stop_after_n_steps=8, resume_from_checkpoint=True, **common))
-    straight, resumed = history(tmp_path / "straight"), history(tmp_path / "cut")
-    assert [s for s, _ in resumed] == list(range(1, 9))
-    np.testing.assert_allclose([v for _, v in resumed], [v for _, v in straight], rtol=1e-5)
 
 
 def test_cli_tiny_config_writes_a_loadable_model(tiny_llama, tmp_path):
@@ -548,34 +390,6 @@ def test_plain_sentence_transformer_trainer_on_a_text_column(tiny_llama, tmp_pat
     metrics = trainer.evaluate()
     assert metrics["eval_loss"] > 0 and "eval_mntp_accuracy" in metrics
     assert trainer.evaluate()["eval_loss"] == metrics["eval_loss"]  # eval masks are fixed per batch
-
-
-def test_yaml_config_and_relative_paths(tmp_path):
-    (tmp_path / "corpus.txt").write_text("some text\n")
-    path = tmp_path / "mntp.yaml"
-    path.write_text("model_name_or_path: m\ntrain_file: corpus.txt\noutput_dir: out\nlora_r: 4\nevaluation_strategy: 'no'\n")
-    config, training = read_arguments(MNTPArguments, path)
-    assert config.train_file == str(tmp_path / "corpus.txt") and config.lora_r == 4
-    assert training == {"output_dir": "out", "eval_strategy": "no"}
-
-
-def test_trainable_lm_head_gets_gradients(tiny_llama):
-    model = st_llm2vec.from_llm(str(tiny_llama))
-    loss, inputs, mask, labels = masked_batch(model, corpus_lines()[:4], freeze_lm_head=False)
-    loss.masked_loss(inputs, mask, labels).backward()
-    assert loss.lm_head.weight.requires_grad and loss.lm_head.weight.grad.abs().sum() > 0
-
-
-def test_unknown_config_key_is_refused():
-    with pytest.raises(ValueError, match="Unknown MNTP config key"):
-        read_arguments(MNTPArguments, {"model_name_or_path": "x", "output_dir": "y", "mlm_probabilty": 0.2})
-    config, training = read_arguments(MNTPArguments, json.loads((REPO / "training" / "mntp" / "MetaLlama3.json").read_text()))
-    assert training["eval_strategy"] == "steps" and config.lora_r == 16
-
-
-# ---------------------------------------------------------------------------------------------
-# Multi-process
-# ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`st-llm2vec export`: a portable dir plus a proven ONNX graph (bidirectional, position ids from the mask),
+"""st_llm2vec/export/onnx.py (`st-llm2vec export`): a portable dir plus a proven ONNX graph (bidirectional, position ids from the mask),
 fp32 and int8; refused below the cosine threshold; clear errors without the extra or for non-portable dirs."""
 
 from __future__ import annotations

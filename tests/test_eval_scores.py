@@ -1,0 +1,44 @@
+"""st_llm2vec/eval/scores.py: evaluators run on a model with their scores named as the tables name them, and an
+instruction applied to every text and taken off afterwards."""
+
+from __future__ import annotations
+
+from st_llm2vec.eval import devsets
+from st_llm2vec.eval.scores import evaluate
+
+
+def test_evaluate_reports_the_evaluators_metrics_under_the_table_keys(tiny_llm):
+    """Scores ×100 keyed as the tables name them; an instruction reaches every text and is taken off afterwards."""
+    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
+
+    from st_llm2vec import from_llm
+
+    model = from_llm(str(tiny_llm("llama")), max_seq_length=32)
+    pairs = devsets.builtin_sts_pairs()
+    samples = [
+        {"query": a, "positive": [b], "negative": [x for x, _, _ in pairs[i + 1 : i + 4]]} for i, (a, b, _) in enumerate(pairs[:8])
+    ]
+    sts, rerank = devsets.builtin_sts_evaluator(), RerankingEvaluator(samples, name="rr")
+    scores = evaluate(model, [sts, rerank], progress=False)
+    assert list(scores) == ["builtin-sts", "rr_map", "rr_mrr@10", "sts_mean"]
+    assert scores["builtin-sts"] == scores["sts_mean"] == 100 * sts(model)["builtin-sts_spearman_cosine"]
+    assert scores["rr_map"] == 100 * rerank(model)["rr_map"]
+    prompts = dict(model.prompts)
+    instructed = evaluate(model, [sts], instruction="Retrieve semantically similar text:", progress=False)
+    assert instructed["builtin-sts"] != scores["builtin-sts"] and model.prompts == prompts
+
+
+def test_dev_evaluator_applies_the_eval_instruction_and_restores_prompts(tiny_llm):
+    from st_llm2vec import from_llm
+    from st_llm2vec.eval.scores import InstructedSequentialEvaluator
+
+    model = from_llm(str(tiny_llm()))
+    sts = devsets.builtin_sts_evaluator()
+    plain = InstructedSequentialEvaluator([sts], None)(model)
+    seen = []
+    preprocess = model.preprocess
+    model.preprocess = lambda texts, prompt=None, **kw: seen.append(prompt) or preprocess(texts, prompt=prompt, **kw)
+    instructed = InstructedSequentialEvaluator([sts], "Retrieve semantically similar text:")(model)
+    assert set(seen) == {"Retrieve semantically similar text: "}  # portable model: the stock prompt form
+    assert instructed["builtin-sts_spearman_cosine"] != plain["builtin-sts_spearman_cosine"]
+    assert model.default_prompt_name is None and "st_llm2vec_eval" not in model.prompts
