@@ -28,7 +28,6 @@ modules, the graph in ONNX Runtime), or use onnxruntime directly.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -43,25 +42,21 @@ import numpy as np
 import torch
 
 from ..errors import InputError, MissingExtraError, MissingFileError
-from ..portable import BIDIRECTIONAL_PROBE, PROBE_TEXTS
-from .command import DEFAULT_MIN_COSINE, OPSET
+from ..portable import BIDIRECTIONAL_PROBE
+from .command import (
+    DEFAULT_MIN_COSINE,
+    HELD_TEXTS,
+    OPSET,
+    check_proof,
+    copy_model_dir,
+    finish,
+    portable_source,
+)
 
 logger = logging.getLogger(__name__)
 
 QUANTIZE = ("int8",)
 ONNX_DIR, ONNX_FILE, ONNX_DATA = "onnx", "model.onnx", "model.onnx_data"
-REPORT_FILE = "export_report.json"
-# Held texts for the cosine check: other lengths and content than the probe texts, so the batch pads.
-HELD_TEXTS = PROBE_TEXTS + [
-    "Quantum computers use qubits, which can represent a zero and a one at the same time.",
-    "She sells sea shells by the sea shore.",
-    "The recipe calls for two cups of flour, one egg, a pinch of salt and half a litre of milk, mixed well.",
-    "Paris is the capital of France.",
-    "What is the boiling point of water at high altitude?",
-    "Der schnelle braune Fuchs springt über den faulen Hund.",
-    "def add(a, b):\n    return a + b",
-    "1 2 3 4 5 6 7 8 9 10",
-]
 # For choosing which MatMuls int8 keeps in fp32; disjoint from HELD_TEXTS, on which the export is proven.
 CALIBRATION_TEXTS = [
     "Two dogs are running through a field of grass.",
@@ -395,42 +390,6 @@ def pipeline_cosines(model: Any, backbone: OnnxBackbone, texts: list[str]) -> tu
     return cosines, finite
 
 
-def check_proof(report: dict[str, Any], *, bidirectional: bool, min_cosine: float, force: bool) -> list[str]:
-    """The reasons the proof fails (empty: it passes). ``force`` turns only a low cosine into a warning."""
-    problems = []
-    if not report["finite"]:
-        problems.append("the graph gives non-finite outputs (NaN/inf)")
-    shift, expected = report["first_token_shift"], report["torch_first_token_shift"]
-    if bidirectional and not shift >= max(1e-6, 0.5 * expected):
-        problems.append(f"the graph is not bidirectional: token 1 moved by {shift:.1e} when only the last word "
-                        f"changed (the torch model: {expected:.1e})")
-    if not report["min_cosine"] >= min_cosine:
-        message = (f"min cosine vs the fp32 torch model is {report['min_cosine']:.6f} < {min_cosine} "
-                   "(pass --min-cosine or --force to accept it)")
-        if force:
-            logger.warning("Forced: %s", message)
-        else:
-            problems.append(message)
-    return problems
-
-
-# -- the command ----------------------------------------------------------------------------------
-
-
-def _check_portable(source: Path) -> dict[str, Any]:
-    """The dir's config.json, if ``source`` is a portable dir (stock modules, a stock Transformer first)."""
-    modules_file = source / "modules.json"
-    if not modules_file.is_file():
-        raise OnnxExportError(f"{source} is not a Sentence-Transformers model dir (no modules.json); "
-                              "write one with `st-llm2vec convert SOURCE OUT` or `model.save(OUT)` first")
-    modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    foreign = [m["type"] for m in modules if not m["type"].startswith("sentence_transformers.")]
-    if foreign or not modules or not modules[0]["type"].endswith(".Transformer") or modules[0].get("path", ""):
-        raise OnnxExportError(f"{source} is not in the portable format (modules {foreign or [m['type'] for m in modules]}); "
-                              "only portable dirs (stock modules) can be exported: convert with --format portable")
-    return json.loads((source / "config.json").read_text(encoding="utf-8"))
-
-
 def _card_section(report: dict[str, Any]) -> str:
     proof = report["proof"]
     quant = "dynamic int8 (ONNX Runtime, int8 weights per channel)" if report["quantize"] == "int8" else "fp32"
@@ -461,19 +420,14 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: st
     Built in a temp dir beside ``output`` and moved into place only once proven (see :func:`prove_graph`
     and :func:`check_proof`); raises :class:`OnnxExportError` naming what failed.
     """
-    from ..files import atomic_dir, check_output, normalize_permissions
+    from ..files import atomic_dir, check_output
 
     if quantize not in (None, *QUANTIZE):
         raise OnnxExportError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)}")
     _, ort = require_onnx()
     from sentence_transformers import SentenceTransformer
 
-    source, output = Path(source).expanduser().absolute(), Path(output).expanduser().absolute()
-    if not source.is_dir():
-        raise OnnxExportError(f"{source} is not a directory")
-    if output == source or source in output.parents or output in source.parents:
-        raise OnnxExportError("OUTPUT must be a directory outside MODEL (and not one holding it)")
-    config = _check_portable(source)
+    source, output, config = portable_source(source, output)
     check_output(output, overwrite)
     bidirectional = config.get("is_causal") is False or config.get("use_bidirectional_attention") is True
 
@@ -481,11 +435,7 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: st
     model = SentenceTransformer(str(source), device="cpu", local_files_only=True, model_kwargs={"dtype": torch.float32})
     model.eval()
     with atomic_dir(output, overwrite) as tmp:
-        for entry in source.iterdir():
-            if entry.name in (ONNX_DIR, "openvino") or entry.name.startswith("."):
-                continue
-            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
-        (tmp / ONNX_DIR).mkdir()
+        copy_model_dir(source, tmp, ONNX_DIR)
         graph = tmp / ONNX_DIR / ONNX_FILE
         int8 = None
         if quantize == "int8":
@@ -508,9 +458,5 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: st
             "proof": proof, "int8": int8, "seconds": round(time.perf_counter() - started, 1),
             "graph_bytes": sum(p.stat().st_size for p in (tmp / ONNX_DIR).iterdir()),
         }
-        (tmp / ONNX_DIR / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
-        card = tmp / "README.md"
-        card.write_text((card.read_text(encoding="utf-8") if card.exists() else "") + _card_section(report),
-                        encoding="utf-8")
-        normalize_permissions(tmp)
+        finish(tmp, ONNX_DIR, report, _card_section(report))
     return report

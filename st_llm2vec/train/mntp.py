@@ -6,7 +6,7 @@ hidden state at ``i - 1`` through the causal LM's own head (llm2vec's ``<Arch>Bi
 
 Unlike llm2vec, which materialises full-vocabulary logits at every position (batch × seq × vocab
 floats, of which ~80 % are thrown away), :class:`MNTPLoss` runs the LM head only on the hidden states
-that carry a label. The loss value is the same (see ``tests/test_mntp.py`` for parity with llm2vec).
+that carry a label. The loss value is the same (see ``tests/test_train_mntp.py`` for parity with llm2vec).
 
 Pieces, usable on their own with ``SentenceTransformerTrainer``:
 
