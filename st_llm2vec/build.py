@@ -76,6 +76,10 @@ def from_llm(
     max_batch_tokens: int | None = None,
     format: str = AUTO_FORMAT,
     device: str | None = None,
+    precision: str = "float32",
+    precision_texts: list[str] | None = None,
+    precision_min_cosine: float = 0.99,
+    quantization: str | None = None,
     **model_kwargs: Any,
 ) -> LLM2VecModel:
     """Load a decoder LLM as a bidirectional ``SentenceTransformer`` with llm2vec pooling.
@@ -93,9 +97,19 @@ def from_llm(
     load anywhere without st_llm2vec (a ``PortableFormatError`` if the model cannot be); ``"exact"`` —
     llm2vec's exact semantics, saved with our module classes; ``"auto"`` (default) — portable when the
     model can be (mean / eos_token / bos_token pooling, no instruct wrapper), else exact (logged).
+
+    ``precision``: "float32" (default); "bf16-mixed" — a measured plan (:mod:`st_llm2vec.precision`): bf16
+    projections where they keep every calibration text's cosine to the float32 model >= ``precision_min_cosine``
+    (``precision_texts``: yours, default built-in), refused otherwise; "auto" — bf16-mixed where bf16 is native
+    (CUDA, AVX512-BF16 / AMX), else float32; "saved" — the plan a saved dir carries, re-measured here.
+    ``quantization``: "nf4", "fp4" or "int8" loads the weights through bitsandbytes (:mod:`st_llm2vec.lowbit`).
     """
     if format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    from . import lowbit, precision as precisions
+
+    precisions.resolve(precision)  # a bad value fails before the weights load
+    model_kwargs = {**model_kwargs, **lowbit.loading_kwargs(quantization)}
     pooling_mode = normalize_pooling_mode(pooling_mode)
     name = original_name_or_path(model_name_or_path)
     encoder = LLM2VecTransformer(
@@ -124,6 +138,8 @@ def from_llm(
                 raise
             logger.info("Using the exact format (saved models need st_llm2vec to load): %s", exc)
     model.portable_required = format == PORTABLE
+    precisions.prepare(model, precision, source=model_name_or_path, texts=precision_texts,
+                       min_cosine=precision_min_cosine)
     return model
 
 
@@ -165,26 +181,36 @@ def read_portable_dir(path: str) -> dict[str, Any] | None:
     return settings
 
 
-def load_model(path: str, format: str = AUTO_FORMAT, **kwargs: Any) -> LLM2VecModel:
+def load_model(path: str, format: str = AUTO_FORMAT, *, precision: str = "float32",
+               precision_texts: list[str] | None = None, precision_min_cosine: float = 0.99,
+               quantization: str | None = None, **kwargs: Any) -> LLM2VecModel:
     """A saved model dir of either format, for more training or encoding with st_llm2vec's encoder.
 
     A portable dir (stock modules) is rebuilt with :func:`from_llm` (same embeddings, plus packing and
     the probe); an exact dir loads as it was saved. ``format``: "auto" keeps the saved format,
     "portable" / "exact" switch to it (``PortableFormatError`` if the model cannot be portable).
+    ``precision`` and ``quantization`` as in :func:`from_llm` ("saved": the dir's own precision plan).
     ``kwargs`` (``dtype``, ``attn_implementation``, ``device``, …) reach the loader.
     """
+    from . import lowbit, precision as precisions
+
+    precisions.resolve(precision)
+    extra = {"precision": precision, "precision_texts": precision_texts, "precision_min_cosine": precision_min_cosine}
     if format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     settings = read_portable_dir(path)
     if settings is not None:
         # the saved tokenizer appends any EOS suffix itself, and prompts are stored as stock prompts
         return from_llm(path, **settings, doc_max_length=None, text_suffix=None, chat_template=None,
-                        format=PORTABLE if format == AUTO_FORMAT else format, **kwargs)
+                        format=PORTABLE if format == AUTO_FORMAT else format, quantization=quantization, **extra,
+                        **kwargs)
     device = kwargs.pop("device", None)
+    kwargs.update(lowbit.loading_kwargs(quantization))
     model = LLM2VecModel(path, device=device, model_kwargs=kwargs or None)
     if format == PORTABLE:
         make_portable(model)
         model.portable_required = True
     elif format == EXACT and getattr(model[0], "format", EXACT) != EXACT:
         raise PortableFormatError(f"{path} computes in the portable format; rebuild it with from_llm(..., format='exact').")
+    precisions.prepare(model, precision, source=path, texts=precision_texts, min_cosine=precision_min_cosine)
     return model

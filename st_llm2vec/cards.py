@@ -97,14 +97,26 @@ _ARCHITECTURE = re.compile(r"(### Full Model Architecture\s*\n\s*```\n)(.*?)(\n`
 _ST_USAGE = re.compile(r"### Direct Usage \(Sentence Transformers\).*?(?=\n### |\n## )", re.S)
 
 
+def precision_section(plan: Any) -> str:
+    """What a saved precision plan is, and who applies it."""
+    return "\n".join([
+        "## Precision plan", "",
+        f"Measured by st-llm2vec when saved: {plan.describe()}. Stock sentence-transformers cannot express per-layer "
+        "precision and loads this model in float32 (exact); `st_llm2vec.load_model(path, precision=\"saved\")` "
+        f"applies the plan again (`{'st_llm2vec_precision.json'}`) and re-measures it on the machine it runs on.", "",
+    ])
+
+
 def patch_card(text: str, save_format: str, model_id: str | None, prompts: dict[str, str] | None,
-               report: dict[str, Any] | None = None) -> str:
+               report: dict[str, Any] | None = None, plan: Any = None) -> str:
     """ST's generated card with the loading section for ``save_format`` and, when proven, the stock architecture."""
     if report and report.get("repr"):
         text = _ARCHITECTURE.sub(lambda m: m.group(1) + report["repr"] + m.group(3), text, count=1)
     if save_format == "exact":
         text = _ST_USAGE.sub("", text, count=1)
     section = usage_section(save_format, model_id, prompts, report)
+    if plan is not None:
+        section += "\n" + precision_section(plan)
     marker = "\n## Model Details"
     if marker in text:
         return text.replace(marker, f"\n{section}{marker}", 1)

@@ -42,6 +42,23 @@ class LLM2VecModel(SentenceTransformer):
         train_datasets: list[str] | None = None,
         safe_serialization: bool = True,
     ) -> None:
+        """Write the model (float32 weights; the portable proof runs in float32), then its precision plan, if any."""
+        from .precision import full_precision, plan_of, save_plan
+
+        plan = plan_of(getattr(self[0], "model", None))
+        with full_precision(self):
+            self._save(path, model_name, create_model_card, safe_serialization, plan)
+        save_plan(path, plan)
+
+    @property
+    def precision_plan(self):
+        """The measured precision plan this model encodes with (None: float32), see :mod:`st_llm2vec.precision`."""
+        from .precision import plan_of
+
+        return plan_of(getattr(self[0], "model", None))
+
+    def _save(self, path: str, model_name: str | None, create_model_card: bool, safe_serialization: bool,
+              plan: Any) -> None:
         encoder = self[0]
         fallback = None
         if getattr(encoder, "format", EXACT) == PORTABLE:
@@ -49,7 +66,7 @@ class LLM2VecModel(SentenceTransformer):
             if fallback is None:
                 card = None
                 if create_model_card:
-                    card = lambda directory, report: self._card_text(directory, model_name, PORTABLE, report)  # noqa: E731
+                    card = lambda directory, report: self._card_text(directory, model_name, PORTABLE, report, plan)  # noqa: E731
                 try:
                     report = save_portable(self, path, card=card)
                     self.save_report = {"format": PORTABLE, "proof": report}
@@ -62,16 +79,18 @@ class LLM2VecModel(SentenceTransformer):
                 logger.warning("Saving %s in the exact format (needs st_llm2vec to load): %s", path, fallback)
         super().save(path, model_name=model_name, create_model_card=False, safe_serialization=safe_serialization)
         if create_model_card:
-            (Path(path) / "README.md").write_text(self._card_text(Path(path), model_name, EXACT, None), encoding="utf-8")
+            (Path(path) / "README.md").write_text(self._card_text(Path(path), model_name, EXACT, None, plan),
+                                                 encoding="utf-8")
         normalize_permissions(path)  # safetensors writes 0600 files; a saved model follows the umask
         self.save_report = {"format": EXACT, "reason": fallback}
 
-    def _card_text(self, directory: Path, model_name: str | None, save_format: str, report: dict[str, Any] | None) -> str:
-        """ST's generated card, with the loading section for ``save_format``."""
+    def _card_text(self, directory: Path, model_name: str | None, save_format: str, report: dict[str, Any] | None,
+                   plan: Any = None) -> str:
+        """ST's generated card, with the loading section for ``save_format`` (and the precision plan, if any)."""
         from sentence_transformers.base.model_card import generate_model_card
 
         if model_name and not Path(model_name).exists() and not self.model_card_data.model_id:
             self.model_card_data.model_id = model_name  # as ST's save does
         self.model_card_data.save_dir = str(directory)
         text = generate_model_card(self)
-        return patch_card(text, save_format, self.model_card_data.model_id or model_name, self.prompts, report)
+        return patch_card(text, save_format, self.model_card_data.model_id or model_name, self.prompts, report, plan)

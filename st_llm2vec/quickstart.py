@@ -68,24 +68,10 @@ def choose_threads(requested: int | str | None = "auto", *, own_load: float = 0.
     return max(1, min(cores, cores - int(round(load))))
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast then trains ~1.7x faster.
-
-    Elsewhere bf16 is emulated and slower than float32, so "auto" stays in float32 there.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
 def resolve_bf16(requested: bool | str | None = "auto") -> bool:
-    """bf16 autocast for training: True/False as given, "auto" → :func:`cpu_has_bf16`."""
+    """bf16 autocast for training: True/False as given, "auto" → :func:`~st_llm2vec.precision.cpu_has_bf16`."""
+    from .precision import cpu_has_bf16
+
     if requested in (None, "auto"):
         return cpu_has_bf16()
     if isinstance(requested, str):
@@ -328,7 +314,7 @@ def training_text(options: QuickstartOptions) -> tuple[list[str], str]:
     """
     import random
 
-    from .train.builtin_text import builtin_training_text
+    from .builtin_text import builtin_training_text
 
     if options.train_file:
         lines = devsets.read_text_lines(options.train_file)

@@ -66,9 +66,11 @@ def test_auto_threads_use_the_cores_the_load_average_leaves_free(monkeypatch):
 def test_bf16_auto_follows_the_cpus_bf16_support(monkeypatch):
     assert quickstart.resolve_bf16(True) is True and quickstart.resolve_bf16("off") is False
     assert quickstart.resolve_bf16("on") is True
-    monkeypatch.setattr(quickstart, "cpu_has_bf16", lambda: False)
+    from st_llm2vec import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     assert quickstart.resolve_bf16("auto") is False
-    monkeypatch.setattr(quickstart, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert quickstart.resolve_bf16(None) is True
 
 

@@ -197,7 +197,7 @@ def test_simcse_refuses_batches_it_cannot_learn_from_before_loading_the_model(tm
 
 
 def test_generated_training_text_is_distinct_repeatable_and_apart_from_the_eval_pairs():
-    from st_llm2vec.train.builtin_text import builtin_training_text
+    from st_llm2vec.builtin_text import builtin_training_text
 
     sentences = builtin_training_text(2000, seed=42)
     assert len(sentences) == len(set(sentences)) == 2000

@@ -498,12 +498,12 @@ def simcse_sentences(data_dir: str | Path | None = None, limit: int | None = Non
 
 def training_sentences(data_dir: str | Path | None = None, limit: int | None = None, *, seed: int = 0) -> tuple[list[str], str]:
     """Sentences for MNTP and SimCSE: :func:`simcse_sentences` shuffled with ``seed``, or without the shared data
-    ``limit`` (default 2000) sentences written for this project (:mod:`st_llm2vec.train.builtin_text`); returns
+    ``limit`` (default 2000) sentences written for this project (:mod:`st_llm2vec.builtin_text`); returns
     ``(sentences, source description)``."""
     if find_shared_data(data_dir) is not None:
         sentences = simcse_sentences(data_dir, limit, seed=seed)
         return sentences, f"SICK+MSR train sentences ({len(sentences)})"
-    from ..train.builtin_text import builtin_training_text
+    from ..builtin_text import builtin_training_text
 
     sentences = builtin_training_text(limit or 2000, seed=seed)
     return sentences, (f"{len(sentences)} sentences generated for this project (scenes, news items, statements; "

@@ -1,4 +1,5 @@
-"""Training text written for this project: a seeded generator of plain English sentences.
+"""Text written for this project: a seeded generator of plain English sentences (training text of the quick start,
+calibration text of the precision plan).
 
 The quick start has to train without downloads and without the shared data folder. Sixty-four fixed
 sentences were too few for MNTP and SimCSE to improve on the causal baseline on real STS data, so this
@@ -142,4 +143,27 @@ def builtin_training_text(count: int, seed: int = 0) -> list[str]:
     while len(seen) < count and attempts < count * 50:
         attempts += 1
         seen.setdefault(rng.choice(makers)(rng), None)
+    return list(seen)
+
+
+def builtin_fragments(count: int, seed: int = 0) -> list[str]:
+    """``count`` distinct short lowercase phrases (1-6 words: "act of washing", "a loaf of bread", "in the rain"),
+    the kind of text (queries, dictionary glosses, titles) on which low precision moves an embedding most."""
+    rng = random.Random(seed)
+    verbs = [verb for verb, _ in _ACTIONS]
+    makers = (
+        lambda: rng.choice(rng.choice(_ACTIONS)[1]),
+        lambda: rng.choice(_PLACES),
+        lambda: rng.choice(_QUALITIES),
+        lambda: (lambda verb, objects: f"{verb.removeprefix('is ')} {rng.choice(objects)}")(*rng.choice(_ACTIONS)),
+        lambda: f"act of {rng.choice(verbs).removeprefix('is ')}",
+        lambda: rng.choice(_MOTIONS).removeprefix("is "),
+        lambda: rng.choice(_THINGS).removeprefix("the "),
+        lambda: f"{rng.choice(_PEOPLE)} {rng.choice(_PLACES)}",
+    )
+    seen: dict[str, None] = {}
+    attempts = 0
+    while len(seen) < count and attempts < count * 50:
+        attempts += 1
+        seen.setdefault(rng.choice(makers)(), None)
     return list(seen)
