@@ -34,6 +34,7 @@ from .instructions import (
     stock_prompt_length,
     truncate_words,
 )
+from .lowbit import keep_autograd
 from .packing import CU_SEQ_LENS, PACKED_KEYS
 from .upstream import attn_implementation
 from .errors import InputError, MissingFileError
@@ -194,6 +195,7 @@ class LLM2VecTransformer(Transformer):
             # transformers' Qwen2 tokenizer invents an <|endoftext|> pad past the embedding matrix
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
+        keep_autograd(self.model)  # before any forward pass: bitsandbytes repacks 4-bit weights at the first one
         if bidirectional:
             self.set_backbone(self.model)  # proves the loaded backbone bidirectional
         else:

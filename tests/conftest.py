@@ -33,10 +33,10 @@ TINY = dict(
 )
 
 
-def _config(arch: str, vocab_size: int, bos: int, eos: int):
+def _config(arch: str, vocab_size: int, bos: int, eos: int, **overrides):
     import transformers as tf
 
-    common = dict(TINY, vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos, pad_token_id=None,
+    common = dict(TINY, **overrides, vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos, pad_token_id=None,
                   tie_word_embeddings=False)
     if arch == "llama":
         return tf.LlamaConfig(**common)
@@ -77,13 +77,13 @@ def build_tokenizer(out_dir: Path, add_bos: bool = True):
     return fast
 
 
-def make_tiny_llm(out_dir: Path, arch: str = "llama", seed: int = 0, add_bos: bool = True) -> Path:
-    """Save a tiny random causal LM of ``arch`` with its tokenizer into ``out_dir``."""
+def make_tiny_llm(out_dir: Path, arch: str = "llama", seed: int = 0, add_bos: bool = True, **overrides) -> Path:
+    """Save a tiny random causal LM of ``arch`` with its tokenizer into ``out_dir`` (``overrides``: config sizes)."""
     from transformers import AutoModelForCausalLM
 
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(out_dir, add_bos=add_bos)
-    config = _config(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    config = _config(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, **overrides)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out_dir)

@@ -80,6 +80,9 @@ class RecipeArguments:
     pooling_mode: str | None = key(None, check=pooling_check, help="mean, weighted_mean, eos_token, bos_token")
     format: str = key("auto", choices=FORMATS,
                       help="saved format: portable (stock ST modules), exact (llm2vec's semantics), auto")
+    quantization: str | None = key(None, choices=("nf4", "fp4", "int8"),
+                                   help="QLoRA: train the LoRA over a frozen nf4 / fp4 / int8 base (bitsandbytes); "
+                                        "the saved model is the adapter merged into the float32 start weights")
     max_seq_length: int | None = key(None, low=1, help="training token limit")
     max_train_samples: int | None = key(None, low=1, help="use at most this many training rows")
     lora_r: int = key(16, low=1, help="LoRA rank")
@@ -156,6 +159,12 @@ def read_arguments(
     check_output_dir(training["output_dir"], source)
     arguments = cls(**own)
     arguments.check(training)
+    if arguments.quantization and (arguments.unmerged_output() or not getattr(arguments, "use_lora", True)):
+        raise InputError(
+            f"quantization {arguments.quantization!r} (QLoRA) trains a LoRA over frozen low-bit weights and saves it "
+            "merged into the float32 start weights: it needs use_lora: true and a merged output "
+            "(merge_lora: true / save_mode: merged)."
+        )
     return arguments, training
 
 
@@ -296,13 +305,15 @@ def load_start_model(
     torch_dtype: Any = None,
     attn_implementation: str | None = None,
     format: str = "auto",
+    quantization: str | None = None,
 ):
     """The model a stage starts from, any earlier LoRA merged into its weights; ``(model, StartModel)``.
 
     ``model_name_or_path`` is a causal-LM checkpoint (made an embedding model with
     :func:`st_llm2vec.from_llm`) or a saved st_llm2vec model dir (either format, e.g. the MNTP output);
     ``peft_model_name_or_path`` an adapter trained on that backbone (llm2vec's MNTP adapters), merged.
-    Bidirectionality is proven once, on the final weights.
+    Bidirectionality is proven once, on the final weights. ``quantization`` loads the weights low-bit
+    (:mod:`st_llm2vec.lowbit`) for QLoRA; an adapter cannot be merged into those, so that start must be merged on disk.
     """
     from peft import PeftModel
 
@@ -310,15 +321,21 @@ def load_start_model(
     from ..modes import normalize_pooling_mode
 
     kwargs = model_kwargs(torch_dtype, attn_implementation)
+    if quantization and peft_model_name_or_path:
+        raise InputError(
+            f"quantization {quantization!r} with peft_model_name_or_path: an adapter merged into low-bit weights is "
+            "not the model it was trained on. Merge it on disk first (a stage's merged output, or st-llm2vec convert) "
+            "and start from that dir.")
     merged = False
     if os.path.isfile(os.path.join(model_name_or_path, "modules.json")):
-        model = load_model(model_name_or_path, format=format, device="cpu", **kwargs)
+        model = load_model(model_name_or_path, format=format, device="cpu", quantization=quantization, **kwargs)
         if pooling_mode is not None:
             _set_pooling(model, normalize_pooling_mode(pooling_mode), model_name_or_path)
-        merged = _merge_injected_adapters(model[0].model)
+        merged = _merge_injected_adapters(model[0].model, quantization)
     else:
         model = from_llm(
-            model_name_or_path, pooling_mode or "mean", bidirectional=bidirectional, format=format, device="cpu", **kwargs
+            model_name_or_path, pooling_mode or "mean", bidirectional=bidirectional, format=format, device="cpu",
+            quantization=quantization, **kwargs
         )
     if peft_model_name_or_path:
         adapted = PeftModel.from_pretrained(model[0].model, peft_model_name_or_path)
@@ -344,7 +361,7 @@ def _set_pooling(model: Any, mode: str, source: str) -> None:
     pooling.pooling_mode = mode
 
 
-def _merge_injected_adapters(hf_model: Any) -> bool:
+def _merge_injected_adapters(hf_model: Any, quantization: str | None = None) -> bool:
     """Fold LoRA layers that transformers' PEFT integration injected at load time (an ST dir saved as base +
     adapter) into the weights. Returns True if there were any."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -356,6 +373,9 @@ def _merge_injected_adapters(hf_model: Any) -> bool:
         for child_name, child in module.named_children():
             if isinstance(child, BaseTunerLayer):
                 parents[f"{name}.{child_name}" if name else child_name] = (module, child_name, child)
+    if parents and quantization:
+        raise InputError(f"quantization {quantization!r}: this start dir holds an unmerged LoRA adapter, which cannot be "
+                         "merged into low-bit weights. Start from a merged dir (save_mode: merged / merge_lora: true).")
     for module, child_name, child in parents.values():
         child.merge()
         setattr(module, child_name, child.get_base_layer())
@@ -374,6 +394,7 @@ def start_model(arguments: RecipeArguments, peft_model_name_or_path: str | None 
         torch_dtype=arguments.torch_dtype,
         attn_implementation=arguments.attn_implementation,
         format=arguments.format,
+        quantization=arguments.quantization,
     )
     reason = exact_output_reason(model, arguments)
     if reason:
@@ -398,10 +419,28 @@ def exact_output_reason(model: Any, arguments: RecipeArguments) -> str | None:
 
 def add_lora(model: Any, arguments: RecipeArguments) -> None:
     """A fresh LoRA on the backbone (llm2vec: rank ``lora_r``, alpha 2r, dropout 0.05, all projections)."""
+    from .. import lowbit
     from ..train import lora
 
+    if lowbit.is_quantized(model[0].model):  # QLoRA: peft's k-bit preparation first
+        model[0].set_backbone(lowbit.prepare_for_training(model[0].model, gradient_checkpointing=False), probe=False)
     lora.add_lora(model, lora.lora_config(arguments.lora_r, arguments.lora_alpha, arguments.lora_dropout,
                                           arguments.lora_target_modules))
+
+
+def merge_trained_lora(model: Any, arguments: RecipeArguments) -> None:
+    """Fold the trained LoRA into the weights; after QLoRA into the float32 start weights (reloaded), not the
+    low-bit ones (:func:`st_llm2vec.lowbit.restore_full_precision`)."""
+    from .. import lowbit
+    from ..train.lora import merge_lora
+
+    if lowbit.is_quantized(model[0].model):
+        full, _ = load_start_model(arguments.model_name_or_path, pooling_mode=arguments.pooling_mode,
+                                   torch_dtype=arguments.torch_dtype, attn_implementation=arguments.attn_implementation,
+                                   format=arguments.format)
+        model[0].set_backbone(lowbit.merge_into_full_precision(model[0].model, full[0].model))
+        return
+    merge_lora(model)
 
 
 # --------------------------------------------------------------------------- the model card

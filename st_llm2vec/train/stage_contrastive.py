@@ -341,8 +341,7 @@ def _train(stage: Stage) -> tuple[StageResult, Any]:
 def _run(stage: Stage) -> StageResult:
     """:func:`run_stage`'s training and saving."""
     from .contrastive import last_eval, probe_loss, set_attention_dropout, sts_scores
-    from .lora import merge_lora
-    from .recipe import describe_in_card, jsonable, write_result
+    from .recipe import describe_in_card, jsonable, merge_trained_lora, write_result
 
     trainer, model, arguments, data = stage.trainer, stage.model, stage.arguments, stage.data
     args = trainer.args
@@ -359,7 +358,7 @@ def _run(stage: Stage) -> StageResult:
     if stage.restore.get("attention_dropout") is not None:
         set_attention_dropout(encoder.model, stage.restore["attention_dropout"])
     if arguments.save_mode == "merged":
-        merge_lora(model)
+        merge_trained_lora(model, arguments)
     model.eval()
     describe_in_card(model, arguments, stage.start, {
         "simcse_dropout": arguments.simcse_dropout, "loss_scale": arguments.loss_scale,

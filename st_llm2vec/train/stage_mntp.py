@@ -168,9 +168,9 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
     """:func:`train_mntp` once the config is checked and ``run`` holds output_dir's lock."""
     from transformers import set_seed
 
-    from .lora import merge_lora
     from .mntp import MNTPDataCollator, MNTPEvaluator, MNTPLoss, setup_mask_token
-    from .recipe import add_lora, describe_in_card, jsonable, start_model, stop_callbacks, training_arguments, write_result
+    from .recipe import (add_lora, describe_in_card, jsonable, merge_trained_lora, start_model, stop_callbacks,
+                         training_arguments, write_result)
     from .text_data import EmptyDatasetError
     from .trainer import LLM2VecTrainer
 
@@ -242,7 +242,7 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
             model[0].model.save_pretrained(adapter_dir)
             tokenizer.save_pretrained(adapter_dir)
             if arguments.merge_lora:
-                merge_lora(model)
+                merge_trained_lora(model, arguments)
         describe_in_card(model, arguments, start, {"mlm_probability": arguments.mlm_probability,
                                                    "mask_token_type": arguments.mask_token_type})
         model.save(output_dir)
