@@ -183,8 +183,9 @@ def plan_precision(
     batch_size: int = 32,
 ) -> PrecisionPlan:
     """Measure and apply the cheapest plan whose calibration texts' min cosine to the float32 model is at least
-    ``min_cosine``: the first k decoder layers float32, k = 0, 1, 2, ... A :class:`PrecisionError` when that needs
-    more than ``max_float32_share`` of the layers (the mode would gain little), the model then float32."""
+    ``min_cosine``: the first k decoder layers float32, the smallest such k found by bisection (more float32
+    layers move the vectors less). A :class:`PrecisionError` when that needs more than ``max_float32_share`` of
+    the layers (the mode would gain little), the model then float32."""
     import numpy as np
 
     hf_model = model[0].model
@@ -199,16 +200,32 @@ def plan_precision(
 
     reference = encode()
     count = len(decoder_layers(hf_model))
-    tried = []
-    for k in range(0, int(count * max_float32_share) + 1):
-        plan = PrecisionPlan(dtype=dtype, float32_layers=list(range(k)), layers=count, texts=len(texts),
-                             threshold=min_cosine)
+    measured: dict[int, PrecisionPlan] = {}
+
+    def measure(k: int) -> PrecisionPlan:
+        if k not in measured:
+            plan = PrecisionPlan(dtype=dtype, float32_layers=list(range(k)), layers=count, texts=len(texts),
+                                 threshold=min_cosine)
+            apply_plan(hf_model, plan)
+            plan.min_cosine, plan.p05_cosine, plan.mean_cosine = _cosines(reference, encode())
+            measured[k] = plan
+        return measured[k]
+
+    # the smallest float32 prefix that meets the threshold, by bisection (each try encodes every text once);
+    # the plan returned is the one measured, applied last
+    low, high = 0, int(count * max_float32_share)
+    if measure(high).min_cosine >= min_cosine:
+        while low < high:
+            middle = (low + high) // 2
+            if measure(middle).min_cosine >= min_cosine:
+                high = middle
+            else:
+                low = middle + 1
+        plan = measure(high)
         apply_plan(hf_model, plan)
-        plan.min_cosine, plan.p05_cosine, plan.mean_cosine = _cosines(reference, encode())
-        tried.append(f"{k}: {plan.min_cosine:.5f}")
-        if plan.min_cosine >= min_cosine:
-            logger.info("Precision plan: %s", plan.describe())
-            return plan
+        logger.info("Precision plan: %s", plan.describe())
+        return plan
+    tried = [f"{k}: {measured[k].min_cosine:.5f}" for k in sorted(measured)]
     remove_plan(hf_model)
     raise PrecisionError(
         f"bf16-mixed cannot reach min cosine {min_cosine} vs float32 on {len(texts)} calibration texts with at most "

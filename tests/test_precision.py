@@ -46,7 +46,7 @@ def test_a_threshold_the_model_cannot_reach_is_refused_with_the_measurements(tin
     with pytest.raises(PrecisionError, match="precision='float32'") as info:
         st_llm2vec.from_llm(str(tiny_llm()), precision="bf16-mixed", precision_texts=TEXTS,
                             precision_min_cosine=1.0 + 1e-9)
-    assert "0: " in str(info.value) and "1: " in str(info.value)  # every prefix tried is listed
+    assert "1: " in str(info.value)  # the measurement behind the refusal is shown
 
 
 def test_an_unknown_precision_is_refused_before_any_weight_loads(tmp_path):
