@@ -164,6 +164,21 @@ def full_precision(model: Any) -> Iterator[None]:
 # -- planning -----------------------------------------------------------------------------------------
 
 
+def _encode(model: Any, texts: Sequence[str], batch_size: int = 32) -> Any:
+    import numpy as np
+
+    return np.asarray(model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False),
+                      dtype=np.float64)
+
+
+def _measure(model: Any, plan: PrecisionPlan, reference: Any, texts: Sequence[str], batch_size: int = 32) -> PrecisionPlan:
+    """``plan`` applied to ``model`` and its cosines to the float32 ``reference`` embeddings of ``texts`` recorded."""
+    apply_plan(model[0].model, plan)
+    plan.min_cosine, plan.p05_cosine, plan.mean_cosine = _cosines(reference, _encode(model, texts, batch_size))
+    plan.texts = len(texts)
+    return plan
+
+
 def _cosines(reference: Any, other: Any) -> tuple[float, float, float]:
     import numpy as np
 
@@ -186,29 +201,19 @@ def plan_precision(
     ``min_cosine``: the first k decoder layers float32, the smallest such k found by bisection (more float32
     layers move the vectors less). A :class:`PrecisionError` when that needs more than ``max_float32_share`` of
     the layers (the mode would gain little), the model then float32."""
-    import numpy as np
-
     hf_model = model[0].model
     remove_plan(hf_model)
     texts = list(texts or calibration_texts())
     if not texts:
         raise PrecisionError("plan_precision needs calibration texts")
-
-    def encode() -> Any:
-        return np.asarray(model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False),
-                          dtype=np.float64)
-
-    reference = encode()
+    reference = _encode(model, texts, batch_size)
     count = len(decoder_layers(hf_model))
     measured: dict[int, PrecisionPlan] = {}
 
     def measure(k: int) -> PrecisionPlan:
         if k not in measured:
-            plan = PrecisionPlan(dtype=dtype, float32_layers=list(range(k)), layers=count, texts=len(texts),
-                                 threshold=min_cosine)
-            apply_plan(hf_model, plan)
-            plan.min_cosine, plan.p05_cosine, plan.mean_cosine = _cosines(reference, encode())
-            measured[k] = plan
+            plan = PrecisionPlan(dtype=dtype, float32_layers=list(range(k)), layers=count, threshold=min_cosine)
+            measured[k] = _measure(model, plan, reference, texts, batch_size)
         return measured[k]
 
     # the smallest float32 prefix that meets the threshold, by bisection (each try encodes every text once);
@@ -300,16 +305,10 @@ def prepare(model: Any, precision: str | None, *, source: str | None = None, tex
 
 def _reprove(model: Any, plan: PrecisionPlan, texts: Sequence[str] | None) -> PrecisionPlan:
     """A saved plan applied again and measured on this machine (another CPU computes bf16 otherwise)."""
-    import numpy as np
-
     hf_model = model[0].model
     texts = list(texts or calibration_texts())
     remove_plan(hf_model)
-    reference = np.asarray(model.encode(texts, convert_to_numpy=True, show_progress_bar=False), dtype=np.float64)
-    apply_plan(hf_model, plan)
-    measured = np.asarray(model.encode(texts, convert_to_numpy=True, show_progress_bar=False), dtype=np.float64)
-    plan.min_cosine, plan.p05_cosine, plan.mean_cosine = _cosines(reference, measured)
-    plan.texts = len(texts)
+    _measure(model, plan, _encode(model, texts), texts)
     if plan.min_cosine < plan.threshold:
         remove_plan(hf_model)
         raise PrecisionError(f"the saved precision plan gives min cosine {plan.min_cosine:.5f} < {plan.threshold} on "
