@@ -1,8 +1,9 @@
 """Portable vs exact format on SmolLM2-135M-Instruct: how much the instruction semantics change dev STS.
 
 "exact" = llm2vec 0.2.3 semantics (``instruction.strip() + " " + text``, only the text's tokens pooled);
-"portable" = stock sentence-transformers semantics (``prompt + text``, every token but a leading BOS pooled,
-the instruction's tokens included). Documents (no instruction) must come out identical.
+"portable" = stock sentence-transformers semantics (``prompt + text`` tokenized together, ``Pooling(include_prompt=
+False)`` leaving out the prompt's tokens and a leading BOS). The two differ only where tokenizing the prompt and
+the text together merges tokens across the boundary. Documents (no instruction) must come out identical.
 
 Models: (1) SmolLM2-135M-Instruct untrained, as ``from_llm`` gives it (bidirectional, mean pooling);
 (2) optionally the quick-start model (``st-llm2vec quickstart``, saved portable): portable =
