@@ -85,7 +85,7 @@ def _default_candidates() -> Iterator[Path]:
     cwd = Path.cwd()
     for base in [cwd, *list(cwd.parents)[:3]]:
         yield base.parent / "shared" / "data"
-    repo_root = Path(__file__).resolve().parent.parent
+    repo_root = Path(__file__).resolve().parents[2]  # <repo>/st_llm2vec/eval/devsets.py
     yield repo_root.parent / "shared" / "data"
 
 
