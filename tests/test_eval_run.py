@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("mteb")
 
 from st_llm2vec import cli  # noqa: E402
-from st_llm2vec.errors import InputError, OutputExistsError  # noqa: E402
+from st_llm2vec.errors import OutputExistsError  # noqa: E402
 from st_llm2vec.eval import encoders, instructions, run, tasks  # noqa: E402
 from st_llm2vec.portable import stored_prompt  # noqa: E402
 
@@ -148,13 +148,36 @@ def test_an_output_dir_that_st_llm2vec_eval_did_not_write_is_refused(models, dat
         run.evaluate_models([str(models["ours"])], [str(data["pairs"])], config(tmp_path))
 
 
-def test_a_causal_lm_checkpoint_is_refused_in_one_line_naming_st_llm2vec_convert(models, data, tmp_path, capsys):
-    code = cli.main(["eval", str(models["llm"]), "--tasks", str(data["pairs"]), "--output", str(tmp_path / "out")],
+def test_a_decoder_llm_checkpoint_is_evaluated_as_the_causal_baseline_and_the_quick_start_scores_it_alike(
+        models, data, tmp_path):
+    from st_llm2vec import from_llm
+    from st_llm2vec.eval.scores import evaluate
+
+    source = encoders.resolve_model(str(models["llm"]))
+    assert source.llm and source.label == f"{models['llm'].name} (causal LM)"
+    loaded = encoders.load(source, encoders.LoadSettings())
+    assert not loaded[0].bidirectional
+    result = run.evaluate_models([str(models["llm"])], [str(data["pairs"])], config(tmp_path))
+    # the quick start's "causal baseline" row: from_llm(..., bidirectional=False), scored in memory
+    baseline = from_llm(str(models["llm"]), bidirectional=False)
+    expected = evaluate(baseline, tasks.resolve_tasks([str(data["pairs"])]), instruction=instructions.STS_INSTRUCTION,
+                        progress=False)
+    assert abs(result.scores[0].value - expected["pairs"]) <= 1e-4
+
+
+@pytest.mark.parametrize("config_json", [None, {"architectures": ["BertForSequenceClassification"]}])
+def test_a_dir_that_is_no_embedding_model_nor_decoder_llm_is_refused_in_one_line(models, data, tmp_path, capsys,
+                                                                                   config_json):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    if config_json is not None:
+        (bad / "config.json").write_text(json.dumps(config_json))
+    code = cli.main(["eval", str(bad), "--tasks", str(data["pairs"]), "--output", str(tmp_path / "out")],
                     report_errors=True)
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and "has no modules.json" in err and "st-llm2vec convert" in err
-    with pytest.raises(InputError, match="not a Sentence Transformers embedding model"):
-        encoders.resolve_model(str(models["llm"]))
+    assert code == 2 and "\n" not in err and "has no modules.json" in err
+    assert ("BertForSequenceClassification" in err) == (config_json is not None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_dirs_st_llm2vec_wrote_load_with_our_encoder_and_a_causal_baseline_stays_causal(models, tmp_path):

@@ -16,8 +16,10 @@ INSTALL_HINT = 'pip install -e ".[eval]"  (from the st-llm2vec clone: mteb and m
 
 def require_mteb() -> None:
     """Raise :class:`~st_llm2vec.errors.MissingExtraError` naming the install command when mteb is missing."""
+    import importlib
+
     try:
-        import mteb  # noqa: F401
+        importlib.import_module("mteb")
     except ImportError as exc:
         raise MissingExtraError(f"Evaluating through mteb needs the eval extra ({exc.name or exc} is missing): "
                                 f"{INSTALL_HINT}") from exc

@@ -2,11 +2,14 @@
 
 - :func:`resolve_model`: a model dir or Hub id -> :class:`ModelSource` (its label, its revision — a content
   fingerprint of a local dir, the commit of a Hub snapshot — and whether st-llm2vec wrote it), without
-  loading weights, so a rerun whose results are all cached loads nothing. A dir that is not a Sentence
-  Transformers model (a causal-LM checkpoint without modules.json) is refused, naming ``st-llm2vec convert``.
+  loading weights, so a rerun whose results are all cached loads nothing. A decoder LLM checkpoint (a
+  ``*ForCausalLM`` config.json, no modules.json) is evaluated as it is — causal attention, mean pooling, the
+  quick start's "causal baseline" — under the label ``<name> (causal LM)``; anything else without
+  modules.json is not an embedding model and is refused.
 - :func:`load`: a dir st-llm2vec wrote is loaded with :func:`st_llm2vec.load_model` (our encoder: packing,
-  token budget, the bidirectionality probe, the causal flag it was saved with); anything else with plain
-  ``SentenceTransformer``. Both then go through the same :class:`EvalEncoder`.
+  token budget, the bidirectionality probe, the causal flag it was saved with), a decoder LLM with
+  :func:`st_llm2vec.from_llm` (``bidirectional=False``), anything else with plain ``SentenceTransformer``.
+  All then go through the same :class:`EvalEncoder`.
 - :class:`EvalEncoder`: mteb's own ``SentenceTransformerEncoderWrapper`` with the prompts given explicitly
   and each text embedded once per model and prompt, cached on disk by content hash (mteb's ``NumpyCache``
   and ``hash_item``): a rerun, or a second task over the same texts, encodes nothing again.
@@ -49,13 +52,18 @@ _NOT_WEIGHTS = {"README.md", ".gitattributes"}
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model to evaluate: as given (``spec``), its table label, its local dir, its revision, whether it is ours."""
+    """A model to evaluate: as given (``spec``), its table label, its local dir, its revision, whether it is ours
+    (a dir st-llm2vec wrote, loaded with our encoder) and whether it is a bare decoder LLM (``from_llm``, causal)."""
 
     spec: str
     label: str
     path: Path | None
     revision: str
     ours: bool
+    llm: bool = False
+
+
+LLM_LABEL = "{} (causal LM)"  # the table label of a bare decoder LLM: what it is evaluated as
 
 
 def _dir_revision(path: Path) -> str:
@@ -88,13 +96,29 @@ def written_by_st_llm2vec(path: Path) -> bool:
     return "is_causal" in config and read_portable_dir(str(path)) is not None
 
 
-def _not_an_embedding_model(where: str, path: Path | None) -> InputError:
-    checkpoint = path is not None and (path / "config.json").is_file()
-    what = "a Hugging Face model checkpoint" if checkpoint else "not a model directory"
+def _architectures(config_path: Path) -> list[str] | None:
+    """The ``architectures`` of a Hugging Face config.json (None: no readable config)."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return [str(a) for a in config.get("architectures") or []] if isinstance(config, dict) else None
+
+
+def is_decoder_llm(architectures: list[str] | None) -> bool:
+    """A causal language model checkpoint (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ...): what ``from_llm`` takes."""
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures or [])
+
+
+def _not_an_embedding_model(where: str, architectures: list[str] | None) -> InputError:
+    if architectures is None:
+        what = "no config.json either: not a model directory"
+    else:
+        what = f"a {', '.join(architectures) or 'Hugging Face'} checkpoint, not a decoder LLM nor an embedding model"
     return InputError(
-        f"{where} has no modules.json: {what}, not a Sentence Transformers embedding model. Make an embedding model "
-        f"of a causal LM first: st-llm2vec convert {where} OUT_DIR (bidirectional, mean pooling; --causal keeps it "
-        "causal), then evaluate OUT_DIR.")
+        f"{where} has no modules.json and {what}. st-llm2vec eval takes Sentence Transformers models (a dir with "
+        "modules.json, or a Hub id of one) and decoder LLM checkpoints (*ForCausalLM: evaluated causal, mean-pooled; "
+        "st-llm2vec convert LLM OUT_DIR makes a bidirectional embedding model of one).")
 
 
 def _hub_snapshot(repo_id: str) -> Path | None:
@@ -115,7 +139,7 @@ def resolve_model(spec: str) -> ModelSource:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "modules.json").is_file():
-            raise _not_an_embedding_model(spec, path)
+            return _llm_source(spec, path.resolve(), path.resolve().name, _dir_revision(path))
         return ModelSource(spec, path.resolve().name, path.resolve(), _dir_revision(path),
                            written_by_st_llm2vec(path))
     if path.exists():
@@ -127,8 +151,16 @@ def resolve_model(spec: str) -> ModelSource:
     if snapshot is None:
         snapshot = _download_snapshot(spec)
     if not (snapshot / "modules.json").is_file():
-        raise _not_an_embedding_model(spec, None)
+        return _llm_source(spec, snapshot, spec, snapshot.name)
     return ModelSource(spec, spec, snapshot, snapshot.name, written_by_st_llm2vec(snapshot))
+
+
+def _llm_source(spec: str, path: Path, name: str, revision: str) -> ModelSource:
+    """A dir without modules.json: a decoder LLM (evaluated causal, mean-pooled), or refused."""
+    architectures = _architectures(path / "config.json")
+    if not is_decoder_llm(architectures):
+        raise _not_an_embedding_model(spec, architectures)
+    return ModelSource(spec, LLM_LABEL.format(name), path, revision, ours=True, llm=True)
 
 
 def _download_snapshot(repo_id: str) -> Path:
@@ -138,7 +170,10 @@ def _download_snapshot(repo_id: str) -> Path:
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo_id, "modules.json")).parent
+        try:
+            return Path(hf_hub_download(repo_id, "modules.json")).parent
+        except EntryNotFoundError:  # not a Sentence Transformers model: a decoder LLM is evaluated as one
+            return Path(hf_hub_download(repo_id, "config.json")).parent
     except EntryNotFoundError:
         raise _not_an_embedding_model(repo_id, None) from None
     except RepositoryNotFoundError:
@@ -162,12 +197,19 @@ class LoadSettings:
 
 
 def load(source: ModelSource, settings: LoadSettings) -> SentenceTransformer:
-    """The model, in evaluation mode: ours through :func:`st_llm2vec.load_model`, any other with ``SentenceTransformer``."""
+    """The model, in evaluation mode: ours through :func:`st_llm2vec.load_model`, a decoder LLM through
+    :func:`st_llm2vec.from_llm` (causal, mean pooling), any other with ``SentenceTransformer``."""
     from ..build import parse_dtype
 
     dtype = parse_dtype(settings.dtype) if settings.dtype else None
     target = str(source.path) if source.path is not None else source.spec
-    if source.ours:
+    if source.llm:
+        from ..build import from_llm
+
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        model = from_llm(target, bidirectional=False, device=settings.device,
+                         max_batch_tokens=settings.max_batch_tokens, **kwargs)
+    elif source.ours:
         from ..build import load_model
 
         kwargs: dict[str, Any] = {"device": settings.device}
