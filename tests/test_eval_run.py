@@ -62,7 +62,9 @@ def test_ours_and_a_stock_model_give_one_table_mteb_result_files_a_summary_and_a
     code = cli.main(["eval", str(models["ours"]), str(models["stock"]), "--tasks", str(data["pairs"]),
                      str(data["rerank"]), "--output", str(tmp_path / "out"), "--no-progress", "--threads", "1"])
     assert code == 0
-    table = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    assert "it/s]" not in captured.err and "Loading weights" not in captured.err  # --no-progress: no bar at all
+    table = captured.out.splitlines()
     assert table[0].split() == ["model", "pairs", "rerank", "mean"]
     assert [line.split()[0] for line in table[2:4]] == ["ours", "stock"]
     out = tmp_path / "out"
@@ -206,3 +208,13 @@ def test_a_task_whose_data_is_not_cached_offline_says_in_one_line_how_to_get_it(
     err = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2, done.stderr
     assert "STS12" in err and "not in the Hugging Face cache" in err and "mteb.get_task('STS12').load_data()" in err
+
+
+def test_a_dir_with_a_generic_name_is_labelled_with_its_parent(models, tmp_path):
+    import shutil
+
+    bundled = tmp_path / "some_package" / "model"  # how pip packages bundling a model lay it out
+    shutil.copytree(models["stock"], bundled)
+    assert encoders.resolve_model(str(bundled)).label == "some_package/model"
+    assert encoders.resolve_model(str(models["stock"])).label == "stock"
+

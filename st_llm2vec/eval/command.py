@@ -80,7 +80,15 @@ def run_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(choose_threads(args.threads))
     warnings.filterwarnings("ignore", category=FutureWarning)  # mteb calls ST methods ST has renamed
     logging.getLogger("mteb").setLevel(logging.ERROR)  # per-task info and superseded-task notes
+    # peft imports bitsandbytes, which warns about its optional 4-bit CPU kernels: eval loads no 4-bit model
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     datasets_logging.disable_progress_bar()  # mteb's dataset.map calls: not our progress
+    if args.no_progress:  # the weight-loading bars of transformers (and huggingface_hub) too
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        disable_progress_bars()
     config = EvalConfig(
         output_dir=Path(args.output),
         instructions=args.instructions,

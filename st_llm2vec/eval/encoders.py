@@ -132,6 +132,15 @@ def _hub_snapshot(repo_id: str) -> Path | None:
         return None
 
 
+# Dir names that say nothing about the model (a package's bundled ``model/``, a run's ``final/``): the table
+# labels them ``<parent>/<name>``.
+_GENERIC_NAMES = {"model", "models", "final", "best", "latest", "output", "out", "checkpoint", "snapshot"}
+
+
+def _dir_label(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}" if path.name.lower() in _GENERIC_NAMES and path.parent.name else path.name
+
+
 def resolve_model(spec: str) -> ModelSource:
     """What ``spec`` (a model dir or a Hub id) names, checked without loading weights."""
     from ..checkpoints import looks_like_hub_id
@@ -139,8 +148,8 @@ def resolve_model(spec: str) -> ModelSource:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "modules.json").is_file():
-            return _llm_source(spec, path.resolve(), path.resolve().name, _dir_revision(path))
-        return ModelSource(spec, path.resolve().name, path.resolve(), _dir_revision(path),
+            return _llm_source(spec, path.resolve(), _dir_label(path.resolve()), _dir_revision(path))
+        return ModelSource(spec, _dir_label(path.resolve()), path.resolve(), _dir_revision(path),
                            written_by_st_llm2vec(path))
     if path.exists():
         raise InputError(f"{spec!r} is a file; pass a model directory (with modules.json) or a Hub id.")
