@@ -10,7 +10,7 @@ Models: (1) SmolLM2-135M-Instruct untrained, as ``from_llm`` gives it (bidirecti
 ``load_model(dir)``, exact twin = ``from_llm(dir, format="exact")`` on the same weights.
 
 Scores: cosine Spearman ×100 on the shared dev sets (STS12 test, STS13 test, SICK trial; a fixed sample of
-``--eval-pairs`` pairs each), as ``devsets.sts_evaluators``' evaluators compute it, with the instruction on
+``--eval-pairs`` pairs each), as ``st-llm2vec eval`` computes it (``st_llm2vec.eval.scores``), with the instruction on
 both sides and without. Also: min / mean cosine between the exact and the portable embedding of every unique
 dev text (instructed, and plain as a check). Mean pooling only (with eos pooling a saved tokenizer appends
 EOS itself).
@@ -130,12 +130,15 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     from st_llm2vec import from_llm, load_model
-    from st_llm2vec.eval import devsets
+    from st_llm2vec.eval import devsets, tasks as eval_tasks
     from st_llm2vec.smollm2 import ensure_smollm2
 
-    evaluators = devsets.sts_evaluators(max_pairs=args.eval_pairs or None, batch_size=args.batch_size, fallback=False)
-    sets = {e.name: len(e.scores) for e in evaluators}
-    texts = list(dict.fromkeys(t for e in evaluators for t in e.sentences1 + e.sentences2))
+    if devsets.find_shared_data() is None:
+        sys.exit("The benchmark needs the shared data folder (../shared/data or $ST_LLM2VEC_DATA).")
+    # the STS dev sets as `st-llm2vec eval` scores them (st_llm2vec.eval.scores)
+    evaluators = eval_tasks.dev_tasks(max_pairs=args.eval_pairs or None)
+    sets = {t.metadata.name: eval_tasks.task_size(t) for t in evaluators}
+    texts = list(dict.fromkeys(t for task in evaluators for p in task.pairs for t in (p.sentence1, p.sentence2)))
     print(f"dev sets: {', '.join(f'{k} {n} pairs' for k, n in sets.items())}; {len(texts)} unique texts; "
           f"instruction {INSTRUCTION!r}; torch threads {torch.get_num_threads()}", flush=True)
 

@@ -163,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"unknown stage(s) {unknown}; choose from {STAGES}")
 
     import torch
-    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
-    from st_llm2vec.eval import devsets
+    from st_llm2vec.eval import devsets, tasks as eval_tasks
     from st_llm2vec import quickstart as q
     from st_llm2vec.eval.scores import evaluate as evaluate_with
     from st_llm2vec.smollm2 import ensure_smollm2
@@ -180,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     q._quiet_libraries()
     base = str(Path(args.model).expanduser()) if args.model else str(ensure_smollm2())
     started, t_start = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
-    evaluators = devsets.dev_evaluators(args.data_dir, args.eval_pairs or None, wang_queries=args.wang_queries or None)
-    sts_evaluators = [e for e in evaluators if isinstance(e, EmbeddingSimilarityEvaluator)]
-    print("dev sets: " + ", ".join(f"{e.name} ({devsets.dev_set_size(e)})" for e in evaluators)
+    # the same mteb tasks and scoring as `st-llm2vec eval` (st_llm2vec.eval.scores)
+    dev = eval_tasks.dev_tasks(args.data_dir, args.eval_pairs or None, wang_queries=args.wang_queries or None)
+    sts_tasks = [t for t in dev if t.metadata.type == "STS"]
+    print("dev sets: " + ", ".join(f"{t.metadata.name} ({eval_tasks.task_size(t)})" for t in dev)
           + f"; torch threads {threads}", flush=True)
     sentences, corpus_desc = devsets.training_sentences(args.data_dir, args.corpus_size or None, seed=args.seed)
     corpus = work / "sentences.txt"
@@ -215,12 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         load0 = loadavg()
         model.max_seq_length = args.eval_seq_length
         model.eval()
-        use = sts_evaluators if sts_only else evaluators
+        use = sts_tasks if sts_only else dev
         scores = evaluate_with(model, use, instruction=instruction)
         record = {
             "stage": key, "label": LABELS[key], "scores": scores, "steps": steps, "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - t0, "instruction": instruction, "threads": threads,
-            "loadavg": [load0, loadavg()], "eval_sets": {e.name: devsets.dev_set_size(e) for e in use}, "command": command,
+            "loadavg": [load0, loadavg()], "eval_sets": {t.metadata.name: eval_tasks.task_size(t) for t in use}, "command": command,
             "corpus": corpus_desc, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),
         }
         write_json(work / "results" / f"{key}.json", record)

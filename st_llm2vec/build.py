@@ -178,6 +178,12 @@ def read_portable_dir(path: str) -> dict[str, Any] | None:
     if os.path.isfile(tokenizer_config):
         with open(tokenizer_config, encoding="utf-8") as f:
             settings["max_seq_length"] = json.load(f).get("model_max_length")
+    model_config = os.path.join(path, "config.json")
+    if os.path.isfile(model_config):
+        with open(model_config, encoding="utf-8") as f:
+            is_causal = json.load(f).get("is_causal")
+        if is_causal is not None:  # st-llm2vec writes it: a causal baseline (bidirectional=False) stays causal
+            settings["bidirectional"] = not is_causal
     return settings
 
 

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mntp": ("st_llm2vec.train.stage_mntp", "masked next-token prediction training from a JSON/YAML config"),
     "simcse": ("st_llm2vec.train.stage_contrastive", "unsupervised SimCSE training from a JSON/YAML config"),
     "supervised": ("st_llm2vec.train.stage_contrastive", "supervised contrastive training with hard negatives"),
+    "eval": ("st_llm2vec.eval.command", "models × tasks through mteb (mteb tasks, your files, llm2vec's instructions) → one table"),
 }
 
 

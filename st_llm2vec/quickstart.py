@@ -293,16 +293,19 @@ class QuickstartResult:
 
 
 def dev_sets(options: QuickstartOptions) -> tuple[list[Any], str]:
-    """The evaluators the quick start scores with, and a line saying what they are."""
+    """The tasks the quick start scores on (mteb tasks of :mod:`st_llm2vec.eval.tasks`, scored as ``st-llm2vec eval``
+    scores them), and a line saying what they are."""
+    from .eval import tasks
+
     if options.dev_pairs:
-        evaluator = devsets.scored_pairs_evaluator(options.dev_pairs)
-        return [evaluator], f"your scored pairs {options.dev_pairs} ({devsets.dev_set_size(evaluator)} pairs)"
-    evaluators = devsets.dev_evaluators(options.data_dir, options.eval_pairs)
-    sizes = ", ".join(f"{ev.name} ({devsets.dev_set_size(ev)} pairs)" for ev in evaluators)
+        task = tasks.local_task(f"{tasks.STS}:{options.dev_pairs}")
+        return [task], f"your scored pairs {options.dev_pairs} ({tasks.task_size(task)} pairs)"
+    dev = tasks.dev_tasks(options.data_dir, options.eval_pairs)
+    sizes = ", ".join(f"{t.metadata.name} ({tasks.task_size(t)} pairs)" for t in dev)
     if devsets.find_shared_data(options.data_dir) is None:
-        return evaluators, (f"{sizes}, hand-written for this project (no shared data found: put it at "
-                            f"../shared/data, set {devsets.DATA_ENV}, or pass --dev-pairs FILE)")
-    return evaluators, f"{sizes}, public STS test sets from {devsets.find_shared_data(options.data_dir)}"
+        return dev, (f"{sizes}, hand-written for this project (no shared data found: put it at "
+                     f"../shared/data, set {devsets.DATA_ENV}, or pass --dev-pairs FILE)")
+    return dev, f"{sizes}, public STS test sets from {devsets.find_shared_data(options.data_dir)}"
 
 
 def training_text(options: QuickstartOptions) -> tuple[list[str], str]:
@@ -352,6 +355,7 @@ def _quiet_libraries(progress: bool = True) -> Callable[[], None]:
     hf_logging.set_verbosity_error()
     for name in ("sentence_transformers", "st_llm2vec", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mteb").setLevel(logging.ERROR)  # a line per prompt lookup and per task otherwise
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -393,6 +397,9 @@ def run_pipeline(options: QuickstartOptions, *, say: Callable[[str], None] = _sa
     """
     import torch
 
+    from .eval import require_mteb
+
+    require_mteb()  # the scores come from mteb: say so before minutes of work, not after
     start = time.perf_counter()
     threads = choose_threads(options.threads)
     saved_threads = torch.get_num_threads()
@@ -429,8 +436,10 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
     say(f"      {base}  ({setup_seconds:.0f} s; torch threads: {threads}; training in "
         f"{'bf16 autocast' if bf16 else 'float32'})")
 
-    evaluators, eval_desc = dev_sets(options)
-    eval_sets = {ev.name: devsets.dev_set_size(ev) for ev in evaluators}
+    from .eval import tasks as eval_tasks
+
+    dev, eval_desc = dev_sets(options)
+    eval_sets = {t.metadata.name: eval_tasks.task_size(t) for t in dev}
     sentences, corpus_desc = training_text(options)
     say(f"      training text (MNTP and SimCSE): {corpus_desc}")
     say(f"      scored on: {eval_desc}")
@@ -443,7 +452,7 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
         def score(stage: str, model, t_stage: float, note: str = "") -> None:
             model.max_seq_length = options.eval_max_seq_length
             model.eval()
-            scores = evaluate(model, evaluators, progress=options.progress)
+            scores = evaluate(model, dev, progress=options.progress)
             row = StageRow(stage, scores, time.perf_counter() - t_stage, note)
             rows.append(row)
             say(f"      {stage}: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()) + f"  ({row.seconds:.0f} s)")

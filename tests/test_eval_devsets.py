@@ -48,6 +48,14 @@ def test_find_shared_data_explicit_and_env(tmp_path, monkeypatch):
         devsets.find_shared_data(tmp_path / "nope")
 
 
+def test_from_any_cwd_the_data_is_looked_for_beside_the_clone(tmp_path, monkeypatch):
+    """The last guess is <clone>/../shared/data (the clone: the dir holding pyproject.toml), whatever the cwd."""
+    monkeypatch.chdir(tmp_path)
+    guess = list(devsets._default_candidates())[-1]
+    clone = Path(__file__).resolve().parents[1]  # tests/ lives in the clone
+    assert guess == clone.parent / "shared" / "data"
+
+
 def test_absent_data_falls_back_or_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.delenv(devsets.DATA_ENV, raising=False)
     monkeypatch.setattr(devsets, "_default_candidates", lambda: iter([tmp_path / "missing"]))

@@ -1,5 +1,5 @@
-"""st_llm2vec/eval/scores.py: evaluators run on a model with their scores named as the tables name them, and an
-instruction applied to every text and taken off afterwards."""
+"""st_llm2vec/eval/scores.py: dev tasks scored through st-llm2vec eval's path with their scores named as the tables
+name them, an instruction applied and taken off afterwards; the training stages' instructed dev evaluator."""
 
 from __future__ import annotations
 
@@ -7,24 +7,21 @@ from st_llm2vec.eval import devsets
 from st_llm2vec.eval.scores import evaluate
 
 
-def test_evaluate_reports_the_evaluators_metrics_under_the_table_keys(tiny_llm):
-    """Scores ×100 keyed as the tables name them; an instruction reaches every text and is taken off afterwards."""
-    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
-
+def test_evaluate_reports_the_tasks_scores_under_the_table_keys(tiny_llm):
+    """Scores ×100 keyed as the tables name them (tests/test_eval_agreement.py: the same numbers as Sentence
+    Transformers' evaluators); an instruction reaches the texts and leaves the model's prompts as they were."""
     from st_llm2vec import from_llm
+    from st_llm2vec.eval import tasks
 
     model = from_llm(str(tiny_llm("llama")), max_seq_length=32)
     pairs = devsets.builtin_sts_pairs()
-    samples = [
-        {"query": a, "positive": [b], "negative": [x for x, _, _ in pairs[i + 1 : i + 4]]} for i, (a, b, _) in enumerate(pairs[:8])
-    ]
-    sts, rerank = devsets.builtin_sts_evaluator(), RerankingEvaluator(samples, name="rr")
-    scores = evaluate(model, [sts, rerank], progress=False)
+    samples = [tasks.RerankingSample(a, (b,), tuple(x for x, _, _ in pairs[i + 1 : i + 4]))
+               for i, (a, b, _) in enumerate(pairs[:8])]
+    scores = evaluate(model, [tasks.builtin_task(), tasks.reranking_task("rr", samples)], progress=False)
     assert list(scores) == ["builtin-sts", "rr_map", "rr_mrr@10", "sts_mean"]
-    assert scores["builtin-sts"] == scores["sts_mean"] == 100 * sts(model)["builtin-sts_spearman_cosine"]
-    assert scores["rr_map"] == 100 * rerank(model)["rr_map"]
+    assert scores["builtin-sts"] == scores["sts_mean"]
     prompts = dict(model.prompts)
-    instructed = evaluate(model, [sts], instruction="Retrieve semantically similar text:", progress=False)
+    instructed = evaluate(model, [tasks.builtin_task()], instruction="Retrieve semantically similar text:", progress=False)
     assert instructed["builtin-sts"] != scores["builtin-sts"] and model.prompts == prompts
 
 

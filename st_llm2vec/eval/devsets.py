@@ -85,7 +85,7 @@ def _default_candidates() -> Iterator[Path]:
     cwd = Path.cwd()
     for base in [cwd, *list(cwd.parents)[:3]]:
         yield base.parent / "shared" / "data"
-    repo_root = Path(__file__).resolve().parent.parent
+    repo_root = Path(__file__).resolve().parents[2]  # <repo>/st_llm2vec/eval/devsets.py
     yield repo_root.parent / "shared" / "data"
 
 
@@ -255,7 +255,8 @@ def read_scored_pairs(path: str | Path) -> list[StsPair]:
                     continue
                 try:
                     row = json.loads(line)
-                    a, b, score = (next(row[k] for k in names if k in row) for names in _PAIR_COLUMNS.values())
+                    # a list, not a generator: next()'s StopIteration inside a generator becomes a RuntimeError
+                    a, b, score = [next(row[k] for k in names if k in row) for names in _PAIR_COLUMNS.values()]
                     pairs.append(StsPair(str(a).strip(), str(b).strip(), float(score)))
                 except (ValueError, TypeError, StopIteration, AttributeError) as exc:
                     raise InputError(f"{path}:{lineno}: expected a JSON object with sentence1, sentence2 and a numeric "

@@ -1,5 +1,10 @@
-"""Running evaluators on a model and naming their scores: the one evaluation path of the quick start, the
-training stages' dev STS and the benchmarks.
+"""Scoring a model on dev tasks and naming the scores: the quick start's and the benchmarks' tables.
+
+The scores come from ``st-llm2vec eval``'s own path (:func:`st_llm2vec.eval.run.evaluate_model`: mteb tasks,
+mteb's metrics), so a quick-start table and an ``eval`` table of the same model on the same pairs are the same
+numbers. The training stages' in-loop dev STS keeps Sentence Transformers' evaluators (the trainer runs
+``SentenceEvaluator`` objects; :class:`InstructedSequentialEvaluator`); ``tests/test_eval_agreement.py`` holds
+both to the same scores (≤ 0.01 points).
 """
 
 from __future__ import annotations
@@ -36,29 +41,31 @@ def _mean(scores: Sequence[float]) -> float:
     return sum(scores) / len(scores)
 
 
-def evaluate(
-    model, evaluators: Sequence[Any], *, instruction: str | None = None, progress: bool = True
-) -> dict[str, float]:
-    """Run the dev-set evaluators (:func:`st_llm2vec.eval.devsets.dev_evaluators`) on ``model``; their scores ×100
-    under the keys of the tables and result files: ``<set>`` = cosine Spearman of an STS set,
-    ``<set>_map`` / ``<set>_mrr@10`` of a reranking set, and ``sts_mean``.
+def evaluate(model, tasks: Sequence[Any], *, instruction: str | None = None, progress: bool = True) -> dict[str, float]:
+    """Score ``model`` on dev tasks (:func:`st_llm2vec.eval.tasks.dev_tasks`) through mteb; ×100 under the keys of
+    the tables and result files: ``<task>`` = cosine Spearman of an STS task, ``<task>_map`` / ``<task>_mrr@10``
+    of a reranking task, ``<task>`` = nDCG@10 of a retrieval task, and ``sts_mean``.
 
-    ``instruction`` is the prompt of every text (llm2vec evaluates instructed STS so).
+    ``instruction`` is given to every text of the STS tasks and to the queries of the others (llm2vec's way);
+    without it each text gets only the prompts the model carries, as Sentence Transformers' evaluators apply them.
     """
-    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
+    from .instructions import LLM2VEC, MODEL
+    from .run import evaluate_model
 
-    for evaluator in evaluators:
-        evaluator.show_progress_bar = progress
-    metrics = InstructedSequentialEvaluator(list(evaluators), instruction)(model)
+    overrides = {task.metadata.name: instruction for task in tasks} if instruction else None
+    results = evaluate_model(model, tasks, instructions=LLM2VEC if instruction else MODEL, overrides=overrides,
+                             progress=progress)
     scores: dict[str, float] = {}
     sts: list[float] = []
-    for evaluator in evaluators:
-        if isinstance(evaluator, RerankingEvaluator):
-            for metric in ("map", f"mrr@{evaluator.at_k}"):
-                scores[f"{evaluator.name}_{metric}"] = 100.0 * metrics[f"{evaluator.name}_{metric}"]
+    for task in tasks:
+        result = results[task.metadata.name]
+        if task.metadata.type == "Reranking":
+            scores[f"{result.task}_map"] = result.metric("map_at_1000")
+            scores[f"{result.task}_mrr@10"] = result.metric("mrr_at_10")
         else:
-            scores[evaluator.name] = 100.0 * metrics[evaluator.primary_metric]
-            sts.append(scores[evaluator.name])
+            scores[result.task] = result.value
+            if task.metadata.type == "STS":
+                sts.append(result.value)
     if sts:
         scores["sts_mean"] = sum(sts) / len(sts)
     return scores

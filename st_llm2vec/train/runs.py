@@ -160,10 +160,13 @@ class OutputLock:
     """An exclusive ``flock`` on ``output_dir/.st_llm2vec.lock`` (creates ``output_dir``).
 
     ``release`` removes the lock file, and ``output_dir`` itself if this lock created it and it is
-    still empty. Where ``fcntl`` is missing (Windows) no lock is taken.
+    still empty. Where ``fcntl`` is missing (Windows) no lock is taken. ``holder`` names what holds it and
+    ``mixes`` what two of them would mix, for the refusal's message (training runs; ``st-llm2vec eval``).
     """
 
-    def __init__(self, output_dir: str | os.PathLike) -> None:
+    def __init__(self, output_dir: str | os.PathLike, holder: str = "training run",
+                 mixes: str = "their checkpoints and saved models") -> None:
+        self.holder, self.mixes = holder, mixes
         self.dir = Path(output_dir)
         self.path = self.dir / LOCK_FILE
         self._fd: int | None = None
@@ -191,8 +194,8 @@ class OutputLock:
                     raise
                 self._cleanup_dir()
                 raise OutputDirLockedError(
-                    f"output_dir {str(self.dir)!r} is in use by another training run ({_describe_holder(holder)}). "
-                    "Two runs in one output_dir would mix their checkpoints and saved models: wait for that run "
+                    f"output_dir {str(self.dir)!r} is in use by another {self.holder} ({_describe_holder(holder)}). "
+                    f"Two of them in one output_dir would mix {self.mixes}: wait for that one "
                     "to finish, or choose another output_dir."
                 ) from None
             try:

@@ -1,0 +1,110 @@
+"""``st-llm2vec eval MODEL [MODEL ...] --tasks TASK [TASK ...]``: models side by side on mteb tasks and on your own
+data, with llm2vec's instructions, one table out (see :mod:`st_llm2vec.eval.run`).
+
+Options are declared here without importing torch, transformers, sentence-transformers or mteb, so ``--help``
+answers at once; the runner is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_OUTPUT = "st-llm2vec-eval"  # run.DEFAULT_OUTPUT, repeated so --help imports nothing heavy
+INTERRUPTED = "finished tasks are kept in the output dir; rerun the same command to resume"
+MODES = ("llm2vec", "model", "none")  # instructions.MODES, likewise
+SHARED = "sts12, sts13, sick-trial, wang-dev, wang-dev-retrieval"
+
+
+def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "examples:\n"
+        "  st-llm2vec eval HuggingFaceTB/SmolLM2-135M-Instruct out/model sentence-transformers/all-MiniLM-L6-v2 --tasks dev\n"
+        "  st-llm2vec eval out/model --tasks STS12 SciFact my-pairs.tsv my-beir-dir/ reranking.jsonl\n\n"
+        "Results, embeddings and the summary (summary.md/.csv/.json/.png) go to --output; a rerun skips every task\n"
+        "already evaluated (an interrupted run resumes) and encodes no text twice.")
+    parser.add_argument("models", nargs="+", metavar="MODEL",
+                        help="a Sentence Transformers model dir (st-llm2vec's portable or exact format, or any stock "
+                             "one), a Hugging Face Hub id, or a decoder LLM checkpoint (evaluated as it is: causal "
+                             "attention, mean pooling; labelled '(causal LM)')")
+    parser.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
+                        help="mteb task or benchmark names (STS12, SciFact, 'MTEB(eng, v2)'); the shared dev tasks "
+                             f"({SHARED}; 'dev' for all of them: read from ../shared/data or $ST_LLM2VEC_DATA); or "
+                             "local files: scored pairs (.tsv/.csv/.jsonl: sentence1, sentence2, score), a BEIR "
+                             "retrieval dir (corpus.jsonl, queries.jsonl, qrels/test.tsv), reranking samples "
+                             "(.jsonl: query, positive, negative); KIND:PATH (sts:, retrieval:, reranking:) forces a kind")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR",
+                        help=f"where results, embeddings and the summary go (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--instructions", choices=MODES, default="llm2vec",
+                        help="llm2vec (default): llm2vec's per-task instruction on the queries (every text of "
+                             "symmetric tasks such as STS), the model's own prompts where it has none; model: only "
+                             "the prompts the model carries; none: no instruction at all")
+    parser.add_argument("--instruction", action="append", default=[], metavar="TASK=TEXT",
+                        help="the instruction of one task (repeatable; TEXT empty: none for that task)")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per encode batch (default: 32)")
+    parser.add_argument("--max-seq-length", type=int, default=None,
+                        help="token limit of every input (default: each model's own)")
+    parser.add_argument("--max-batch-tokens", type=int, default=None,
+                        help="st-llm2vec models: token budget of one forward pass (long texts run in smaller "
+                             "batches; default: none)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: what torch picks)")
+    parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights dtype (default: each model's loader default)")
+    parser.add_argument("--threads", default="auto",
+                        help="torch CPU threads: a number, or auto (the cores not busy; default)")
+    parser.add_argument("--data-dir", default=None,
+                        help="the shared dev data folder (default: $ST_LLM2VEC_DATA or ../shared/data)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="evaluate every task again, replacing cached results (embeddings stay cached)")
+    parser.add_argument("--no-chart", action="store_true", help="do not draw summary.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import logging
+    import warnings
+
+    from ..quickstart import choose_threads
+    from . import require_mteb
+
+    require_mteb()
+    import torch
+    from datasets.utils import logging as datasets_logging
+
+    from .encoders import LoadSettings
+    from .instructions import parse_overrides
+    from .report import format_table
+    from .run import EvalConfig, evaluate_models
+
+    torch.set_num_threads(choose_threads(args.threads))
+    warnings.filterwarnings("ignore", category=FutureWarning)  # mteb calls ST methods ST has renamed
+    logging.getLogger("mteb").setLevel(logging.ERROR)  # per-task info and superseded-task notes
+    # peft imports bitsandbytes, which warns about its optional 4-bit CPU kernels: eval loads no 4-bit model
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    datasets_logging.disable_progress_bar()  # mteb's dataset.map calls: not our progress
+    if args.no_progress:  # the weight-loading bars of transformers (and huggingface_hub) too
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        disable_progress_bars()
+    config = EvalConfig(
+        output_dir=Path(args.output),
+        instructions=args.instructions,
+        overrides=parse_overrides(args.instruction),
+        batch_size=args.batch_size,
+        load=LoadSettings(device=args.device, dtype=args.dtype, max_seq_length=args.max_seq_length,
+                          max_batch_tokens=args.max_batch_tokens),
+        data_dir=args.data_dir,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        chart=not args.no_chart,
+    )
+    run = evaluate_models(args.models, args.tasks, config)
+    print(format_table(run))
+    cached = sum(s.cached for s in run.scores)
+    print(f"\n{len(run.scores)} results ({cached} from earlier runs); texts encoded: "
+          + ", ".join(f"{m} {run.encoded.get(m, 0)}" for m in run.models)
+          + f"\nwrote {', '.join(str(p) for p in run.files.values())}; mteb's result files under {args.output}/results")
+    return 0
