@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputExistsError
+from .errors import InputError, OutputExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,23 @@ def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines file; an :class:`InputError` naming the file
+    and line of the first line that is not a JSON object."""
+    with open(path, encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"{path}:{lineno}: not a JSON object ({getattr(exc, 'msg', exc)}): "
+                                 f"{line.strip()[:120]!r}") from exc
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object, got {line.strip()[:120]!r}")
+            yield lineno, row
 
 
 def pid_alive(pid: int) -> bool:

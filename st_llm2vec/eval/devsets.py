@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import InputError, MissingFileError
+from ..files import jsonl_rows
 
 if TYPE_CHECKING:
     from sentence_transformers.sentence_transformer.evaluation import (
@@ -249,18 +250,14 @@ def read_scored_pairs(path: str | Path) -> list[StsPair]:
         raise MissingFileError(f"{path}: no such file (expected scored pairs: sentence1, sentence2, score)")
     pairs: list[StsPair] = []
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8-sig") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    # a list, not a generator: next()'s StopIteration inside a generator becomes a RuntimeError
-                    a, b, score = [next(row[k] for k in names if k in row) for names in _PAIR_COLUMNS.values()]
-                    pairs.append(StsPair(str(a).strip(), str(b).strip(), float(score)))
-                except (ValueError, TypeError, StopIteration, AttributeError) as exc:
-                    raise InputError(f"{path}:{lineno}: expected a JSON object with sentence1, sentence2 and a numeric "
-                                     f"score, got {line.strip()[:120]!r}") from exc
+        for lineno, row in jsonl_rows(path):
+            try:
+                # a list, not a generator: next()'s StopIteration inside a generator becomes a RuntimeError
+                a, b, score = [next(row[k] for k in names if k in row) for names in _PAIR_COLUMNS.values()]
+                pairs.append(StsPair(str(a).strip(), str(b).strip(), float(score)))
+            except (ValueError, TypeError, StopIteration) as exc:
+                raise InputError(f"{path}:{lineno}: expected sentence1, sentence2 and a numeric score, got "
+                                 f"{json.dumps(row)[:120]}") from exc
     else:
         delimiter = "," if path.suffix == ".csv" else "\t"
         with open(path, encoding="utf-8-sig", newline="") as fh:

@@ -19,12 +19,13 @@ import difflib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, MissingFileError
+from ..files import jsonl_rows
 from . import devsets, require_mteb
 
 require_mteb()
@@ -199,20 +200,6 @@ def retrieval_task(name: str, corpus: dict[str, tuple[str, str]], queries: dict[
 # --------------------------------------------------------------------------- readers of a user's files
 
 
-def _jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path}:{lineno}: not a JSON object ({exc.msg}): {line.strip()[:120]!r}") from exc
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object, got {line.strip()[:120]!r}")
-            yield lineno, row
-
-
 def _texts(value: Any) -> tuple[str, ...] | None:
     if isinstance(value, str):
         return (value.strip(),) if value.strip() else ()
@@ -228,7 +215,7 @@ def read_reranking(path: str | Path) -> list[RerankingSample]:
     if not path.is_file():
         raise MissingFileError(f"{path}: no such file (expected JSONL reranking samples: query, positive, negative)")
     samples = []
-    for lineno, row in _jsonl(path):
+    for lineno, row in jsonl_rows(path):
         query = row.get("query")
         positives = _texts(row.get("positive", row.get("positives")))
         negatives = _texts(row.get("negative", row.get("negatives", [])))
@@ -265,7 +252,7 @@ def read_beir(directory: str | Path) -> tuple[dict[str, tuple[str, str]], dict[s
 
     def rows(name: str, with_title: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for lineno, row in _jsonl(directory / name):
+        for lineno, row in jsonl_rows(directory / name):
             rid, text = row.get("_id", row.get("id")), row.get("text")
             if rid is None or not isinstance(text, str):
                 raise InputError(f"{directory / name}:{lineno}: expected \"_id\" and \"text\", got keys {sorted(row)}")
@@ -334,7 +321,7 @@ def local_task(spec: str) -> AbsTask:
 def _looks_like_reranking(path: Path) -> bool:
     if path.suffix != ".jsonl":
         return False
-    for _, row in _jsonl(path):
+    for _, row in jsonl_rows(path):
         return "query" in row and ("positive" in row or "positives" in row)
     return False
 

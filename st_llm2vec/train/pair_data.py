@@ -28,7 +28,6 @@ supervised sets built from the shared data (SICK entailment triplets, MSR paraph
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -257,18 +256,13 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _why_unreadable(path: Path, error: Exception) -> ValueError | None:
     """The refusal naming the first line of ``path`` that is not a JSON object, or None if it has no rows."""
-    rows = 0
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                return ValueError(f"{path}:{lineno}: not a JSON object ({exc.msg})")
-            if not isinstance(row, dict):
-                return ValueError(f"{path}:{lineno}: expected a JSON object with query/positive/negative")
-            rows += 1
+    from ..errors import InputError
+    from ..files import jsonl_rows
+
+    try:
+        rows = sum(1 for _ in jsonl_rows(path))
+    except InputError as exc:
+        return exc
     if rows:
         return ValueError(
             f"Could not read {path} as JSON Lines ({error.__cause__ or error}): write one JSON object with "
