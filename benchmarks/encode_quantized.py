@@ -119,10 +119,11 @@ def gguf_runner(model_dir: Path, quantize: str, workdir: Path, threads: int) -> 
     from st_llm2vec.export.gguf import LLAMA_POOLING, find_converter, write_gguf
 
     pooling = json.loads(next(model_dir.glob("*_Pooling/config.json")).read_text())["pooling_mode"]
+    if pooling not in LLAMA_POOLING:
+        raise SystemExit(f"llama.cpp has no pooling for {pooling!r}: run without --gguf")
     path = workdir / f"model-{quantize}.gguf"
     if not path.exists():
         write_gguf(model_dir, path, quantize, pooling, find_converter())
-    assert pooling in LLAMA_POOLING
     state = {"repack": True}
 
     def run(texts: list[str]) -> tuple:

@@ -20,6 +20,7 @@ from .model import LLM2VecModel
 from .pooling import LLM2VecPooling
 from .portable import AUTO as AUTO_FORMAT
 from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, make_portable
+from .precision import DEFAULT_MIN_COSINE
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def from_llm(
     device: str | None = None,
     precision: str = "float32",
     precision_texts: list[str] | None = None,
-    precision_min_cosine: float = 0.99,
+    precision_min_cosine: float = DEFAULT_MIN_COSINE,
     quantization: str | None = None,
     **model_kwargs: Any,
 ) -> LLM2VecModel:
@@ -188,7 +189,7 @@ def read_portable_dir(path: str) -> dict[str, Any] | None:
 
 
 def load_model(path: str, format: str = AUTO_FORMAT, *, precision: str = "float32",
-               precision_texts: list[str] | None = None, precision_min_cosine: float = 0.99,
+               precision_texts: list[str] | None = None, precision_min_cosine: float = DEFAULT_MIN_COSINE,
                quantization: str | None = None, **kwargs: Any) -> LLM2VecModel:
     """A saved model dir of either format, for more training or encoding with st_llm2vec's encoder.
 
