@@ -30,6 +30,7 @@ from typing import Any, ClassVar, TypeVar
 
 from ..cards import LLM2VEC_CITATION
 from ..errors import InputError
+from ..lowbit import QUANTIZATIONS
 from .config import (
     add_options,
     aliases_of,
@@ -80,7 +81,7 @@ class RecipeArguments:
     pooling_mode: str | None = key(None, check=pooling_check, help="mean, weighted_mean, eos_token, bos_token")
     format: str = key("auto", choices=FORMATS,
                       help="saved format: portable (stock ST modules), exact (llm2vec's semantics), auto")
-    quantization: str | None = key(None, choices=("nf4", "fp4", "int8"),
+    quantization: str | None = key(None, choices=QUANTIZATIONS,
                                    help="QLoRA: train the LoRA over a frozen nf4 / fp4 / int8 base (bitsandbytes); "
                                         "the saved model is the adapter merged into the float32 start weights")
     max_seq_length: int | None = key(None, low=1, help="training token limit")
@@ -430,7 +431,7 @@ def add_lora(model: Any, arguments: RecipeArguments) -> None:
 
 def merge_trained_lora(model: Any, arguments: RecipeArguments) -> None:
     """Fold the trained LoRA into the weights; after QLoRA into the float32 start weights (reloaded), not the
-    low-bit ones (:func:`st_llm2vec.lowbit.restore_full_precision`)."""
+    low-bit ones (:func:`st_llm2vec.lowbit.merge_into_full_precision`)."""
     from .. import lowbit
     from ..train.lora import merge_lora
 
