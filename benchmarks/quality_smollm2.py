@@ -164,17 +164,19 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from st_llm2vec.eval import devsets, tasks as eval_tasks
+    from st_llm2vec import devdata
+    from st_llm2vec.eval import tasks as eval_tasks
     from st_llm2vec import quickstart as q
+    from st_llm2vec.runtime import choose_threads
     from st_llm2vec.eval.scores import evaluate as evaluate_with
     from st_llm2vec.smollm2 import ensure_smollm2
 
-    if devsets.find_shared_data(args.data_dir) is None:
+    if devdata.find_shared_data(args.data_dir) is None:
         sys.exit("The benchmark needs the shared data folder (../shared/data or $ST_LLM2VEC_DATA).")
     work.mkdir(parents=True, exist_ok=True)
     check_run(work, args)
     command = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
-    threads = q.choose_threads(args.threads)
+    threads = choose_threads(args.threads)
     torch.set_num_threads(threads)
     q._quiet_libraries()
     base = str(Path(args.model).expanduser()) if args.model else str(ensure_smollm2())
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     sts_tasks = [t for t in dev if t.metadata.type == "STS"]
     print("dev sets: " + ", ".join(f"{t.metadata.name} ({eval_tasks.task_size(t)})" for t in dev)
           + f"; torch threads {threads}", flush=True)
-    sentences, corpus_desc = devsets.training_sentences(args.data_dir, args.corpus_size or None, seed=args.seed)
+    sentences, corpus_desc = devdata.training_sentences(args.data_dir, args.corpus_size or None, seed=args.seed)
     corpus = work / "sentences.txt"
     if not corpus.is_file():
         q.write_lines(corpus, sentences)
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         """Re-read the load before each stage ("auto"): other jobs on the machine come and go."""
         nonlocal threads
         if str(args.threads) == "auto":
-            threads = q.choose_threads("auto", own_load=torch.get_num_threads())
+            threads = choose_threads("auto", own_load=torch.get_num_threads())
             torch.set_num_threads(threads)
         return threads
 

@@ -18,9 +18,11 @@ from .instructions import llm2vec_chat_template, llm2vec_text_suffix
 from .modes import check_tokenizer, from_stock, normalize_pooling_mode
 from .model import LLM2VecModel
 from .pooling import LLM2VecPooling
-from .portable import AUTO as AUTO_FORMAT
-from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, make_portable
+from .instructions import AUTO as AUTO_FORMAT
+from .instructions import EXACT, FORMATS, PORTABLE
+from .portable import PortableFormatError, make_portable
 from .precision import DEFAULT_MIN_COSINE
+from .proof import foreign_modules, modules_of
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -149,14 +151,12 @@ def read_portable_dir(path: str) -> dict[str, Any] | None:
 
     A portable dir is stock ``Transformer`` [+ ``WordWeights``] + ``Pooling`` (see ``portable.py``).
     """
-    modules_file = os.path.join(path, "modules.json")
-    if not os.path.isfile(modules_file):
+    if not os.path.isfile(os.path.join(path, "modules.json")):
         return None
-    with open(modules_file, encoding="utf-8") as f:
-        modules = json.load(f)
-    names = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
-    stock = all(m.get("type", "").startswith("sentence_transformers.") for m in modules)
-    if not stock or names not in (["Transformer", "Pooling"], ["Transformer", "WordWeights", "Pooling"]):
+    modules = modules_of(path)
+    types = [m.get("type", "") for m in modules]
+    names = [name.rsplit(".", 1)[-1] for name in types]
+    if foreign_modules(types) or names not in (["Transformer", "Pooling"], ["Transformer", "WordWeights", "Pooling"]):
         return None
     with open(os.path.join(path, modules[-1]["path"], "config.json"), encoding="utf-8") as f:
         pooling = json.load(f)

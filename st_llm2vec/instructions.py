@@ -1,10 +1,11 @@
-"""llm2vec 0.2.3 prompt semantics: how an (instruction, text) pair becomes one string, and which tokens
-of it are pooled.
+"""How an (instruction, text) pair becomes one string, and which tokens of it are pooled, in each of the two
+formats: ``exact`` (llm2vec 0.2.3's semantics) and ``portable`` (stock sentence-transformers' prompts).
 
 llm2vec joins ``instruction.strip() + " " + text``, optionally wraps the whole string in an instruct
 model's chat format and appends an EOS suffix for ``eos_token`` pooling, and pools only the text part:
 the last N tokens, N being the length of the text part (with any wrapper suffix) tokenized alone.
-ST has no notion of this (its ``prompt_length`` counts from the left), so it is reproduced here.
+ST has no notion of this (its ``prompt_length`` counts from the left), so it is reproduced here. The portable
+format stores each instruction as a stock prompt (:func:`stored_prompt`) that stock code prepends.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from .errors import InputError
 # template, which is opaque, is rendered once on a marker chosen absent from the instruction and the
 # text, and checked to come out exactly once.
 _MARKER_CANDIDATES = tuple(chr(c) for c in range(0xE000, 0xE040))
+
+# The two formats (``LLM2VecTransformer.format``; how ``save`` writes a model, see ``portable.py``) and "auto".
+PORTABLE, EXACT, AUTO = "portable", "exact", "auto"
+FORMATS = (AUTO, PORTABLE, EXACT)
 
 # llm2vec picks these wrappers by ``config.name_or_path`` (prepare_for_tokenization). They are kept
 # as chat templates so a user can also give their own.
@@ -43,6 +48,20 @@ EMBED_MASK = "embed_mask"
 TOKEN_WEIGHTS_SUM = "token_weights_sum"
 # Features for pooling only: the encoder keeps them away from the HF model's forward.
 POOLING_FEATURES = (EMBED_MASK, TOKEN_WEIGHTS_SUM)
+
+
+def stored_prompt(instruction: str) -> str:
+    """An llm2vec instruction as a stock ST prompt: ``prompt + text`` == ``instruction.strip() + " " + text``."""
+    stripped = instruction.strip()
+    return f"{stripped} " if stripped else ""
+
+
+def prompt_for(model, instruction: str | None) -> str | None:
+    """What to pass as ``prompt=`` for an llm2vec ``instruction``: the stock prompt unless the model is ours
+    in the exact format (a stock-loaded model is portable)."""
+    if instruction and getattr(model[0], "format", PORTABLE) == PORTABLE:
+        return stored_prompt(instruction)
+    return instruction
 
 
 def stock_prompt_length(tokenizer, prompt: str, max_length: int | None = None) -> int:

@@ -17,7 +17,8 @@ from peft import PeftModel
 from sentence_transformers import SentenceTransformer
 
 from .cards import patch_card
-from .portable import EXACT, PORTABLE, PortableFormatError, save_portable, why_not_portable
+from .instructions import EXACT, PORTABLE
+from .portable import PortableFormatError, save_portable, why_not_portable
 from .files import normalize_permissions
 
 logger = logging.getLogger(__name__)

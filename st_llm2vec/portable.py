@@ -46,34 +46,31 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-from .files import move_into, normalize_permissions, temp_dir_beside
-from .modes import MODES, adds_bos
-from .upstream import st_model_config
 from .errors import InputError
+from .files import move_into, normalize_permissions, temp_dir_beside
+from .instructions import EXACT, PORTABLE, stored_prompt
+from .modes import MODES, adds_bos
+from .proof import (
+    BIDIRECTIONAL_PROBE,
+    PROBE_TEXTS,
+    foreign_modules,
+    last_line,
+    module_types,
+    row_cosines,
+    run_without_st_llm2vec,
+)
+from .upstream import st_model_config
 
 logger = logging.getLogger(__name__)
 
-PORTABLE, EXACT, AUTO = "portable", "exact", "auto"
-FORMATS = (AUTO, PORTABLE, EXACT)
 # text-embeddings-inference reads ``use_bidirectional_attention`` for these model types (and
 # ``is_causal`` for qwen2); vLLM and llama.cpp's converter read ``is_causal``.
 TEI_BIDIRECTIONAL_TYPES = frozenset({"llama", "mistral", "qwen3", "gemma3_text"})
-PROBE_TEXTS = [
-    "A man is playing a guitar on the street.",
-    "Two dogs are running through a field of grass, chasing a red ball.",
-    "The cat sleeps.",
-    "Stock prices fell sharply on Monday after the central bank raised interest rates by half a point.",
-    "x",
-    "How do bidirectional LLM embeddings work?",
-]
-BIDIRECTIONAL_PROBE = ("The quick brown fox jumps over the lazy dog", "The quick brown fox jumps over the lazy cat")
 TOLERANCE_FLOAT32 = 1e-4
 # The proof's bounds, per dtype of the saved weights: (min cosine per text, max difference / largest value).
 PROOF_BOUNDS = {"float32": (0.99999, TOLERANCE_FLOAT32), "half": (0.999, 2e-2)}
@@ -98,25 +95,10 @@ def class_ref(cls: type) -> str:
     return f"{cls.__module__}.{cls.__name__}"
 
 
-def stored_prompt(instruction: str) -> str:
-    """An llm2vec instruction as a stock ST prompt: ``prompt + text`` == ``instruction.strip() + " " + text``."""
-    stripped = instruction.strip()
-    return f"{stripped} " if stripped else ""
-
-
-def prompt_for(model: Any, instruction: str | None) -> str | None:
-    """What to pass as ``prompt=`` for an llm2vec ``instruction``: the stock prompt unless the model is ours
-    in the exact format (a stock-loaded model is portable)."""
-    if instruction and getattr(model[0], "format", PORTABLE) == PORTABLE:
-        return stored_prompt(instruction)
-    return instruction
-
-
 def saved_format(path: str | os.PathLike) -> str:
     """The format of a saved model dir, read from its modules.json: "portable" when every module is a stock
     sentence-transformers class, else "exact" (FileNotFoundError without modules.json)."""
-    modules = json.loads((Path(path) / "modules.json").read_text(encoding="utf-8"))
-    return PORTABLE if all(m.get("type", "").startswith("sentence_transformers.") for m in modules) else EXACT
+    return EXACT if foreign_modules(module_types(path)) else PORTABLE
 
 
 # -- switching a model to the portable semantics ------------------------------------------------
@@ -314,7 +296,7 @@ def switch_if_faithful(model: Any, texts: list[str] | None = None) -> tuple[dict
     comparison: dict[str, Any] = {"documents_max_difference": difference, "texts": len(texts)}
     for name, reference in reference_queries.items():
         queries = _encode_padded(model, texts, prompt_name=name)
-        cosine = (queries * reference).sum(1) / (np.linalg.norm(queries, axis=1) * np.linalg.norm(reference, axis=1))
+        cosine = row_cosines(queries, reference)
         comparison[f"query_min_cosine[{name}]"] = float(cosine.min())
         comparison[f"query_mean_cosine[{name}]"] = float(cosine.mean())
     return comparison, None
@@ -397,15 +379,9 @@ def write_portable(model: Any, directory: Path) -> None:
 
 # -- proof --------------------------------------------------------------------------------------
 
-# Runs in a fresh interpreter: st_llm2vec is made unimportable, so only stock code can load the dir.
+# Runs in a fresh interpreter in which st_llm2vec cannot be imported (:func:`~st_llm2vec.proof.run_without_st_llm2vec`),
+# so only stock code can load the dir.
 _PROOF_SCRIPT = r"""
-import json, sys
-class _Blocked:
-    def find_spec(self, name, path=None, target=None):
-        if name == "st_llm2vec" or name.startswith("st_llm2vec."):
-            raise ImportError("st_llm2vec is blocked: the portable format must load without it")
-        return None
-sys.meta_path.insert(0, _Blocked())
 args = json.loads(sys.stdin.read())
 import torch
 torch.set_num_threads(1)
@@ -430,10 +406,9 @@ for name in args["prompt_names"]:
     prompt = model.prompts[name]
     result["tokens"][name] = token_ids(prompt)
     result["prompt_length"][name] = model[0]._get_prompt_length(prompt)
-a, b = (model.encode([text], output_value="token_embeddings")[0] for text in args["probe"])
-# token 1: an early text token (token 0 may be a BOS that WordWeights zeroes in these outputs)
-result["first_token_shift"] = float((a[1].float() - b[1].float()).norm() / a[1].float().norm().clamp_min(1e-12))
-print("PROOF" + json.dumps(result))
+a, b = (model.encode([text], output_value="token_embeddings")[0].float().numpy() for text in args["probe"])
+result["first_token_shift"] = first_token_shift(a, b)
+report(result)
 """
 
 
@@ -450,12 +425,13 @@ def proof_bounds(dtype: Any) -> tuple[float, float]:
 
 
 def compare_embeddings(ours: Any, theirs: Any) -> tuple[float, float]:
-    """(min cosine over rows, max |difference| / max(1, largest |value|)) of two embedding matrices."""
+    """(min cosine over rows, max |difference| / max(1, largest |value|)) of two embedding matrices; two equal
+    zero rows count as cosine 1."""
     import numpy as np
 
     a, b = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cosine = np.where(norms > 0, (a * b).sum(1) / np.where(norms > 0, norms, 1.0), 1.0 * np.all(a == b, axis=1))
+    zero = (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)) == 0
+    cosine = np.where(zero, 1.0 * np.all(a == b, axis=1), row_cosines(a, b))
     return float(cosine.min()), float(np.abs(a - b).max()) / max(1.0, float(np.abs(a).max()))
 
 
@@ -481,14 +457,11 @@ def prove_portable(model: Any, directory: Path, texts: list[str] | None = None) 
     prompt_names = sorted(name for name, text in (model.prompts or {}).items() if text)
     payload = {"path": str(directory), "dtype": str(dtype).removeprefix("torch."), "docs": texts,
                "prompt_names": prompt_names, "probe": list(BIDIRECTIONAL_PROBE)}
-    proc = subprocess.run([sys.executable, "-c", _PROOF_SCRIPT], input=json.dumps(payload), capture_output=True,
-                          text=True, env=_subprocess_env())
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PROOF")), None)
-    if proc.returncode != 0 or line is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise PortableFormatError(f"stock sentence-transformers could not load the portable dir: {tail[0]}")
-    stock = json.loads(line[len("PROOF"):])
-    foreign = [m for m in stock["modules"] if not m.startswith("sentence_transformers.")]
+    stock, proc = run_without_st_llm2vec(_PROOF_SCRIPT, payload, why="the portable format must load without it",
+                                         env=_subprocess_env())
+    if stock is None:
+        raise PortableFormatError(f"stock sentence-transformers could not load the portable dir: {last_line(proc)}")
+    foreign = foreign_modules(stock["modules"])
     if foreign:
         raise PortableFormatError(f"the portable dir loaded non-stock modules {foreign}")
 

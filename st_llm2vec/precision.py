@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .runtime import cpu_has_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def calibration_texts(count: int = 240, seed: int = 0) -> list[str]:
     import random
 
     from .builtin_text import builtin_fragments, builtin_training_text
-    from .portable import PROBE_TEXTS
+    from .proof import PROBE_TEXTS
 
     sentences = builtin_training_text(count // 2, seed=seed + 7)
     rng = random.Random(seed)
@@ -182,9 +183,9 @@ def _measure(model: Any, plan: PrecisionPlan, reference: Any, texts: Sequence[st
 def _cosines(reference: Any, other: Any) -> tuple[float, float, float]:
     import numpy as np
 
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1)
-    cosine = (reference * other).sum(1) / np.maximum(norms, 1e-30)
-    cosine = np.nan_to_num(cosine, nan=-1.0)
+    from .proof import row_cosines
+
+    cosine = np.nan_to_num(row_cosines(reference, other), nan=-1.0)
     return float(cosine.min()), float(np.percentile(cosine, 5)), float(cosine.mean())
 
 
@@ -249,21 +250,6 @@ def resolve(precision: str | None) -> str:
 
         return "bf16-mixed" if torch.cuda.is_available() or cpu_has_bf16() else "float32"
     return precision
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 then runs faster than float32
-    (training autocast, the bf16-mixed precision plan); elsewhere bf16 is emulated and slower, so "auto" stays float32.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 def save_plan(directory: str | os.PathLike, plan: PrecisionPlan | None) -> None:

@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .eval import devsets
-from .errors import InputError
+from . import devdata
+from .errors import InputError, MissingFileError
+from .runtime import choose_threads, resolve_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -44,41 +45,6 @@ EXAMPLE_DOCS = (
 )
 
 
-# --------------------------------------------------------------------------- threads
-
-
-def choose_threads(requested: int | str | None = "auto", *, own_load: float = 0.0) -> int:
-    """Torch intra-op threads: ``requested``, or for "auto" the cores not already busy (at least 1).
-
-    With OpenMP's default busy-waiting, two threads on two cores that other processes also use can run
-    several times slower than one thread; "auto" reads the 1-minute load average to avoid that
-    (``own_load``: the part of it this process caused, e.g. its threads when asked mid-run).
-    Results can differ in the last float bits between thread counts; pass a number to pin it.
-    """
-    cores = os.cpu_count() or 1
-    if requested not in (None, "auto"):
-        threads = int(requested)
-        if threads < 1:
-            raise InputError(f"threads must be a positive number or 'auto', got {requested!r}")
-        return threads
-    try:
-        load = max(0.0, os.getloadavg()[0] - own_load)
-    except (AttributeError, OSError):
-        return cores
-    return max(1, min(cores, cores - int(round(load))))
-
-
-def resolve_bf16(requested: bool | str | None = "auto") -> bool:
-    """bf16 autocast for training: True/False as given, "auto" → :func:`~st_llm2vec.precision.cpu_has_bf16`."""
-    from .precision import cpu_has_bf16
-
-    if requested in (None, "auto"):
-        return cpu_has_bf16()
-    if isinstance(requested, str):
-        return requested.lower() in ("1", "true", "yes", "on")
-    return bool(requested)
-
-
 # --------------------------------------------------------------------------- data and scores
 
 
@@ -88,6 +54,19 @@ def write_lines(path: str | Path, lines: Sequence[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(" ".join(line.split()) + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def read_text_lines(path: str | Path) -> list[str]:
+    """A user's unlabeled text, one text per line (blank lines dropped), for MNTP and SimCSE."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such file (expected plain text, one sentence or passage per line)")
+    with open(path, encoding="utf-8-sig") as fh:
+        lines = [" ".join(line.split()) for line in fh]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise InputError(f"{path}: the file holds no text")
+    return lines
 
 
 # --------------------------------------------------------------------------- stage configs
@@ -221,7 +200,7 @@ def score_columns(score_keys: Sequence[str]) -> list[tuple[str, str]]:
     """Table columns for the score keys present, in a fixed order."""
     headers = {
         "sts12": "STS12", "sts13": "STS13", "sick-trial": "SICK trial", "builtin-sts": "built-in STS",
-        "sts_mean": "STS mean", f"{devsets.WANG_DEV}_map": "wang MAP", f"{devsets.WANG_DEV}_mrr@10": "wang MRR@10",
+        "sts_mean": "STS mean", f"{devdata.WANG_DEV}_map": "wang MAP", f"{devdata.WANG_DEV}_mrr@10": "wang MRR@10",
     }
     return [(k, headers[k]) for k in headers if k in score_keys]
 
@@ -302,10 +281,10 @@ def dev_sets(options: QuickstartOptions) -> tuple[list[Any], str]:
         return [task], f"your scored pairs {options.dev_pairs} ({tasks.task_size(task)} pairs)"
     dev = tasks.dev_tasks(options.data_dir, options.eval_pairs)
     sizes = ", ".join(f"{t.metadata.name} ({tasks.task_size(t)} pairs)" for t in dev)
-    if devsets.find_shared_data(options.data_dir) is None:
+    if devdata.find_shared_data(options.data_dir) is None:
         return dev, (f"{sizes}, hand-written for this project (no shared data found: put it at "
-                     f"../shared/data, set {devsets.DATA_ENV}, or pass --dev-pairs FILE)")
-    return dev, f"{sizes}, public STS test sets from {devsets.find_shared_data(options.data_dir)}"
+                     f"../shared/data, set {devdata.DATA_ENV}, or pass --dev-pairs FILE)")
+    return dev, f"{sizes}, public STS test sets from {devdata.find_shared_data(options.data_dir)}"
 
 
 def training_text(options: QuickstartOptions) -> tuple[list[str], str]:
@@ -320,7 +299,7 @@ def training_text(options: QuickstartOptions) -> tuple[list[str], str]:
     from .builtin_text import builtin_training_text
 
     if options.train_file:
-        lines = devsets.read_text_lines(options.train_file)
+        lines = read_text_lines(options.train_file)
         sample = lines if len(lines) <= options.corpus_size else random.Random(options.seed).sample(lines, options.corpus_size)
         return sample, f"your text {options.train_file} ({len(sample)} of {len(lines)} lines)"
     sentences = builtin_training_text(options.corpus_size, seed=options.seed)

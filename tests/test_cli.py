@@ -12,7 +12,7 @@ import pytest
 
 from st_llm2vec.cli import COMMANDS
 from st_llm2vec.train.config import ConfigError
-from st_llm2vec.train.runs import OutputLock
+from st_llm2vec.files import OutputLock
 from conftest import mntp_config, simcse_config
 from conftest import run_python as _python
 

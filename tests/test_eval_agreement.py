@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("mteb")
 
-from st_llm2vec.eval import devsets, scores, tasks  # noqa: E402
+from st_llm2vec import devdata as devsets  # noqa: E402
+from st_llm2vec.eval import scores, tasks  # noqa: E402
 
 TOLERANCE = 0.01  # points (scores ×100)
 INSTRUCTION = "Retrieve semantically similar text:"

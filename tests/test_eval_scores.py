@@ -3,7 +3,7 @@ name them, an instruction applied and taken off afterwards; the training stages'
 
 from __future__ import annotations
 
-from st_llm2vec.eval import devsets
+from st_llm2vec import devdata as devsets
 from st_llm2vec.eval.scores import evaluate
 
 

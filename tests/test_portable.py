@@ -246,7 +246,7 @@ def test_a_trained_model_serves_the_query_embeddings_it_was_trained_and_evaluate
     """Train/serve consistency: supervised stage (instructions on queries, dev STS with an instruction) →
     saved portable → loaded by stock ST without st_llm2vec: the same query embeddings (≤ 1e-4)."""
     from st_llm2vec.train.stage_contrastive import train_supervised
-    from st_llm2vec.portable import prompt_for, stored_prompt
+    from st_llm2vec.instructions import prompt_for, stored_prompt
 
     folder = tmp_path / "e5"
     folder.mkdir()
@@ -359,7 +359,7 @@ def test_the_proof_refuses_a_dir_whose_tokenizer_differs(tiny_llm, tmp_path, mon
 @needs_fixtures
 def test_portable_queries_equal_llm2vecs_on_the_fixtures(tmp_path):
     """Instructions are left out of the mean in the portable format, as llm2vec leaves them out."""
-    from st_llm2vec.portable import stored_prompt
+    from st_llm2vec.instructions import stored_prompt
 
     for arch in ("llama", "mistral", "gemma"):
         out = _convert_fixture(arch, "mean", tmp_path / arch)

@@ -13,7 +13,7 @@ import torch
 
 from st_llm2vec import cli, quickstart, smollm2
 
-from st_llm2vec.eval import devsets
+from st_llm2vec import devdata as devsets
 from st_llm2vec.errors import MissingExtraError
 from st_llm2vec.quickstart import QuickstartOptions
 
@@ -66,7 +66,7 @@ def test_auto_threads_use_the_cores_the_load_average_leaves_free(monkeypatch):
 def test_bf16_auto_follows_the_cpus_bf16_support(monkeypatch):
     assert quickstart.resolve_bf16(True) is True and quickstart.resolve_bf16("off") is False
     assert quickstart.resolve_bf16("on") is True
-    from st_llm2vec import precision
+    from st_llm2vec import runtime as precision
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     assert quickstart.resolve_bf16("auto") is False

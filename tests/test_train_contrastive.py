@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from st_llm2vec.eval import devsets
+from st_llm2vec import devdata as devsets
 from st_llm2vec.train.contrastive import GlobalBatchSampler, set_attention_dropout
 from st_llm2vec.train.stage_contrastive import prepare_stage, train_simcse, train_supervised
 from conftest import REPO

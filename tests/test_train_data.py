@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from st_llm2vec.eval import devsets
+from st_llm2vec import devdata as devsets
 from st_llm2vec.train.pair_data import E5_INSTRUCTIONS, read_pair_folder, shared_pair_data
 from st_llm2vec.train.stage_contrastive import train_simcse
 from st_llm2vec.train.text_data import EmptyDatasetError, TextStats, load_texts, tokenize_corpus

@@ -17,11 +17,10 @@ import pytest
 
 from st_llm2vec.train.stage_contrastive import train_simcse
 from st_llm2vec.train.stage_mntp import train_mntp
+from st_llm2vec.files import OutputDirLockedError, OutputLock
 from st_llm2vec.train.runs import (
     CHECKPOINT_MARKER,
     RUN_FILE,
-    OutputDirLockedError,
-    OutputLock,
     RunMismatchError,
 )
 from conftest import RUN_SENTENCES as SENTENCES

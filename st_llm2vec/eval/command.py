@@ -65,7 +65,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import logging
     import warnings
 
-    from ..quickstart import choose_threads
+    from ..runtime import choose_threads
     from . import require_mteb
 
     require_mteb()

@@ -84,11 +84,12 @@ def written_by_st_llm2vec(path: Path) -> bool:
     ``Transformer`` [+ ``WordWeights``] + ``Pooling`` over a decoder whose config.json carries the ``is_causal``
     flag st-llm2vec writes)."""
     from ..build import read_portable_dir
-    from ..portable import EXACT, saved_format
+    from ..instructions import EXACT
+    from ..portable import saved_format
+    from ..proof import PACKAGE, module_types
 
     if saved_format(path) == EXACT:
-        return any(m.get("type", "").startswith("st_llm2vec.")
-                   for m in json.loads((path / "modules.json").read_text(encoding="utf-8")))
+        return any(name.startswith(f"{PACKAGE}.") for name in module_types(path))
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -380,7 +381,7 @@ def prompts_for(model: SentenceTransformer, instructions: Mapping[str, Any], mod
     """The prompt dict mteb's lookup reads for ``model``: each task's instruction under its key, as the model
     takes prompts (:func:`st_llm2vec.portable.prompt_for`), plus the model's own prompts, which win on the same
     key ("model": only those; "none": nothing)."""
-    from ..portable import prompt_for
+    from ..instructions import prompt_for
     from .instructions import LLM2VEC, MODEL, NONE
 
     if mode == NONE:

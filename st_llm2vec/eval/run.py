@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, MissingFileError, OutputExistsError
-from ..files import read_json, write_json_atomic
+from ..files import OutputLock, read_json, write_json_atomic
 from . import require_mteb
 
 require_mteb()
@@ -222,7 +222,6 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str | AbsTask], confi
     dir without modules.json is refused), the output dir, and each cached result against its recorded data
     revision and instruction.
     """
-    from ..train.runs import OutputLock
     from .report import write_summary
     from .tasks import resolve_tasks
 

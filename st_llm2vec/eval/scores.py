@@ -3,7 +3,7 @@
 The scores come from ``st-llm2vec eval``'s own path (:func:`st_llm2vec.eval.run.evaluate_model`: mteb tasks,
 mteb's metrics), so a quick-start table and an ``eval`` table of the same model on the same pairs are the same
 numbers. The training stages' in-loop dev STS keeps Sentence Transformers' evaluators (the trainer runs
-``SentenceEvaluator`` objects; :class:`InstructedSequentialEvaluator`); ``tests/test_eval_agreement.py`` holds
+``SentenceEvaluator`` objects; :class:`~st_llm2vec.instructed_evaluator.InstructedSequentialEvaluator`); ``tests/test_eval_agreement.py`` holds
 both to the same scores (≤ 0.01 points).
 """
 
@@ -12,33 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sentence_transformers.base.evaluation import SequentialEvaluator
-
-from ..portable import prompt_for
-
-
-class InstructedSequentialEvaluator(SequentialEvaluator):
-    """Runs its evaluators with ``instruction`` as the prompt of every text (llm2vec evaluates STS so);
-    the main score is the mean of theirs."""
-
-    def __init__(self, evaluators, instruction: str | None = None) -> None:
-        super().__init__(evaluators, main_score_function=_mean)
-        self.instruction = instruction or None
-
-    def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1):
-        if self.instruction is None:
-            return super().__call__(model, output_path, epoch, steps)
-        saved = (dict(model.prompts or {}), model.default_prompt_name)
-        model.prompts = {**saved[0], "st_llm2vec_eval": prompt_for(model, self.instruction)}
-        model.default_prompt_name = "st_llm2vec_eval"
-        try:
-            return super().__call__(model, output_path, epoch, steps)
-        finally:
-            model.prompts, model.default_prompt_name = saved
-
-
-def _mean(scores: Sequence[float]) -> float:
-    return sum(scores) / len(scores)
+from ..instructed_evaluator import InstructedSequentialEvaluator  # noqa: F401  (the training stages' evaluator)
 
 
 def evaluate(model, tasks: Sequence[Any], *, instruction: str | None = None, progress: bool = True) -> dict[str, float]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, MissingFileError
-from ..portable import PROBE_TEXTS
+from ..proof import PROBE_TEXTS, foreign_modules, modules_of
 from .gguf import DEFAULT_QUANTIZE as GGUF_DEFAULT
 from .gguf import QUANTIZE as GGUF_QUANTIZE
 
@@ -117,12 +117,11 @@ def portable_source(source: Any, output: Any) -> tuple[Path, Path, dict[str, Any
         raise MissingFileError(f"{source} is not a directory")
     if output == source or source in output.parents or output in source.parents:
         raise InputError("OUTPUT must be a directory outside MODEL (and not one holding it)")
-    modules_file = source / "modules.json"
-    if not modules_file.is_file():
+    if not (source / "modules.json").is_file():
         raise MissingFileError(f"{source} is not a Sentence-Transformers model dir (no modules.json); "
                                "write one with `st-llm2vec convert SOURCE OUT` or `model.save(OUT)` first")
-    modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    foreign = [m["type"] for m in modules if not m["type"].startswith("sentence_transformers.")]
+    modules = modules_of(source)
+    foreign = foreign_modules(m["type"] for m in modules)
     if foreign or not modules or not modules[0]["type"].endswith(".Transformer") or modules[0].get("path", ""):
         raise InputError(f"{source} is not in the portable format (modules {foreign or [m['type'] for m in modules]}); "
                          "only portable dirs (stock modules) can be exported: convert with --format portable")

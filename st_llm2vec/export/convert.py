@@ -28,7 +28,8 @@ from ..cards import usage_section
 from ..errors import InputError, MissingFileError, NotPermittedError, OutputExistsError
 from ..files import atomic_dir, check_output, normalize_permissions
 from ..modes import ALIASES, POOLING_MODES
-from ..portable import EXACT, FORMATS, PORTABLE, PortableFormatError
+from ..instructions import EXACT, FORMATS, PORTABLE
+from ..portable import PortableFormatError
 
 if TYPE_CHECKING:  # the command's options load without torch / sentence-transformers; its work imports them
     from sentence_transformers import SentenceTransformer

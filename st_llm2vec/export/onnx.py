@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, MissingExtraError, MissingFileError
-from ..portable import BIDIRECTIONAL_PROBE
+from ..proof import BIDIRECTIONAL_PROBE, first_token_shift, row_cosines
 from .command import (
     DEFAULT_MIN_COSINE,
     HELD_TEXTS,
@@ -328,11 +328,6 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None, providers:
 # -- proof ----------------------------------------------------------------------------------------
 
 
-def _first_token_shift(hidden: np.ndarray | torch.Tensor) -> float:
-    a, b = np.asarray(hidden[0][1], dtype=np.float64), np.asarray(hidden[1][1], dtype=np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
-
-
 def prove_graph(model: Any, graph: Path, *, texts: list[str] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Run the exported ``graph`` against the fp32 torch ``model`` (stock-loaded); returns the figures.
 
@@ -356,8 +351,8 @@ def prove_graph(model: Any, graph: Path, *, texts: list[str] | None = None, thre
     every = np.concatenate(list(cosines.values()))
     return {
         "finite": finite,
-        "first_token_shift": _first_token_shift(graph_probe),
-        "torch_first_token_shift": _first_token_shift(torch_probe.numpy()),
+        "first_token_shift": first_token_shift(graph_probe[0], graph_probe[1]),
+        "torch_first_token_shift": first_token_shift(torch_probe[0].numpy(), torch_probe[1].numpy()),
         "min_cosine": float(np.nan_to_num(every, nan=-1.0).min()),
         "mean_cosine": float(np.nan_to_num(every, nan=-1.0).mean()),
         "per_input_min_cosine": {k: float(np.nan_to_num(v, nan=-1.0).min()) for k, v in cosines.items()},
@@ -384,9 +379,8 @@ def pipeline_cosines(model: Any, backbone: OnnxBackbone, texts: list[str]) -> tu
         model[0].unpad_inputs = original[2]
     cosines, finite = {}, True
     for key in reference:
-        a, b = reference[key].astype(np.float64), ours[key].astype(np.float64)
-        finite = finite and bool(np.isfinite(b).all())
-        cosines[key] = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+        finite = finite and bool(np.isfinite(ours[key]).all())
+        cosines[key] = row_cosines(reference[key], ours[key])
     return cosines, finite
 
 

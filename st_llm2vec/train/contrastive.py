@@ -10,7 +10,7 @@ pieces Sentence Transformers' trainer needs beyond its own, usable without our C
   gets one contiguous slice of it, so the gathered negatives share the dataset
   (:class:`GlobalBatchSampler`, :class:`ContrastiveTrainer`);
 - SimCSE dropout: :func:`set_attention_dropout` (llm2vec passes it to ``from_pretrained``);
-- evaluation: the dev STS evaluators with llm2vec's instruction (:class:`~st_llm2vec.eval.scores.InstructedSequentialEvaluator`),
+- evaluation: the dev STS evaluators with llm2vec's instruction (:class:`~st_llm2vec.instructed_evaluator.InstructedSequentialEvaluator`),
   and a fixed-batch loss probe comparable before and after training (:func:`probe_loss`).
 
 The recipe runner (config, start model, saving) is :mod:`st_llm2vec.train.stage_contrastive`.
@@ -158,10 +158,10 @@ def dev_sts_evaluator(
     data_dir: str | None, max_pairs: int | None, batch_size: int, instruction: str | None = None
 ) -> Any:
     """Cosine-Spearman on the dev STS sets (STS12/13 test, SICK trial; built-in pairs without the shared data)."""
-    from ..eval import devsets
-    from ..eval.scores import InstructedSequentialEvaluator
+    from .. import devdata
+    from ..instructed_evaluator import InstructedSequentialEvaluator
 
-    return InstructedSequentialEvaluator(devsets.sts_evaluators(data_dir, max_pairs, batch_size=batch_size), instruction)
+    return InstructedSequentialEvaluator(devdata.sts_evaluators(data_dir, max_pairs, batch_size=batch_size), instruction)
 
 
 

@@ -401,15 +401,15 @@ def shared_pair_data(
 ) -> PairData:
     """Supervised sets from the shared dev data: ``sick`` = SICK train (anchor, entailed hypothesis,
     contradicting hard negative), ``msr`` = MSR train paraphrase pairs (no hard negative)."""
-    from ..eval import devsets
+    from .. import devdata
 
     table = {**SHARED_INSTRUCTIONS, **dict(instructions or {})}
     rows: dict[str, list[dict]] = {}
     for name in sets:
         if name == "sick":
-            rows[name] = [{"query": a, "positive": p, "negative": n} for a, p, n in devsets.sick_triplets(data_dir)]
+            rows[name] = [{"query": a, "positive": p, "negative": n} for a, p, n in devdata.sick_triplets(data_dir)]
         elif name == "msr":
-            rows[name] = [{"query": a, "positive": b} for a, b in devsets.msr_pairs(data_dir)]
+            rows[name] = [{"query": a, "positive": b} for a, b in devdata.msr_pairs(data_dir)]
         else:
             raise InputError(f"Unknown shared set {name!r}; choose from 'sick', 'msr'.")
     marks = SHARED_SYMMETRIC if symmetric_instructions else ()

@@ -407,7 +407,8 @@ def start_model(arguments: RecipeArguments, peft_model_name_or_path: str | None 
 def exact_output_reason(model: Any, arguments: RecipeArguments) -> str | None:
     """Why a stage's output will not be portable, known before training (None: it will be, if the save-time
     proof passes). ``format: portable`` with a model that cannot be has already raised when it was built."""
-    from ..portable import PORTABLE, why_not_portable
+    from ..instructions import PORTABLE
+    from ..portable import why_not_portable
 
     if arguments.unmerged_output():
         return "the output keeps its LoRA adapter unmerged (merge_lora: false / save_mode: adapter)"

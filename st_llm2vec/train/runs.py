@@ -2,9 +2,10 @@
 
 Both training stages (MNTP, SimCSE / supervised) go through a :class:`TrainingRun`:
 
-- a lock: ``output_dir/.st_llm2vec.lock``, held with ``fcntl.flock`` for the whole run and recording
-  the holder's pid and host. A second run into the same ``output_dir`` is refused while the first is
-  alive; the kernel drops the lock of a dead process, so a stale lock file is simply taken over;
+- a lock (:class:`~st_llm2vec.files.OutputLock`): ``output_dir/.st_llm2vec.lock``, held with ``fcntl.flock``
+  for the whole run and recording the holder's pid and host. A second run into the same ``output_dir`` is
+  refused while the first is alive; the kernel drops the lock of a dead process, so a stale lock file is
+  simply taken over;
 - a fingerprint: a hash of the config without its run-control keys (:data:`RUN_CONTROL_KEYS`: where
   to write, whether to resume, when to stop, logging, saving, evaluation), with the model and data
   paths replaced by their files' identity (name, size, modification time). It is written into every
@@ -22,8 +23,6 @@ Both training stages (MNTP, SimCSE / supervised) go through a :class:`TrainingRu
 from __future__ import annotations
 
 import contextlib
-import datetime
-import errno
 import hashlib
 import json
 import logging
@@ -31,13 +30,12 @@ import os
 import re
 import shutil
 import socket
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..files import LOCK_FILE, normalize_permissions, pid_alive, read_json, write_json_atomic
-from ..errors import InputError, MissingFileError
+from ..errors import MissingFileError
+from ..files import LOCK_FILE, OutputLock, RunError, normalize_permissions, read_json, timestamp, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +65,6 @@ RUN_CONTROL_KEYS = frozenset({
 })
 
 
-class RunError(InputError):
-    """A training run that cannot go ahead as configured; the message says why and what to do."""
-
-
-class OutputDirLockedError(RunError):
-    """Another live training run holds the output directory."""
-
-
 class RunMismatchError(RunError):
     """A checkpoint (or output directory) belongs to a run with another fingerprint."""
 
@@ -93,10 +83,6 @@ class RunAlreadyComplete(RunError):
 def is_main_process() -> bool:
     """Global rank 0 (torchrun / accelerate set RANK); the only process that writes run files."""
     return int(os.environ.get("RANK", "0") or 0) == 0
-
-
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -153,120 +139,6 @@ def describe_difference(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -
     return ", ".join(diffs) if diffs else "(nothing that was recorded)"
 
 
-# --------------------------------------------------------------------------- the lock
-
-
-class OutputLock:
-    """An exclusive ``flock`` on ``output_dir/.st_llm2vec.lock`` (creates ``output_dir``).
-
-    ``release`` removes the lock file, and ``output_dir`` itself if this lock created it and it is
-    still empty. Where ``fcntl`` is missing (Windows) no lock is taken. ``holder`` names what holds it and
-    ``mixes`` what two of them would mix, for the refusal's message (training runs; ``st-llm2vec eval``).
-    """
-
-    def __init__(self, output_dir: str | os.PathLike, holder: str = "training run",
-                 mixes: str = "their checkpoints and saved models") -> None:
-        self.holder, self.mixes = holder, mixes
-        self.dir = Path(output_dir)
-        self.path = self.dir / LOCK_FILE
-        self._fd: int | None = None
-        self._created_dir = False
-
-    def acquire(self) -> OutputLock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            logger.warning("No fcntl on this platform: %s is not locked against a second run.", self.dir)
-            return self
-        if self.dir.exists() and not self.dir.is_dir():
-            raise RunError(f"output_dir {str(self.dir)!r} exists and is not a directory; remove it or choose another output_dir.")
-        if not self.dir.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._created_dir = True
-        for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = _read_fd(fd)
-                os.close(fd)
-                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    raise
-                self._cleanup_dir()
-                raise OutputDirLockedError(
-                    f"output_dir {str(self.dir)!r} is in use by another {self.holder} ({_describe_holder(holder)}). "
-                    f"Two of them in one output_dir would mix {self.mixes}: wait for that one "
-                    "to finish, or choose another output_dir."
-                ) from None
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the holder removed the file while we waited for it: lock the new one
-        else:  # pragma: no cover - only under constant contention
-            raise OutputDirLockedError(f"Could not lock {self.path}: it keeps being replaced by another run.")
-        previous = _read_fd(fd)
-        if previous.get("pid"):
-            same_host = previous.get("host") == socket.gethostname()
-            if not same_host or not pid_alive(int(previous["pid"])):
-                logger.warning("Taking over the stale lock of %s (%s): that run is no longer running.",
-                               self.dir, _describe_holder(previous))
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                os.unlink(self.path)
-        except OSError:
-            pass
-        os.close(fd)
-        self._cleanup_dir()
-
-    def _cleanup_dir(self) -> None:
-        if self._created_dir:
-            with contextlib.suppress(OSError):
-                self.dir.rmdir()  # only if empty: a run that failed before writing anything leaves no trace
-            self._created_dir = False
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def __enter__(self) -> OutputLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def _read_fd(fd: int) -> dict[str, Any]:
-    try:
-        data = json.loads(os.pread(fd, 65536, 0).decode("utf-8") or "{}")
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _describe_holder(holder: Mapping[str, Any]) -> str:
-    if not holder.get("pid"):
-        return "another process"
-    text = f"pid {holder['pid']} on host {holder.get('host', '?')}"
-    if holder.get("started"):
-        text += f", started {holder['started']}"
-    if holder.get("command"):
-        text += f": {holder['command']}"
-    return text
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -319,7 +191,7 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
 
 def write_checkpoint_marker(checkpoint_dir: str | os.PathLike, fingerprint: Mapping[str, Any] | None, step: int) -> None:
     """Mark ``checkpoint_dir`` complete (call after every other file of it is written)."""
-    data = {"global_step": step, "saved": _now()}
+    data = {"global_step": step, "saved": timestamp()}
     if fingerprint:
         data.update(fingerprint=fingerprint["hash"], config=fingerprint["config"])
     write_json_atomic(Path(checkpoint_dir) / CHECKPOINT_MARKER, data)
@@ -516,7 +388,7 @@ class TrainingRun:
             logger.warning("Removed %d checkpoint(s) this run replaces: %s", len(stale), ", ".join(p.name for p in stale))
         write_json_atomic(self.output_dir / RUN_FILE, {
             "fingerprint": self.fingerprint["hash"], "config": self.fingerprint["config"], "status": "running",
-            "started": _now(), "resumed_from": self.resume_path, "pid": os.getpid(), "host": socket.gethostname(),
+            "started": timestamp(), "resumed_from": self.resume_path, "pid": os.getpid(), "host": socket.gethostname(),
         })
 
     def finish(self, global_step: int, max_steps: int | None = None) -> None:
@@ -524,7 +396,7 @@ class TrainingRun:
         if not self.do_train or not is_main_process():
             return
         record = self.record or {"fingerprint": self.fingerprint["hash"], "config": self.fingerprint["config"]}
-        record.update(status="finished", finished=_now(), global_step=int(global_step),
+        record.update(status="finished", finished=timestamp(), global_step=int(global_step),
                       max_steps=int(max_steps) if max_steps else None)
         write_json_atomic(self.output_dir / RUN_FILE, record)
         normalize_permissions(self.output_dir)

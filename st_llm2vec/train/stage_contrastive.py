@@ -121,9 +121,9 @@ class SimCSEArguments(ContrastiveArguments):
                 raise InputError(f"dataset_name {name!r} needs dataset_file_path: a text file, one sentence per line.")
             sentences = read_sentences(path)
         elif name.lower() == "shared":
-            from ..eval import devsets
+            from .. import devdata
 
-            sentences = devsets.simcse_sentences(path)
+            sentences = devdata.simcse_sentences(path)
         else:
             raise InputError(
                 f"SimCSE dataset_name {name!r} is unknown: use 'Wiki1M' (a text file, one sentence per line, "

@@ -33,8 +33,9 @@ from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
-from .runs import normalize_permissions, remove_checkpoint_marker, write_checkpoint_marker
 from ..errors import InputError
+from ..files import normalize_permissions
+from .runs import remove_checkpoint_marker, write_checkpoint_marker
 
 logger = logging.getLogger(__name__)
 

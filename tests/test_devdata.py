@@ -1,4 +1,4 @@
-"""st_llm2vec/eval/devsets.py: the dev sets — readers on the real shared files, the built-in STS set, and evaluators on
+"""st_llm2vec/devdata.py: the dev sets — readers on the real shared files, the built-in STS set, and evaluators on
 a tiny local model."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from st_llm2vec.eval import devsets
+from st_llm2vec import devdata as devsets
 
 DATA = devsets.find_shared_data()
 needs_data = pytest.mark.skipif(
