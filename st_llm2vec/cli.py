@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("st_llm2vec.quickstart", "offline demo on SmolLM2-135M: baseline → bi → MNTP → SimCSE"),
     "fetch-smollm2": ("st_llm2vec.quickstart", "convert the SmolLM2-135M-Instruct GGUF to a HF checkpoint (cached)"),
     "convert": ("st_llm2vec.export.convert", "HF causal LM or llm2vec checkpoint stack → standalone ST model dir"),
-    "push": ("st_llm2vec.export.convert", "push an exported ST model dir to the Hugging Face Hub"),
+    "push": ("st_llm2vec.export.push", "push an exported ST model dir to the Hugging Face Hub"),
     "export": ("st_llm2vec.export.command", "portable model dir → + a proven ONNX graph or GGUF (--backend onnx|gguf)"),
     "fetch-gguf-converter": ("st_llm2vec.export.gguf", "put llama.cpp's GGUF converter (from the llama-cpp-python sdist) in the cache"),
     "mntp": ("st_llm2vec.train.stage_mntp", "masked next-token prediction training from a JSON/YAML config"),

@@ -11,8 +11,12 @@ format stores each instruction as a stock prompt (:func:`stored_prompt`) that st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .pooling_modes import PoolingMode
 
 # llm2vec marks where the text starts with the separator "!@#$%^&*()" and splits on it afterwards,
 # which breaks on inputs that contain it. We split structurally instead (``format_text``); only a chat
@@ -78,12 +82,10 @@ def llm2vec_chat_template(name_or_path: str | None) -> str | None:
 
 
 def llm2vec_text_suffix(
-    model_type: str, name_or_path: str | None, pooling_mode: str, eos_token: str | None
+    model_type: str, name_or_path: str | None, mode: PoolingMode, eos_token: str | None
 ) -> str | None:
     """The suffix llm2vec appends for eos_token pooling; other models get their own EOS token."""
-    from .modes import MODES, normalize_pooling_mode
-
-    if not MODES[normalize_pooling_mode(pooling_mode)].eos_suffix:
+    if not mode.eos_suffix:
         return None
     if name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct":
         return None  # llm2vec returns early after the Llama-3 instruct wrapper

@@ -487,7 +487,8 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
             shutil.rmtree(work, ignore_errors=True)
 
     # 6. reload; what the dir is, is read from the dir itself
-    from .portable import describe_proof, saved_format
+    from .portable import saved_format
+    from .portable_save import describe_proof
 
     fmt = saved_format(output)
     say(f"[6/{total}] reload: SentenceTransformer({str(output)!r})  ({fmt} format)")

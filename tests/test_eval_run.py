@@ -14,7 +14,9 @@ pytest.importorskip("mteb")
 
 from st_llm2vec import cli  # noqa: E402
 from st_llm2vec.errors import OutputExistsError  # noqa: E402
-from st_llm2vec.eval import encoders, instructions, run, tasks  # noqa: E402
+from st_llm2vec.eval import instructions, tasks  # noqa: E402
+from st_llm2vec.eval import models as encoders  # noqa: E402
+from st_llm2vec.eval import runner as run  # noqa: E402
 from st_llm2vec.instructions import stored_prompt  # noqa: E402
 
 SENTENCES = [

@@ -1,4 +1,5 @@
-"""st_llm2vec/portable.py: the portable save format — stock sentence-transformers modules that load, bidirectional and equal,
+"""st_llm2vec/portable.py, portable_save.py: the portable save format — stock sentence-transformers modules that load,
+bidirectional and equal,
 in a process where st_llm2vec cannot be imported; the exact format where stock modules cannot express the model."""
 
 from __future__ import annotations
@@ -324,7 +325,7 @@ def _refused_save(model, tmp_path, match):
 def test_the_proof_refuses_a_dir_whose_stock_pooling_differs(tiny_llm, tmp_path, monkeypatch):
     import dataclasses
 
-    from st_llm2vec import modes
+    from st_llm2vec import pooling_modes as modes
 
     model = st_llm2vec.from_llm(str(tiny_llm("llama")), format="portable")
     monkeypatch.setitem(modes.MODES, "mean", dataclasses.replace(modes.MODES["mean"], stock="max"))
@@ -340,7 +341,7 @@ def test_the_proof_refuses_a_dir_whose_stored_prompt_differs(tiny_llm, tmp_path,
 
 def test_the_proof_refuses_a_dir_whose_tokenizer_differs(tiny_llm, tmp_path, monkeypatch):
     """eos_token pooling needs the EOS suffix that the saved tokenizer's post-processor appends."""
-    from st_llm2vec import portable
+    from st_llm2vec import portable_save as portable
 
     model = st_llm2vec.from_llm(str(tiny_llm("llama")), pooling_mode="eos_token", format="portable")
     write = portable._write_module_dirs

@@ -1,6 +1,6 @@
 """Scoring a model on dev tasks and naming the scores: the quick start's and the benchmarks' tables.
 
-The scores come from ``st-llm2vec eval``'s own path (:func:`st_llm2vec.eval.run.evaluate_model`: mteb tasks,
+The scores come from ``st-llm2vec eval``'s own path (:func:`st_llm2vec.eval.runner.evaluate_model`: mteb tasks,
 mteb's metrics), so a quick-start table and an ``eval`` table of the same model on the same pairs are the same
 numbers. The training stages' in-loop dev STS keeps Sentence Transformers' evaluators (the trainer runs
 ``SentenceEvaluator`` objects; :class:`~st_llm2vec.instructed_evaluator.InstructedSequentialEvaluator`); ``tests/test_eval_agreement.py`` holds
@@ -24,7 +24,7 @@ def evaluate(model, tasks: Sequence[Any], *, instruction: str | None = None, pro
     without it each text gets only the prompts the model carries, as Sentence Transformers' evaluators apply them.
     """
     from .instructions import LLM2VEC, MODEL
-    from .run import evaluate_model
+    from .runner import evaluate_model
 
     overrides = {task.metadata.name: instruction for task in tasks} if instruction else None
     results = evaluate_model(model, tasks, instructions=LLM2VEC if instruction else MODEL, overrides=overrides,

@@ -316,7 +316,7 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: st
     """Write ``source`` (a portable dir) plus its proven GGUF (``gguf/model-<quantize>.gguf``) to ``output``;
     returns the report. Built in a temp dir beside ``output``, moved into place only once proven."""
     from ..files import atomic_dir, check_output
-    from .command import DEFAULT_MIN_COSINE, HELD_TEXTS, check_proof, copy_model_dir, finish, portable_source
+    from .pipeline import DEFAULT_MIN_COSINE, HELD_TEXTS, check_proof, copy_model_dir, finish, portable_source
 
     if quantize not in QUANTIZE:
         raise GGUFExportError(f"unknown GGUF type {quantize!r}; choose one of {', '.join(QUANTIZE)}")
@@ -353,6 +353,22 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: st
         }
         finish(tmp, GGUF_DIR, report, _card_section(report))
     return report
+
+
+def run(args: Any) -> int:
+    """``st-llm2vec export --backend gguf``, its options checked: export and say what was proven and how to serve it."""
+    report = export(args.model, args.output, quantize=args.quantize or DEFAULT_QUANTIZE, min_cosine=args.min_cosine,
+                    force=args.force, overwrite=args.overwrite, converter=args.converter)
+    proof = report["proof"]
+    path = f"{args.output}/{GGUF_DIR}/{report['file']}"
+    print(f"Exported {args.model} to {path} ({report['quantize']}, pooling {report['pooling']}, "
+          f"{report['bytes'] / 1e6:.1f} MB, {report['seconds']} s)")
+    print(f"Proof through llama.cpp: finite; first-token shift {proof['first_token_shift']:.2e} (torch "
+          f"{proof['torch_first_token_shift']:.2e}); min cosine vs fp32 torch {proof['min_cosine']:.6f} "
+          f"(mean {proof['mean_cosine']:.6f}) over {proof['texts']} texts")
+    no_repack = "" if proof["repack"] else " --no-repack  (llama.cpp's weight repacking crashed on this CPU)"
+    print(f"Serve with: llama-server -m {path} --embeddings -ub 8192 -b 8192{no_repack}")
+    return 0
 
 
 def _pooling_dir(source: Path) -> str:

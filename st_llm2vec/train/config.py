@@ -378,7 +378,7 @@ def torch_dtype_check(value: Any) -> None:
 
 
 def pooling_check(value: Any) -> None:
-    from ..modes import normalize_pooling_mode
+    from ..pooling_modes import normalize_pooling_mode
 
     normalize_pooling_mode(value)
 

@@ -319,7 +319,7 @@ def load_start_model(
     from peft import PeftModel
 
     from ..build import from_llm, load_model, model_kwargs
-    from ..modes import normalize_pooling_mode
+    from ..pooling_modes import pooling_mode as canonical_mode
 
     kwargs = model_kwargs(torch_dtype, attn_implementation)
     if quantization and peft_model_name_or_path:
@@ -331,7 +331,7 @@ def load_start_model(
     if os.path.isfile(os.path.join(model_name_or_path, "modules.json")):
         model = load_model(model_name_or_path, format=format, device="cpu", quantization=quantization, **kwargs)
         if pooling_mode is not None:
-            _set_pooling(model, normalize_pooling_mode(pooling_mode), model_name_or_path)
+            _set_pooling(model, canonical_mode(pooling_mode), model_name_or_path)
         merged = _merge_injected_adapters(model[0].model, quantization)
     else:
         model = from_llm(
@@ -347,18 +347,17 @@ def load_start_model(
     return model, StartModel(model_name_or_path, peft_model_name_or_path, merged)
 
 
-def _set_pooling(model: Any, mode: str, source: str) -> None:
-    from ..modes import MODES
-
+def _set_pooling(model: Any, mode: Any, source: str) -> None:
+    """The saved model's pooling replaced by ``mode`` (a :class:`~st_llm2vec.pooling_modes.PoolingMode`)."""
     pooling = model[1]
-    if getattr(pooling, "pooling_mode", mode) == mode:
+    if getattr(pooling, "pooling_mode", mode.name) == mode.name:
         return
-    if MODES[mode].eos_suffix or MODES[pooling.pooling_mode].eos_suffix:
+    if mode.eos_suffix or pooling.mode.eos_suffix:
         raise InputError(
-            f"{source} pools with {pooling.pooling_mode!r}; switching to {mode!r} changes the text suffix too. "
+            f"{source} pools with {pooling.pooling_mode!r}; switching to {mode.name!r} changes the text suffix too. "
             "Build the model with st_llm2vec.from_llm(..., pooling_mode=...) instead."
         )
-    logger.warning("pooling_mode %r replaces the model's %r", mode, pooling.pooling_mode)
+    logger.warning("pooling_mode %r replaces the model's %r", mode.name, pooling.pooling_mode)
     pooling.pooling_mode = mode
 
 

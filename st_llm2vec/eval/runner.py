@@ -1,6 +1,6 @@
 """The evaluation runner: models × tasks through mteb, resumable, one code path for every model.
 
-:func:`evaluate_models` is ``st-llm2vec eval``: each model (:mod:`.encoders`) on each task (:mod:`.tasks`) with the
+:func:`evaluate_models` is ``st-llm2vec eval``: each model (:mod:`.models`) on each task (:mod:`.tasks`) with the
 instructions of :mod:`.instructions`, by ``mteb.evaluate``. Its output dir holds:
 
 - ``results/``: mteb's own result files (``ResultCache``: ``<model>/<revision>/experiments/<settings>/<task>.json``),
@@ -10,7 +10,7 @@ instructions of :mod:`.instructions`, by ``mteb.evaluate``. Its output dir holds
   all done is not even loaded. ``st_llm2vec_eval.json`` beside each model's results records each task's
   instruction, prompts and data revision; a cached result for other data or another instruction is refused
   unless ``overwrite``;
-- ``embeddings/``: each distinct text's embedding per model, settings and prompt (see :class:`.encoders.EvalEncoder`);
+- ``embeddings/``: each distinct text's embedding per model, settings and prompt (see :class:`.cached_encoder.EvalEncoder`);
 - ``summary.md``, ``summary.csv``, ``summary.json``, ``summary.png``: this invocation's table (:mod:`.report`).
 
 :func:`evaluate_model` runs one in-memory model with nothing written (the quick start, the benchmarks).
@@ -22,7 +22,6 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,88 +37,14 @@ from mteb.models.model_meta import ModelMeta  # noqa: E402
 from mteb.results import TaskResult  # noqa: E402
 from mteb.types import PromptType  # noqa: E402
 
-from .encoders import EvalEncoder, LoadSettings, ModelSource, load, prompts_for, resolve_model  # noqa: E402
-from .instructions import LLM2VEC, MODES, TaskInstruction, task_instruction  # noqa: E402
+from .cached_encoder import EvalEncoder  # noqa: E402
+from .instructions import LLM2VEC, TaskInstruction, task_instruction  # noqa: E402
+from .models import ModelSource, load, prompts_for, resolve_model  # noqa: E402
+from .results import EvalConfig, EvalRun, TaskScore  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT = "st-llm2vec-eval"
 MARKER = "st_llm2vec_eval.json"  # in the output dir: what it is; beside each model's results: its tasks' prompts
-INTERRUPTED = "finished tasks are kept; rerun the same command to resume"
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """One evaluation run's settings: where it writes, which instructions, how models are loaded and batched."""
-
-    output_dir: Path | None = Path(DEFAULT_OUTPUT)
-    instructions: str = LLM2VEC
-    overrides: Mapping[str, str] = field(default_factory=dict)
-    batch_size: int = 32
-    load: LoadSettings = LoadSettings()
-    data_dir: str | None = None
-    overwrite: bool = False
-    progress: bool = True
-    chart: bool = True
-
-    def __post_init__(self) -> None:
-        if self.instructions not in MODES:
-            raise InputError(f"instructions must be one of {', '.join(MODES)}, got {self.instructions!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InputError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        for name in ("max_seq_length", "max_batch_tokens"):
-            value = getattr(self.load, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise InputError(f"{name} must be a positive int or None (the model's own), got {value!r}")
-
-    def experiment(self) -> dict[str, Any]:
-        """What changes scores besides the model and the task (mteb's ``experiment_kwargs``: the results' subdir)."""
-        import hashlib
-        import json
-
-        settings: dict[str, Any] = {"instructions": self.instructions}
-        if self.overrides:
-            digest = hashlib.sha256(json.dumps(dict(self.overrides), sort_keys=True).encode("utf-8")).hexdigest()[:8]
-            settings["instructions"] = f"{self.instructions}+custom-{digest}"
-        for name in ("max_seq_length", "dtype", "device"):
-            value = getattr(self.load, name)
-            if value is not None:
-                settings[name] = str(value)
-        return settings
-
-
-@dataclass
-class TaskScore:
-    """One model's result on one task: the main score (×100), every score mteb computed, and what it was given."""
-
-    model: str
-    task: str
-    main_score: str
-    value: float
-    scores: dict[str, Any]
-    instruction: dict[str, Any]
-    cached: bool
-    seconds: float
-
-    def metric(self, name: str) -> float:
-        """A score by mteb's name (×100), averaged over the task's subsets like the main score."""
-        return 100.0 * float(self.scores[name])
-
-
-@dataclass
-class EvalRun:
-    """What :func:`evaluate_models` did: the models and tasks (in order), every score, the files written."""
-
-    models: list[str]
-    tasks: list[str]
-    scores: list[TaskScore]
-    config: EvalConfig
-    files: dict[str, Path] = field(default_factory=dict)
-    encoded: dict[str, int] = field(default_factory=dict)
-    reused: dict[str, int] = field(default_factory=dict)
-
-    def score(self, model: str, task: str) -> TaskScore | None:
-        return next((s for s in self.scores if s.model == model and s.task == task), None)
 
 
 # --------------------------------------------------------------------------- results

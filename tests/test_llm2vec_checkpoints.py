@@ -1,5 +1,5 @@
-"""st_llm2vec/checkpoints.py: an llm2vec checkpoint stack (base + LoRA adapters + llm2vec_config.json) is found,
-checked and merged — or refused naming the file and the fix.
+"""st_llm2vec/llm2vec_checkpoints.py, adapter_merge.py: an llm2vec checkpoint stack (base + LoRA adapters +
+llm2vec_config.json) is found, checked and merged — or refused naming the file and the fix.
 
 Runs on a tiny llm2vec-style stack (conftest ``stack``: base + two LoRA adapters, the second with an
 llm2vec_config.json) through ``convert``, so it needs no downloads and no shared fixtures.
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
 import st_llm2vec  # noqa: F401
-from st_llm2vec.checkpoints import CheckpointError, resolve_stack
+from st_llm2vec.llm2vec_checkpoints import CheckpointError, resolve_stack
 from st_llm2vec.cli import main as cli
 from st_llm2vec.export.convert import convert as _convert
 from conftest import SENTENCES

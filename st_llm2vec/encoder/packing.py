@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .instructions import EMBED_MASK
-from .upstream import attn_implementation
+from ..instructions import EMBED_MASK
+from ..upstream import attn_implementation
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig

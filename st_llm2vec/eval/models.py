@@ -1,4 +1,4 @@
-"""The models ``st-llm2vec eval`` evaluates: which model a name means, how it is loaded, how mteb sees it.
+"""The models ``st-llm2vec eval`` evaluates: which model a name means, how it is loaded, which prompts it gets.
 
 - :func:`resolve_model`: a model dir or Hub id -> :class:`ModelSource` (its label, its revision — a content
   fingerprint of a local dir, the commit of a Hub snapshot — and whether st-llm2vec wrote it), without
@@ -9,42 +9,25 @@
 - :func:`load`: a dir st-llm2vec wrote is loaded with :func:`st_llm2vec.load_model` (our encoder: packing,
   token budget, the bidirectionality probe, the causal flag it was saved with), a decoder LLM with
   :func:`st_llm2vec.from_llm` (``bidirectional=False``), anything else with plain ``SentenceTransformer``.
-  All then go through the same :class:`EvalEncoder`.
-- :class:`EvalEncoder`: mteb's own ``SentenceTransformerEncoderWrapper`` with the prompts given explicitly
-  and each text embedded once per model and prompt, cached on disk by content hash (mteb's ``NumpyCache``
-  and ``hash_item``): a rerun, or a second task over the same texts, encodes nothing again.
+  All then go through the same :class:`~.cached_encoder.EvalEncoder`.
+- :func:`prompts_for`: the prompts mteb's lookup reads for a model, each task's instruction as the model takes it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, MissingFileError
-from ..files import write_json_atomic
-from . import require_mteb
-
-require_mteb()
-
-import numpy as np  # noqa: E402  (after the check that names the extra to install)
-from mteb._content_hashes import hash_item  # noqa: E402
-from mteb.models import SentenceTransformerEncoderWrapper  # noqa: E402
-from mteb.models.abs_encoder import get_prompt_name  # noqa: E402
-from mteb.models.cache_wrappers.cache_backends.numpy_cache import NumpyCache  # noqa: E402
-from mteb.types import PromptType  # noqa: E402
+from .results import LoadSettings
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-
-logger = logging.getLogger(__name__)
 
 # Files of a model dir that do not change its embeddings: left out of its revision.
 _NOT_WEIGHTS = {"README.md", ".gitattributes"}
@@ -144,7 +127,7 @@ def _dir_label(path: Path) -> str:
 
 def resolve_model(spec: str) -> ModelSource:
     """What ``spec`` (a model dir or a Hub id) names, checked without loading weights."""
-    from ..checkpoints import looks_like_hub_id
+    from ..model_files import looks_like_hub_id
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -196,16 +179,6 @@ def _download_snapshot(repo_id: str) -> Path:
         ) from exc
 
 
-@dataclass(frozen=True)
-class LoadSettings:
-    """How every model of a run is loaded: device, dtype, token limits (None: the model's own)."""
-
-    device: str | None = None
-    dtype: str | None = None
-    max_seq_length: int | None = None
-    max_batch_tokens: int | None = None
-
-
 def load(source: ModelSource, settings: LoadSettings) -> SentenceTransformer:
     """The model, in evaluation mode: ours through :func:`st_llm2vec.load_model`, a decoder LLM through
     :func:`st_llm2vec.from_llm` (causal, mean pooling), any other with ``SentenceTransformer``."""
@@ -239,139 +212,6 @@ def load(source: ModelSource, settings: LoadSettings) -> SentenceTransformer:
     return model
 
 
-# --------------------------------------------------------------------------- the embedding store
-
-
-class _MemoryStore:
-    """Embeddings of one model and prompt, for this process only (no cache dir)."""
-
-    def __init__(self) -> None:
-        self.vectors: dict[str, Any] = {}
-
-    def get(self, text: str):
-        return self.vectors.get(text)
-
-    def add(self, texts: list[str], vectors) -> None:
-        self.vectors.update(zip(texts, vectors))
-
-
-class _DiskStore:
-    """mteb's ``NumpyCache`` (a float32 memmap + a hash -> row index, rows found by mteb's ``hash_item``) for one
-    model and prompt, with the index written atomically after the vectors are flushed: mteb writes it in place,
-    and a run killed mid-write would leave an index its ``load`` raises on. An unreadable cache is discarded
-    (logged) and rebuilt, never trusted."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.cache = None
-        if (directory / "index.json").is_file():
-            cache = NumpyCache(directory)
-            try:
-                cache.load()
-                if cache.vectors is None or max(cache.hash_to_index.values(), default=-1) >= len(cache.vectors):
-                    raise ValueError("index and vectors disagree")
-                self.cache = cache
-            except (OSError, ValueError) as exc:
-                logger.warning("Discarding the unreadable embedding cache %s (%s); it is rebuilt.", directory, exc)
-                cache.close()
-                shutil.rmtree(directory, ignore_errors=True)
-
-    def get(self, text: str):
-        if self.cache is None:
-            return None
-        index = self.cache.hash_to_index.get(hash_item({"text": text}))
-        return None if index is None else self.cache.vectors[index]
-
-    def add(self, texts: list[str], vectors) -> None:
-        if self.cache is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self.cache = NumpyCache(self.directory, initial_vectors=max(1024, 2 * len(texts)))
-        self.cache.add([{"text": t} for t in texts], vectors)
-        self.cache.vectors.flush()
-        (self.directory / "dimension").write_text(str(self.cache.vector_dim), encoding="utf-8")
-        write_json_atomic(self.directory / "index.json", self.cache.hash_to_index)
-
-    def close(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
-
-
-# --------------------------------------------------------------------------- what mteb calls
-
-
-class EvalEncoder(SentenceTransformerEncoderWrapper):
-    """mteb's wrapper for a ``SentenceTransformer``, with explicit prompts and an embedding cache.
-
-    mteb's ``CachedEmbeddingWrapper`` is not used: it keys its cache by task name (a second task over the
-    same corpus encodes it again) and not by prompt (a changed instruction would reuse the old vectors),
-    and it encodes a text as often as a batch repeats it. Here the key is the model (the cache dir) and
-    the prompt text, each distinct text of a call is encoded once, and the prompt passed to ``encode`` is
-    always an explicit string: mteb's own lookup (``get_prompt_name``: task-query, task, type-query,
-    type, query / document) over ``prompts``, then the model's ``default_prompt_name``, else none.
-    """
-
-    def __init__(self, model: SentenceTransformer, meta, prompts: Mapping[str, str],
-                 cache_dir: Path | None = None) -> None:
-        # Not super().__init__: it checks each prompt key against mteb's task registry, which drops the names
-        # of local tasks, and warns about prompt sets without both "query" and "document". It sets only these.
-        self.model = model
-        self.mteb_model_meta = meta
-        self.model_prompts = dict(prompts)
-        self.fps = self.max_frames = self.num_frames = self.target_sampling_rate = self.max_samples = None
-        self.cache_dir = cache_dir
-        self.stores: dict[str, _MemoryStore | _DiskStore] = {}
-        self.encoded = 0  # texts encoded by the model
-        self.reused = 0  # texts served from the cache
-
-    def prompt(self, task_metadata, prompt_type: PromptType | None) -> str:
-        """The prompt this model gets for one side of a task (``""``: none)."""
-        name = get_prompt_name(self.model_prompts, task_metadata, prompt_type)
-        if name is not None:
-            return self.model_prompts[name] or ""
-        default = getattr(self.model, "default_prompt_name", None)
-        if default and prompt_type is None:
-            return (self.model.prompts or {}).get(default) or ""
-        return ""
-
-    def _store(self, prompt: str):
-        if prompt not in self.stores:
-            if self.cache_dir is None:
-                self.stores[prompt] = _MemoryStore()
-            else:
-                key = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
-                self.stores[prompt] = _DiskStore(self.cache_dir / f"prompt-{key}")
-                (self.cache_dir / f"prompt-{key}.txt").parent.mkdir(parents=True, exist_ok=True)
-                (self.cache_dir / f"prompt-{key}.txt").write_text(prompt, encoding="utf-8")
-        return self.stores[prompt]
-
-    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str,
-               prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:
-        if "text" not in inputs.dataset.column_names:
-            raise InputError(f"task {task_metadata.name} gives the model {inputs.dataset.column_names}, not text: "
-                             "st-llm2vec eval evaluates text embedding models on text tasks.")
-        texts = list(inputs.dataset["text"])
-        prompt = self.prompt(task_metadata, prompt_type)
-        store = self._store(prompt)
-        missing = [t for t in dict.fromkeys(texts) if store.get(t) is None]
-        self.reused += len(texts) - len(missing)
-        if missing:
-            if prompt_type == PromptType.query:
-                encode = self.model.encode_query
-            elif prompt_type == PromptType.document:
-                encode = self.model.encode_document
-            else:
-                encode = self.model.encode
-            vectors = encode(missing, prompt=prompt, convert_to_numpy=True, **kwargs)
-            store.add(missing, np.asarray(vectors, dtype=np.float32))
-            self.encoded += len(missing)
-        return np.stack([np.asarray(store.get(t), dtype=np.float32) for t in texts])
-
-    def close(self) -> None:
-        for store in self.stores.values():
-            if isinstance(store, _DiskStore):
-                store.close()
-
-
 def model_prompts(model: SentenceTransformer) -> dict[str, str]:
     """The prompts a model carries (config_sentence_transformers.json), empty ones left out."""
     return {k: v for k, v in (getattr(model, "prompts", None) or {}).items() if v}
@@ -394,15 +234,3 @@ def prompts_for(model: SentenceTransformer, instructions: Mapping[str, Any], mod
     table = {item.prompt_key(): prompt_for(model, item.instruction)
              for item in instructions.values() if item.instruction}
     return {**table, **own}
-
-
-@contextlib.contextmanager
-def quiet_mteb_prompt_logs():
-    """mteb logs one info line per prompt lookup; evaluation prints its own summary of them."""
-    log = logging.getLogger("mteb")
-    level = log.level
-    log.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        log.setLevel(level)
