@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from st_llm2vec import devdata
     from st_llm2vec.eval import tasks as eval_tasks
     from st_llm2vec import quickstart as q
-    from st_llm2vec.runtime import choose_threads
+    from st_llm2vec.runtime import choose_threads, quiet_libraries
     from st_llm2vec.eval.scores import evaluate as evaluate_with
     from st_llm2vec.smollm2 import ensure_smollm2
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
     threads = choose_threads(args.threads)
     torch.set_num_threads(threads)
-    q._quiet_libraries()
+    quiet_libraries()
     base = str(Path(args.model).expanduser()) if args.model else str(ensure_smollm2())
     started, t_start = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
     # the same mteb tasks and scoring as `st-llm2vec eval` (st_llm2vec.eval.scores)
@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from st_llm2vec import from_llm
     from st_llm2vec import train_mntp, train_simcse, train_supervised
-    from st_llm2vec.train.pair_data import SHARED_INSTRUCTIONS, join_instruction
+    from st_llm2vec.recipe.pair_data import SHARED_INSTRUCTIONS, join_instruction
+    from st_llm2vec.recipe.presets import contrastive_config, mntp_config
 
     instruction = join_instruction(SHARED_INSTRUCTIONS["msr"])
 
@@ -282,18 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     if "bi" in stages:
         score("bi", lambda: from_llm(base, device=device), None, None)
     if any(s in stages for s in need_mntp | need_simcse):
-        t = train("mntp", train_mntp, q.mntp_config(
+        t = train("mntp", train_mntp, mntp_config(
             base, corpus, model_dir("mntp"), steps=args.mntp_steps, batch_size=args.mntp_batch_size,
             max_seq_length=args.mntp_seq_length, learning_rate=args.mntp_lr, **common))
         score("mntp", saved("mntp"), train_seconds("mntp", t), args.mntp_steps)
     if any(s in stages for s in need_simcse):
-        t = train("simcse", train_simcse, q.contrastive_config(
+        t = train("simcse", train_simcse, contrastive_config(
             "simcse", model_dir("mntp"), model_dir("simcse"), steps=args.simcse_steps,
             batch_size=args.simcse_batch_size, max_seq_length=args.train_seq_length, learning_rate=args.simcse_lr,
             dataset_file_path=corpus, **common))
         score("simcse", saved("simcse"), train_seconds("simcse", t), args.simcse_steps)
     if "supervised" in stages:
-        t = train("supervised", train_supervised, q.contrastive_config(
+        t = train("supervised", train_supervised, contrastive_config(
             "supervised", model_dir(args.supervised_from), model_dir("supervised"), steps=args.supervised_steps,
             batch_size=args.supervised_batch_size, max_seq_length=args.train_seq_length,
             learning_rate=args.supervised_lr, dataset_file_path=args.data_dir, **common))
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(work: Path) -> str:
-    from st_llm2vec.quickstart import format_table, score_columns
+    from st_llm2vec.eval.scores import format_table, score_columns
 
     run = load_json(work / "run.json")
     if run is None:

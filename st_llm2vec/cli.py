@@ -15,19 +15,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import UserError
+from .recipe.stages import STAGES
 
 # name -> (module, help). The module defines run_<name>(args) -> int, and its options with
 # add_arguments_<name>(parser) and/or parents_<name>() -> [argparse parsers to inherit from].
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("st_llm2vec.quickstart", "offline demo on SmolLM2-135M: baseline → bi → MNTP → SimCSE"),
-    "fetch-smollm2": ("st_llm2vec.quickstart", "convert the SmolLM2-135M-Instruct GGUF to a HF checkpoint (cached)"),
+    "fetch-smollm2": ("st_llm2vec.smollm2", "convert the SmolLM2-135M-Instruct GGUF to a HF checkpoint (cached)"),
     "convert": ("st_llm2vec.export.convert", "HF causal LM or llm2vec checkpoint stack → standalone ST model dir"),
     "push": ("st_llm2vec.export.push", "push an exported ST model dir to the Hugging Face Hub"),
-    "export": ("st_llm2vec.export.command", "portable model dir → + a proven ONNX graph or GGUF (--backend onnx|gguf)"),
+    "export": ("st_llm2vec.export.command", "portable model dir → + its graph for another runtime (--backend), proven in it"),
     "fetch-gguf-converter": ("st_llm2vec.export.gguf", "put llama.cpp's GGUF converter (from the llama-cpp-python sdist) in the cache"),
-    "mntp": ("st_llm2vec.train.stage_mntp", "masked next-token prediction training from a JSON/YAML config"),
-    "simcse": ("st_llm2vec.train.stage_contrastive", "unsupervised SimCSE training from a JSON/YAML config"),
-    "supervised": ("st_llm2vec.train.stage_contrastive", "supervised contrastive training with hard negatives"),
+    **{stage.name: (stage.module, stage.help) for stage in STAGES.values()},  # the recipe's stage table
     "eval": ("st_llm2vec.eval.command", "models × tasks through mteb (mteb tasks, your files, llm2vec's instructions) → one table"),
 }
 

@@ -1,11 +1,10 @@
 """The dev sets and small training sets of the shared data folder (``../shared/data``), and the dev sets as
 Sentence Transformers evaluators (the training stages' in-loop dev STS).
 
-The shared folder holds SemEval STS 2012/2013, SICK 2014, MSR paraphrase and TREC-QA answer
-selection (Wang et al.). Nothing here is copied into the repo; the project's own STS pairs and
-training text (:mod:`st_llm2vec.builtin_text`) keep evaluation and training possible when the folder is
-absent. As evaluators, every score is computed the way ST computes it; ``st-llm2vec eval`` scores the same
-sets as mteb tasks (:mod:`st_llm2vec.eval.tasks`).
+The shared folder holds SemEval STS 2012/2013, SICK 2014, MSR paraphrase and TREC-QA answer selection (Wang et al.);
+nothing of it is copied into the repo. Without it, the project's own STS pairs and training text
+(:mod:`st_llm2vec.builtin_text`) keep evaluation and training possible. ``st-llm2vec eval`` scores the same sets
+as mteb tasks (:mod:`st_llm2vec.eval.tasks`).
 """
 
 from __future__ import annotations
@@ -218,7 +217,7 @@ def read_wang(path: str | Path) -> list[WangRow]:
     return out
 
 
-def _subsample(items: list, limit: int | None, seed: int = 0) -> list:
+def subsample(items: list, limit: int | None, seed: int = 0) -> list:
     """A deterministic, order-preserving sample of at most ``limit`` items (spread over all subsets)."""
     if limit is None or limit >= len(items):
         return items
@@ -350,10 +349,10 @@ def sts_evaluators(
         return [builtin_sts_evaluator(batch_size=batch_size)]
     evaluators = []
     for name, year in STS_YEARS.items():
-        pairs = _subsample(read_sts(found / STS_DIR / year, split="test"), max_pairs)
+        pairs = subsample(read_sts(found / STS_DIR / year, split="test"), max_pairs)
         evaluators.append(_similarity_evaluator(pairs, (0.0, 5.0), name, batch_size))
     sick = [(p.sentence_a, p.sentence_b, p.relatedness) for p in read_sick(found / SICK_DIR / "SICK_trial.txt")]
-    evaluators.append(_similarity_evaluator(_subsample(sick, max_pairs), (1.0, 5.0), "sick-trial", batch_size))
+    evaluators.append(_similarity_evaluator(subsample(sick, max_pairs), (1.0, 5.0), "sick-trial", batch_size))
     return evaluators
 
 

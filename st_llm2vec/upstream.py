@@ -88,7 +88,7 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
                "dropping the low-precision weight copies a plan registered: torch has no unregister_buffer"),
     PrivateUse(_LINEAR, "forward", "replace per instance (precision.apply_plan)",
                "a planned layer's projections run its bf16 copy at inference: torch has no per-layer precision"),
-    PrivateUse(_TQDM, "__init__", "replace, then restore (quickstart: bars off by default)",
+    PrivateUse(_TQDM, "__init__", "replace, then restore (runtime.quiet_libraries)",
                "bars without a switch (ST's model card) stay off with --no-progress; tqdm reads its env once"),
     PrivateUse(_MTEB_HASHES, "hash_item", "call (eval.cached_encoder)",
                "mteb's own key of a cached text, so our embedding cache is mteb's NumpyCache as mteb fills it"),

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from st_llm2vec.cli import COMMANDS
-from st_llm2vec.train.config import ConfigError
+from st_llm2vec.recipe.config import ConfigError
 from st_llm2vec.files import OutputLock
 from conftest import mntp_config, simcse_config
 from conftest import run_python as _python

@@ -246,7 +246,7 @@ def test_exact_format_keeps_llm2vec_parity_for_pairs_and_documents_with_trust_re
 def test_a_trained_model_serves_the_query_embeddings_it_was_trained_and_evaluated_with(tiny_llm, tmp_path):
     """Train/serve consistency: supervised stage (instructions on queries, dev STS with an instruction) →
     saved portable → loaded by stock ST without st_llm2vec: the same query embeddings (≤ 1e-4)."""
-    from st_llm2vec.train.stage_contrastive import train_supervised
+    from st_llm2vec.recipe.stage_contrastive import train_supervised
     from st_llm2vec.instructions import prompt_for, stored_prompt
 
     folder = tmp_path / "e5"

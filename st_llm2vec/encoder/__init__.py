@@ -32,7 +32,15 @@ from ..errors import InputError, MissingFileError
 from ..instructions import EXACT, PORTABLE, POOLING_FEATURES, TOKEN_WEIGHTS_SUM
 from ..lowbit import keep_autograd
 from . import layout, packing, tokenize
-from .checks import check_chat_template, check_loadable, check_positive, check_saved_config, check_tokenizer, load_error
+from .checks import (
+    CheckedSetting,
+    check_chat_template_setting,
+    check_loadable,
+    check_positive,
+    check_saved_config,
+    check_tokenizer,
+    load_error,
+)
 
 
 class LLM2VecTransformer(Transformer):
@@ -142,14 +150,9 @@ class LLM2VecTransformer(Transformer):
 
     # -- settings, checked when set ---------------------------------------------------------------
 
-    @property
-    def doc_max_length(self) -> int | None:
-        return self._doc_max_length
-
-    @doc_max_length.setter
-    def doc_max_length(self, value: int | None) -> None:
-        check_positive("doc_max_length", value, "no truncation")
-        self._doc_max_length = value
+    doc_max_length = CheckedSetting(lambda encoder, value: check_positive("doc_max_length", value, "no truncation"))
+    max_batch_tokens = CheckedSetting(lambda encoder, value: check_positive("max_batch_tokens", value, "no budget"))
+    chat_template = CheckedSetting(check_chat_template_setting)
 
     @property
     def max_seq_length(self) -> int | None:
@@ -159,27 +162,6 @@ class LLM2VecTransformer(Transformer):
     def max_seq_length(self, value: int | None) -> None:
         check_positive("max_seq_length", value, "the tokenizer's model_max_length")
         Transformer.max_seq_length.fset(self, value)
-
-    @property
-    def chat_template(self) -> str | None:
-        return self._chat_template
-
-    @chat_template.setter
-    def chat_template(self, value: str | None) -> None:
-        if value is not None and not isinstance(value, str):
-            raise InputError(f"chat_template must be a Jinja template string or None, got {value!r}")
-        if value is not None and getattr(self, "processor", None) is not None and self.tokenizer is not None:
-            check_chat_template(self.tokenizer, value)
-        self._chat_template = value
-
-    @property
-    def max_batch_tokens(self) -> int | None:
-        return self._max_batch_tokens
-
-    @max_batch_tokens.setter
-    def max_batch_tokens(self, value: int | None) -> None:
-        check_positive("max_batch_tokens", value, "no budget")
-        self._max_batch_tokens = value
 
     # -- loading: ST's hooks ------------------------------------------------------------------------
 

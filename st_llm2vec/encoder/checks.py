@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..errors import InputError, MissingFileError
@@ -20,6 +20,24 @@ logger = logging.getLogger(__name__)
 
 # Keys of sentence_bert_config.json that __init__ does not name but ST's loader maps (old names).
 LEGACY_CONFIG_KEYS = {"model_args", "tokenizer_args", "config_args", "cache_dir"}
+
+
+class CheckedSetting:
+    """An encoder setting that is checked whenever it is set (``check(encoder, value)`` raises for a bad value), so a
+    bad value is refused where it is given, not at the next ``encode``."""
+
+    def __init__(self, check: Callable[[Any, Any], None]) -> None:
+        self.check = check
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attribute = f"_{name}"
+
+    def __get__(self, encoder: Any, owner: type | None = None) -> Any:
+        return self if encoder is None else getattr(encoder, self.attribute)
+
+    def __set__(self, encoder: Any, value: Any) -> None:
+        self.check(encoder, value)
+        setattr(encoder, self.attribute, value)
 
 
 def check_positive(name: str, value: Any, none_means: str) -> None:
@@ -122,6 +140,14 @@ def check_tokenizer(tokenizer: Any, limit: Any, model_name_or_path: str) -> None
             f"max_seq_length is {limit!r} (the tokenizer's model_max_length): set \"model_max_length\" in {files} "
             "to a positive int, or pass max_seq_length=<positive int>."
         )
+
+
+def check_chat_template_setting(encoder: Any, template: Any) -> None:
+    """A chat template is a string (or None) that renders the message content exactly once, once the tokenizer is there."""
+    if template is not None and not isinstance(template, str):
+        raise InputError(f"chat_template must be a Jinja template string or None, got {template!r}")
+    if template is not None and getattr(encoder, "processor", None) is not None and encoder.tokenizer is not None:
+        check_chat_template(encoder.tokenizer, template)
 
 
 def check_chat_template(tokenizer: Any, template: str) -> None:

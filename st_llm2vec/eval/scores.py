@@ -3,16 +3,17 @@
 The scores come from ``st-llm2vec eval``'s own path (:func:`st_llm2vec.eval.runner.evaluate_model`: mteb tasks,
 mteb's metrics), so a quick-start table and an ``eval`` table of the same model on the same pairs are the same
 numbers. The training stages' in-loop dev STS keeps Sentence Transformers' evaluators (the trainer runs
-``SentenceEvaluator`` objects; :class:`~st_llm2vec.instructed_evaluator.InstructedSequentialEvaluator`); ``tests/test_eval_agreement.py`` holds
-both to the same scores (≤ 0.01 points).
+``SentenceEvaluator`` objects: :mod:`st_llm2vec.instructed_evaluator`); ``tests/test_eval_agreement.py`` holds
+both to the same scores (≤ 0.01 points). Importing this is cheap (mteb is imported when scoring starts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..instructed_evaluator import InstructedSequentialEvaluator  # noqa: F401  (the training stages' evaluator)
+from ..devdata import WANG_DEV
 
 
 def evaluate(model, tasks: Sequence[Any], *, instruction: str | None = None, progress: bool = True) -> dict[str, float]:
@@ -43,3 +44,45 @@ def evaluate(model, tasks: Sequence[Any], *, instruction: str | None = None, pro
     if sts:
         scores["sts_mean"] = sum(sts) / len(sts)
     return scores
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], *, digits: int = 1) -> str:
+    """A markdown table: ``columns`` = (key, header); numbers rounded and right-aligned, missing cells "–"."""
+    def cell(value: Any) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    def numeric(key: str) -> bool:
+        values = [row.get(key) for row in rows if row.get(key) is not None]
+        return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    header = "| " + " | ".join(h for _, h in columns) + " |"
+    rule = "|" + "|".join("---:" if numeric(k) else "---" for k, _ in columns) + "|"
+    body = ["| " + " | ".join(cell(row.get(k)) for k, _ in columns) + " |" for row in rows]
+    return "\n".join([header, rule, *body])
+
+
+def score_columns(score_keys: Sequence[str]) -> list[tuple[str, str]]:
+    """Table columns for the score keys present, in a fixed order."""
+    headers = {
+        "sts12": "STS12", "sts13": "STS13", "sick-trial": "SICK trial", "builtin-sts": "built-in STS",
+        "sts_mean": "STS mean", f"{WANG_DEV}_map": "wang MAP", f"{WANG_DEV}_mrr@10": "wang MRR@10",
+    }
+    return [(k, headers[k]) for k in headers if k in score_keys]
+
+
+def spearman_noise(pairs: int, score: float) -> float:
+    """Half-width (×100) of the 95% interval of a Spearman correlation ``score`` (×100) measured on ``pairs``
+    pairs (Fisher z, standard error 1.06 / sqrt(n - 3)): what one dev score can move by chance."""
+    if pairs <= 3:
+        return float("inf")
+    r = max(min(score / 100.0, 0.999), -0.999)
+    z = math.atanh(r)
+    half = 1.96 * 1.06 / math.sqrt(pairs - 3)
+    return 100.0 * (math.tanh(z + half) - math.tanh(z - half)) / 2.0

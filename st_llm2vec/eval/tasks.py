@@ -236,12 +236,12 @@ def shared_task(name: str, data_dir: str | Path | None = None, *, max_pairs: int
     description = f"{SHARED_TASKS[name]}; read from {root}"
     if name in devdata.STS_YEARS:
         pairs = devdata.read_sts(root / devdata.STS_DIR / devdata.STS_YEARS[name], split="test")
-        return sts_task(name, devdata._subsample(pairs, max_pairs), scale=(0.0, 5.0),
+        return sts_task(name, devdata.subsample(pairs, max_pairs), scale=(0.0, 5.0),
                         description=description, reference=reference)
     if name == "sick-trial":
         sick = [devdata.StsPair(p.sentence_a, p.sentence_b, p.relatedness)
                 for p in devdata.read_sick(root / devdata.SICK_DIR / "SICK_trial.txt")]
-        return sts_task(name, devdata._subsample(sick, max_pairs), scale=(1.0, 5.0),
+        return sts_task(name, devdata.subsample(sick, max_pairs), scale=(1.0, 5.0),
                         description=description, reference=reference)
     samples = [RerankingSample(s["query"], tuple(s["positive"]), tuple(s["negative"]))
                for s in devdata.wang_samples(root, "dev", max_queries)]

@@ -1,4 +1,4 @@
-"""st_llm2vec/train/mntp.py with stage_mntp.py: MNTP's llm2vec loss parity, masking rules, LM heads, collator and
+"""st_llm2vec/recipe/mntp.py with stage_mntp.py: MNTP's llm2vec loss parity, masking rules, LM heads, collator and
 evaluator, and the MNTP stage's training, CLI and (slow) DDP.
 
 Tiny random models are built here; nothing is downloaded. The llm2vec parity tests read the shared
@@ -21,19 +21,18 @@ import torch
 
 import st_llm2vec
 from st_llm2vec.bidirectional import enable_bidirectional
-from st_llm2vec.train.lora import add_lora, lora_config
-from st_llm2vec.train.mntp import (
+from st_llm2vec.recipe.lora import add_lora, lora_config
+from st_llm2vec.recipe.mntp_head import LMHeadError
+from st_llm2vec.recipe.mntp_loss import MNTPEvaluator, MNTPLoss
+from st_llm2vec.recipe.mntp_masking import (
     IGNORE_INDEX,
-    LMHeadError,
     MNTPDataCollator,
-    MNTPEvaluator,
-    MNTPLoss,
     mask_tokens,
     resolve_mask_token_id,
     setup_mask_token,
 )
-from st_llm2vec.train.recipe import read_arguments
-from st_llm2vec.train.stage_mntp import MNTPArguments, train_mntp
+from st_llm2vec.recipe.arguments import read_arguments
+from st_llm2vec.recipe.stage_mntp import MNTPArguments, train_mntp
 from conftest import corpus_lines, make_tiny_llama, make_tokenizer, mntp_config
 from conftest import mntp_history as history
 from conftest import mntp_recipe as recipe
@@ -310,8 +309,9 @@ def test_trainable_lm_head_gets_gradients(tiny_llama):
 
 def test_no_eval_tokens_is_reported_not_a_zero_loss(tiny_llm, tmp_path):
     import st_llm2vec
-    from st_llm2vec.train.mntp import MNTPDataCollator, MNTPEvaluator, MNTPLoss
-    from st_llm2vec.train.text_data import EmptyDatasetError
+    from st_llm2vec.recipe.mntp_loss import MNTPEvaluator, MNTPLoss
+    from st_llm2vec.recipe.mntp_masking import MNTPDataCollator
+    from st_llm2vec.recipe.text_data import EmptyDatasetError
 
     model = st_llm2vec.from_llm(str(tiny_llm()))
     rows = [{"input_ids": [1, 40], "labels": [-100, -100]}] * 3  # nothing masked

@@ -1,10 +1,6 @@
 """Step 3 of the recipe, contrastive training (unsupervised SimCSE, supervised with hard negatives): the
 pieces Sentence Transformers' trainer needs beyond its own, usable without our CLI.
 
-- loss: llm2vec's ``HardNegativeNLLLoss`` (cosine × ``loss_scale``, cross-entropy over in-batch
-  positives and hard negatives, gathered across processes) is ``MultipleNegativesRankingLoss`` with
-  ``scale=loss_scale`` and ``gather_across_devices`` under DDP; ``CachedMultipleNegativesRankingLoss``
-  (GradCache) reaches large batches on small GPUs (:func:`build_loss`);
 - batches: every global batch (per-device batch × processes) comes from one dataset, without
   duplicate texts, and incomplete batches are dropped, as llm2vec's E5 batching does; each process
   gets one contiguous slice of it, so the gathered negatives share the dataset
@@ -13,7 +9,7 @@ pieces Sentence Transformers' trainer needs beyond its own, usable without our C
 - evaluation: the dev STS evaluators with llm2vec's instruction (:class:`~st_llm2vec.instructed_evaluator.InstructedSequentialEvaluator`),
   and a fixed-batch loss probe comparable before and after training (:func:`probe_loss`).
 
-The recipe runner (config, start model, saving) is :mod:`st_llm2vec.train.stage_contrastive`.
+The losses are :mod:`.losses`; the recipe runner (config, start model, saving) is :mod:`.stage_contrastive`.
 """
 
 from __future__ import annotations
@@ -75,29 +71,7 @@ class ContrastiveTrainer(LLM2VecTrainer):
         return GlobalBatchSampler(sampler, self.args.world_size)
 
 
-# --------------------------------------------------------------------------- loss
-
-
-def build_loss(
-    model: Any,
-    loss_class: str = "MultipleNegativesRankingLoss",
-    scale: float = 20.0,
-    mini_batch_size: int = 32,
-    gather_across_devices: bool | str | None = "auto",
-    world_size: int = 1,
-):
-    """MNRL (llm2vec's HardNegativeNLLLoss) or its cached variant, cosine × ``scale``; ``gather_across_devices``
-    "auto" gathers when there is more than one process."""
-    from sentence_transformers.sentence_transformer import losses
-
-    from .stage_contrastive import LOSS_ALIASES  # declared with the loss_class key
-
-    gather = world_size > 1 if gather_across_devices in (None, "auto") else bool(gather_across_devices)
-    if LOSS_ALIASES[loss_class] == "CachedMultipleNegativesRankingLoss":
-        return losses.CachedMultipleNegativesRankingLoss(
-            model, scale=float(scale), mini_batch_size=int(mini_batch_size), gather_across_devices=gather
-        )
-    return losses.MultipleNegativesRankingLoss(model, scale=float(scale), gather_across_devices=gather)
+# --------------------------------------------------------------------------- the loss probe
 
 
 def probe_loss(trainer, data, batch_size: int, seed: int = 0) -> float:

@@ -1,4 +1,4 @@
-"""st_llm2vec/train/text_data.py, pair_data.py and builtin_text.py: the training data — MNTP's text corpora, the
+"""st_llm2vec/recipe/text_data.py, pair_data.py and builtin_text.py: the training data — MNTP's text corpora, the
 contrastive stages' pair layouts, the generated training text — read as llm2vec reads it, or refused naming the fix."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import logging
 import pytest
 
 from st_llm2vec import devdata as devsets
-from st_llm2vec.train.pair_data import E5_INSTRUCTIONS, read_pair_folder, shared_pair_data
-from st_llm2vec.train.stage_contrastive import train_simcse
-from st_llm2vec.train.text_data import EmptyDatasetError, TextStats, load_texts, tokenize_corpus
+from st_llm2vec.recipe.pair_data import E5_INSTRUCTIONS
+from st_llm2vec.recipe.pair_files import read_pair_folder, shared_pair_data
+from st_llm2vec.recipe.stage_contrastive import train_simcse
+from st_llm2vec.recipe.text_data import EmptyDatasetError, TextStats, load_texts, tokenize_corpus
 from conftest import CORPUS, corpus_lines, simcse_config
 from conftest import RUN_SENTENCES as SENTENCES
 from conftest import triplets as _triplets
@@ -96,7 +97,7 @@ def test_empty_or_too_short_corpus_is_a_clear_error(tiny_llama, tmp_path):
 def test_an_ambiguous_text_column_must_be_named(tiny_llm, tmp_path, caplog):
     from transformers import AutoTokenizer
 
-    from st_llm2vec.train.text_data import load_texts, tokenize_corpus
+    from st_llm2vec.recipe.text_data import load_texts, tokenize_corpus
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llm())
     path = tmp_path / "docs.jsonl"
@@ -104,7 +105,7 @@ def test_an_ambiguous_text_column_must_be_named(tiny_llm, tmp_path, caplog):
     raw = load_texts(train_file=str(path))["train"]
     with pytest.raises(ValueError, match=r"several string columns \['id', 'body'\].*set text_column"):
         tokenize_corpus(raw, tokenizer, 8, line_by_line=True)
-    with caplog.at_level(logging.INFO, logger="st_llm2vec.train.text_data"):
+    with caplog.at_level(logging.INFO, logger="st_llm2vec.recipe.text_data"):
         rows = tokenize_corpus(raw, tokenizer, 64, line_by_line=True, text_column="body")
     assert rows[0]["input_ids"] == tokenizer(SENTENCES[0])["input_ids"]
     assert "'body' column" in caplog.text

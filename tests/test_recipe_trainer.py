@@ -1,4 +1,4 @@
-"""st_llm2vec/train/trainer.py (LLM2VecTrainer): a resumed LoRA run continues exactly as the uninterrupted one, in
+"""st_llm2vec/recipe/trainer.py (LLM2VecTrainer): a resumed LoRA run continues exactly as the uninterrupted one, in
 both stages, and after bf16 training the model returned is the plain model its weights describe."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from st_llm2vec.train.stage_contrastive import train_simcse
-from st_llm2vec.train.stage_mntp import train_mntp
+from st_llm2vec.recipe.stage_contrastive import train_simcse
+from st_llm2vec.recipe.stage_mntp import train_mntp
 from conftest import PAIR_SENTENCES as SENTENCES
 from conftest import contrastive_config as _base_config
 from conftest import mntp_history as history

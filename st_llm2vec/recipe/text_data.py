@@ -12,7 +12,7 @@ when the user names one). Two layouts, as in llm2vec's ``run_mntp.py``:
 Texts that tokenize to fewer than 2 tokens (special tokens included: e.g. an empty line that is only
 a BOS) and whitespace-only texts are skipped and counted: MNTP predicts a token from the position
 before it, so such a row has nothing to learn from. ``streaming=True`` processes the corpus lazily (an ``IterableDataset``).
-Each output row is ``{"input_ids": [int, ...]}``, ready for :class:`st_llm2vec.train.mntp.MNTPDataCollator`.
+Each output row is ``{"input_ids": [int, ...]}``, ready for :class:`st_llm2vec.recipe.mntp_masking.MNTPDataCollator`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""st_llm2vec/train/config.py with recipe.read_arguments: a training config (a JSON / YAML file or a dict, plus
+"""st_llm2vec/recipe/config.py with recipe.read_arguments: a training config (a JSON / YAML file or a dict, plus
 command-line overrides) is read with llm2vec's key names and checked, value by value, before anything loads."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from st_llm2vec.train.config import ConfigError
-from st_llm2vec.train.recipe import read_arguments
-from st_llm2vec.train.stage_contrastive import ARGUMENTS, train_simcse
-from st_llm2vec.train.stage_mntp import MNTPArguments, train_mntp
+from st_llm2vec.recipe.config import ConfigError
+from st_llm2vec.recipe.arguments import read_arguments
+from st_llm2vec.recipe.contrastive_arguments import ARGUMENTS
+from st_llm2vec.recipe.stage_contrastive import train_simcse
+from st_llm2vec.recipe.stage_mntp import MNTPArguments, train_mntp
 from conftest import REPO, corpus_lines, mntp_config, simcse_config
 from conftest import mntp_recipe as recipe
 
@@ -43,7 +44,7 @@ def test_the_config_is_checked_before_anything_loads(tmp_path, corpus):
 
 
 def test_bad_torch_dtype_is_refused_in_both_training_stages(tiny_llama, tmp_path):
-    from st_llm2vec.train.stage_contrastive import train_simcse
+    from st_llm2vec.recipe.stage_contrastive import train_simcse
 
     with pytest.raises(ValueError, match="is not a torch dtype .use bfloat16, float16, float32 or auto"):
         train_mntp(recipe(tiny_llama, tmp_path / "mntp", torch_dtype="bf16"))
@@ -85,8 +86,8 @@ def test_llm2vec_style_configs_parse():
 def test_gather_across_devices_reads_true_false_and_auto_from_files_and_the_command_line():
     import argparse
 
-    from st_llm2vec.train.config import ConfigError
-    from st_llm2vec.train.recipe import overrides_from_cli, parent_parser
+    from st_llm2vec.recipe.config import ConfigError
+    from st_llm2vec.recipe.command import overrides_from_cli, parent_parser
 
     simcse = ARGUMENTS["simcse"]
     base = {"model_name_or_path": "m", "output_dir": "o"}

@@ -1,6 +1,6 @@
-"""``st-llm2vec mntp``: step 2 of the recipe from an llm2vec ``train_configs/mntp`` config — the shared
-recipe (:mod:`.recipe`) plus what is MNTP's own: its keys, the text corpus and the MNTP pieces of
-:mod:`.mntp` (collator, loss, evaluator).
+"""``st-llm2vec mntp``: step 2 of the recipe from an llm2vec ``train_configs/mntp`` config — the shared recipe
+(:mod:`.arguments`, :mod:`.lifecycle`, :mod:`.stage_model`) plus what is MNTP's own: its keys, the text corpus
+(:mod:`.text_data`) and the MNTP pieces (:mod:`.mntp_masking`, :mod:`.mntp_loss`: collator, loss, evaluator).
 
 Writes to ``output_dir``: checkpoints (``checkpoint-N/``), the LoRA adapter (``adapter/``) and, at the top,
 the merged model (``SentenceTransformer(output_dir)``, or the next stage's ``model_name_or_path``), with
@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import InputError
-from .config import key, nonempty, pooling_check
-from .recipe import RecipeArguments
+from .keys import key, nonempty, pooling_check
+from .mntp_masking import COLLATOR_TYPES
+from .arguments import RecipeArguments
 
 logger = logging.getLogger(__name__)
 
 
-# llm2vec's data_collator_type values: 80/10/10 mask/random/keep, or every selected token masked
-COLLATOR_TYPES = ("default", "all_mask")
 
 
 @dataclass
@@ -94,10 +93,11 @@ def train_mntp(config: Mapping[str, Any] | str | os.PathLike, overrides: Mapping
 
     The whole config is checked before anything loads. ``output_dir`` is locked for the run, and only
     this config's complete checkpoints are resumed; a finished run of the same config is not trained
-    again (see :mod:`st_llm2vec.train.runs`).
+    again (see :mod:`st_llm2vec.recipe.training_run`).
     """
     from .config import check_files_exist
-    from .recipe import read_arguments, run_lifecycle
+    from .arguments import read_arguments
+    from .lifecycle import run_lifecycle
 
     arguments, training = read_arguments(MNTPArguments, config, overrides)
     check_files_exist(dataclasses.asdict(arguments), ("train_file", "validation_file"))  # before the model loads
@@ -107,7 +107,7 @@ def train_mntp(config: Mapping[str, Any] | str | os.PathLike, overrides: Mapping
 
 def _finished_result(output_dir: str) -> MNTPResult:
     """The result of a finished run, from the files it saved."""
-    from .recipe import read_result
+    from .lifecycle import read_result
     from .text_data import TextStats
 
     saved = read_result(output_dir, MNTPArguments.RESULT_FILE)
@@ -168,9 +168,11 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
     """:func:`train_mntp` once the config is checked and ``run`` holds output_dir's lock."""
     from transformers import set_seed
 
-    from .mntp import MNTPDataCollator, MNTPEvaluator, MNTPLoss, setup_mask_token
-    from .recipe import (add_lora, describe_in_card, jsonable, merge_trained_lora, start_model, stop_callbacks,
-                         training_arguments, write_result)
+    from .mntp_loss import MNTPEvaluator, MNTPLoss
+    from .mntp_masking import MNTPDataCollator, setup_mask_token
+    from .arguments import jsonable, training_arguments
+    from .lifecycle import stop_callbacks, write_result
+    from .stage_model import add_lora, describe_in_card, merge_trained_lora, start_model
     from .text_data import EmptyDatasetError
     from .trainer import LLM2VecTrainer
 
@@ -183,7 +185,7 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
         training["max_steps"] = arguments.stop_after_n_steps
     args = training_arguments(training)
     output_dir = args.output_dir
-    resume = run.resolve_resume()  # only complete checkpoints of this run (see st_llm2vec.train.runs)
+    resume = run.resolve_resume()  # only complete checkpoints of this run (see st_llm2vec.recipe.training_run)
 
     set_seed(args.seed)  # before LoRA init, as llm2vec does: the same config gives the same run
     model, start = start_model(arguments)
@@ -214,16 +216,8 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
                 "Use longer validation texts, leave line_by_line off, or set do_eval: false."
             )
 
-    trainer = LLM2VecTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        loss=loss,
-        evaluator=evaluator,
-        data_collator=collator,
-        callbacks=stop_callbacks(arguments),
-    )
+    trainer = LLM2VecTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss,
+                             evaluator=evaluator, data_collator=collator, callbacks=stop_callbacks(arguments))
     metrics: dict[str, Any] = {}
     adapter_dir = None
     run.start(trainer)
@@ -256,12 +250,12 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
 
 
 def parents_mntp() -> list[argparse.ArgumentParser]:
-    from .recipe import parent_parser
+    from .command import parent_parser
 
     return [parent_parser(MNTPArguments)]
 
 
 def run_mntp(args: argparse.Namespace) -> int:
-    from .recipe import run_cli
+    from .command import run_cli
 
     return run_cli(MNTPArguments, args, train_mntp)

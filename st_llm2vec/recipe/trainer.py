@@ -10,7 +10,7 @@ What the stock trainer (ST 6.2 + transformers 5.2x) gets wrong for us, and nothi
 - resuming a checkpoint that is already at the last step: the HF loop trains one more step before it
   checks ``max_steps`` (and writes ``checkpoint-(N+1)``). ``train`` returns at once instead;
 - checkpoints carry no sign of being complete: ``_save_checkpoint`` writes ``st_llm2vec_checkpoint.json``
-  (with the run fingerprint of :mod:`.runs`) after every other file, and gives the files the umask's
+  (with the run fingerprint of :mod:`.run_record`) after every other file, and gives the files the umask's
   modes (safetensors writes 0600);
 - after mixed-precision training (``bf16`` / ``fp16``) the model's ``forward`` stays wrapped in accelerate's
   autocast, so the in-memory model computes in bf16 while its weights (and any stock loader) say float32:
@@ -35,7 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from ..errors import InputError
 from ..files import normalize_permissions
-from .runs import remove_checkpoint_marker, write_checkpoint_marker
+from .run_record import remove_checkpoint_marker, write_checkpoint_marker
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class LLM2VecTrainer(SentenceTransformerTrainer):
     """``SentenceTransformerTrainer`` with adapter-aware resume, main-process-only saves, an end guard for
     resumed runs and checkpoint completion markers (see the module docstring)."""
 
-    # The run fingerprint (st_llm2vec.train.runs) written into every checkpoint's completion marker.
+    # The run fingerprint (st_llm2vec.recipe.run_record) written into every checkpoint's completion marker.
     st_llm2vec_run = None
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

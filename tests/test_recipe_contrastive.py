@@ -1,4 +1,4 @@
-"""st_llm2vec/train/contrastive.py with stage_contrastive.py: the SimCSE and supervised stages — batches from one
+"""st_llm2vec/recipe/contrastive.py with stage_contrastive.py: the SimCSE and supervised stages — batches from one
 dataset split across processes, SimCSE dropout, instructions on the queries, training runs, the repo's tiny
 configs, (slow) DDP."""
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from st_llm2vec import devdata as devsets
-from st_llm2vec.train.contrastive import GlobalBatchSampler, set_attention_dropout
-from st_llm2vec.train.stage_contrastive import prepare_stage, train_simcse, train_supervised
+from st_llm2vec.recipe.contrastive import GlobalBatchSampler, set_attention_dropout
+from st_llm2vec.recipe.stage_contrastive import prepare_stage, train_simcse, train_supervised
 from conftest import REPO
 from conftest import PAIR_SENTENCES as SENTENCES
 from conftest import contrastive_config as _base_config
@@ -206,8 +206,8 @@ def test_the_repos_tiny_configs_need_no_shared_data(stage, tiny_llm, tmp_path, m
 _DDP_SCRIPT = r'''
 import json, sys, torch, torch.distributed as dist
 import torch.nn.functional as F
-from st_llm2vec.train.contrastive import build_loss
-from st_llm2vec.train.stage_contrastive import train_supervised
+from st_llm2vec.recipe.losses import build_loss
+from st_llm2vec.recipe.stage_contrastive import train_supervised
 config, out = json.loads(sys.argv[1]), sys.argv[2]
 result = train_supervised(config)
 rank, world = dist.get_rank(), dist.get_world_size()

@@ -1,4 +1,4 @@
-"""st_llm2vec/train/recipe.py: what every training stage shares — its start model (a base plus llm2vec adapters,
+"""st_llm2vec/recipe/recipe.py: what every training stage shares — its start model (a base plus llm2vec adapters,
 merged as llm2vec merges them) and the save format of its output, said before anything is trained."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from st_llm2vec.train.recipe import load_start_model
-from st_llm2vec.train.stage_contrastive import prepare_stage
+from st_llm2vec.recipe.stage_model import load_start_model
+from st_llm2vec.recipe.stage_contrastive import prepare_stage
 from conftest import REPO, fixtures_dir
 from conftest import contrastive_config as _base_config
 
@@ -32,7 +32,7 @@ def test_a_stage_says_before_training_when_its_output_cannot_be_portable(tiny_ll
     out = tmp_path / "out"
     config = _base_config(tiny_llm("llama"), out, pooling_mode="weighted_mean", max_steps=1, dataset_name="E5",
                           dataset_file_path=str(REPO / "training" / "supervised" / "tiny_e5"), per_device_train_batch_size=4)
-    with caplog.at_level("WARNING", logger="st_llm2vec.train.recipe"):
+    with caplog.at_level("WARNING", logger="st_llm2vec.recipe.stage_model"):
         stage = prepare_stage("supervised", config)
     stage.run.release()
     assert "will be saved in the exact format" in caplog.text and "weighted_mean" in caplog.text

@@ -1,4 +1,4 @@
-"""st_llm2vec/train/runs.py: one training run per output_dir, only a run's own complete checkpoints are resumed, a
+"""st_llm2vec/recipe/runs.py: one training run per output_dir, only a run's own complete checkpoints are resumed, a
 finished run is not trained again, and outputs get the umask's file modes.
 
 Tiny random models; runs are cut short ("interrupted") to skip the final save."""
@@ -15,14 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from st_llm2vec.train.stage_contrastive import train_simcse
-from st_llm2vec.train.stage_mntp import train_mntp
+from st_llm2vec.recipe.stage_contrastive import train_simcse
+from st_llm2vec.recipe.stage_mntp import train_mntp
 from st_llm2vec.files import OutputDirLockedError, OutputLock
-from st_llm2vec.train.runs import (
-    CHECKPOINT_MARKER,
-    RUN_FILE,
-    RunMismatchError,
-)
+from st_llm2vec.recipe.run_record import CHECKPOINT_MARKER, RUN_FILE
+from st_llm2vec.recipe.training_run import RunMismatchError
 from conftest import RUN_SENTENCES as SENTENCES
 from conftest import mntp_config, simcse_config
 
@@ -34,7 +31,7 @@ class Interrupted(BaseException):
 def interrupt(monkeypatch, *, after_step: int | None = None, while_saving_step: int | None = None) -> None:
     """Stop training right after the checkpoint of ``after_step``, or in the middle of writing the checkpoint
     of ``while_saving_step`` (after the weights and optimizer, before the RNG and trainer state)."""
-    from st_llm2vec.train.trainer import LLM2VecTrainer
+    from st_llm2vec.recipe.trainer import LLM2VecTrainer
 
     cls = LLM2VecTrainer
     if after_step is not None:
@@ -96,7 +93,7 @@ def test_the_lock_is_held_across_processes_and_a_dead_holders_lock_is_taken_over
         holder.kill()  # SIGKILL: the lock file stays behind, the kernel drops the lock
         holder.wait()
     assert (out / ".st_llm2vec.lock").exists()
-    with caplog.at_level(logging.WARNING, logger="st_llm2vec.train.runs"):
+    with caplog.at_level(logging.WARNING, logger="st_llm2vec.files"):
         lock = OutputLock(out).acquire()
     assert "Taking over the stale lock" in caplog.text and str(holder.pid) in caplog.text
     lock.release()
