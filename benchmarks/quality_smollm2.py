@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(work: Path) -> str:
-    from st_llm2vec.eval.scores import format_table, score_columns
+    from st_llm2vec.eval.scores import markdown_table, score_columns
 
     run = load_json(work / "run.json")
     if run is None:
@@ -337,13 +337,13 @@ def report(work: Path) -> str:
     if plain:
         keys = [k for r in plain for k in r["scores"]]
         blocks += ["No instruction (every model encodes the raw texts):", "",
-                   format_table([row(r) for r in plain], [("stage", "model"), *score_columns(keys), *tail]), ""]
+                   markdown_table([row(r) for r in plain], [("stage", "model"), *score_columns(keys), *tail]), ""]
     if instructed:
         instr = instructed[0]["instruction"]
         keys = [k for r in instructed for k in r["scores"]]
         blocks += [f"STS with the instruction {instr!r} on both texts (how llm2vec evaluates; the supervised stage "
                    "trains MSR pairs with it):", "",
-                   format_table([row(r) for r in instructed], [("stage", "model"), *score_columns(keys), *tail[:1], tail[2]]), ""]
+                   markdown_table([row(r) for r in instructed], [("stage", "model"), *score_columns(keys), *tail[:1], tail[2]]), ""]
     total = sum((r.get("train_seconds") or 0) + r["eval_seconds"] for r in records)
     invocations = load_json(work / "invocations.json") or []
     first = records[0]

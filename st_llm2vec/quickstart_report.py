@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .eval.scores import format_table, score_columns, spearman_noise
+from .eval.scores import markdown_table, score_columns, spearman_noise
 
 EXAMPLE_QUERY = "A man is playing a guitar on stage."
 EXAMPLE_DOCS = (
@@ -47,7 +47,7 @@ class QuickstartResult:
     def table(self) -> str:
         keys = [k for r in self.rows for k in r.scores]
         columns = [("stage", "step"), *score_columns(keys), ("time", "time"), ("note", "notes")]
-        return format_table([r.as_row() for r in self.rows], columns)
+        return markdown_table([r.as_row() for r in self.rows], columns)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -42,9 +42,9 @@ def test_dev_evaluator_applies_the_eval_instruction_and_restores_prompts(tiny_ll
     assert model.default_prompt_name is None and "st_llm2vec_eval" not in model.prompts
 
 
-def test_format_table_aligns_numbers_and_marks_missing():
+def test_markdown_table_aligns_numbers_and_marks_missing():
     rows = [{"stage": "a", "x": 12.345, "t": "3 s"}, {"stage": "b", "x": None, "t": "4 s"}]
-    table = scores.format_table(rows, [("stage", "step"), ("x", "X"), ("t", "time")])
+    table = scores.markdown_table(rows, [("stage", "step"), ("x", "X"), ("t", "time")])
     assert table.splitlines() == [
         "| step | X | time |",
         "|---|---:|---|",

@@ -1,4 +1,4 @@
-"""st_llm2vec/recipe/config.py with recipe.read_arguments: a training config (a JSON / YAML file or a dict, plus
+"""st_llm2vec/recipe/keys.py, config.py with arguments.read_arguments: a training config (a JSON / YAML file or a dict, plus
 command-line overrides) is read with llm2vec's key names and checked, value by value, before anything loads."""
 
 from __future__ import annotations

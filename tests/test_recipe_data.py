@@ -1,4 +1,4 @@
-"""st_llm2vec/recipe/text_data.py, pair_data.py and builtin_text.py: the training data — MNTP's text corpora, the
+"""st_llm2vec/recipe/text_data.py, pair_data.py, pair_files.py and builtin_text.py: the training data — MNTP's text corpora, the
 contrastive stages' pair layouts, the generated training text — read as llm2vec reads it, or refused naming the fix."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""st_llm2vec/recipe/mntp.py with stage_mntp.py: MNTP's llm2vec loss parity, masking rules, LM heads, collator and
+"""st_llm2vec/recipe/mntp_masking.py, mntp_head.py, mntp_loss.py with stage_mntp.py: MNTP's llm2vec loss parity, masking rules, LM heads, collator and
 evaluator, and the MNTP stage's training, CLI and (slow) DDP.
 
 Tiny random models are built here; nothing is downloaded. The llm2vec parity tests read the shared

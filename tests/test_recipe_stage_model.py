@@ -1,4 +1,4 @@
-"""st_llm2vec/recipe/recipe.py: what every training stage shares — its start model (a base plus llm2vec adapters,
+"""st_llm2vec/recipe/stage_model.py: what every training stage shares — its start model (a base plus llm2vec adapters,
 merged as llm2vec merges them) and the save format of its output, said before anything is trained."""
 
 from __future__ import annotations

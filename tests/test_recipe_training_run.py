@@ -1,4 +1,4 @@
-"""st_llm2vec/recipe/runs.py: one training run per output_dir, only a run's own complete checkpoints are resumed, a
+"""st_llm2vec/recipe/training_run.py, run_record.py: one training run per output_dir, only a run's own complete checkpoints are resumed, a
 finished run is not trained again, and outputs get the umask's file modes.
 
 Tiny random models; runs are cut short ("interrupted") to skip the final save."""

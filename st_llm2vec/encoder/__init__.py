@@ -35,10 +35,10 @@ from . import layout, packing, tokenize
 from .checks import (
     CheckedSetting,
     check_chat_template_setting,
+    check_eos_and_length,
     check_loadable,
     check_positive,
     check_saved_config,
-    check_tokenizer,
     load_error,
 )
 
@@ -126,7 +126,7 @@ class LLM2VecTransformer(Transformer):
         tokenizer = self.tokenizer
         if tokenizer is None:
             raise InputError(f"{model_name_or_path!r} has no tokenizer; st_llm2vec needs a text tokenizer.")
-        check_tokenizer(tokenizer, self.max_seq_length, model_name_or_path)
+        check_eos_and_length(tokenizer, self.max_seq_length, model_name_or_path)
         vocab_rows = self.model.get_input_embeddings().num_embeddings
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id >= vocab_rows:
             # transformers' Qwen2 tokenizer invents an <|endoftext|> pad past the embedding matrix

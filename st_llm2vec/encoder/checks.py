@@ -127,7 +127,7 @@ def check_saved_config(config: Mapping[str, Any], where: str, allowed: Iterable[
         )
 
 
-def check_tokenizer(tokenizer: Any, limit: Any, model_name_or_path: str) -> None:
+def check_eos_and_length(tokenizer: Any, limit: Any, model_name_or_path: str) -> None:
     """An EOS token (llm2vec pads with it and encodes empty texts as it) and a positive length limit."""
     files = os.path.join(model_name_or_path, "tokenizer_config.json")
     if tokenizer.eos_token is None:

@@ -49,7 +49,7 @@ def evaluate(model, tasks: Sequence[Any], *, instruction: str | None = None, pro
 # --------------------------------------------------------------------------- the tables
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], *, digits: int = 1) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], *, digits: int = 1) -> str:
     """A markdown table: ``columns`` = (key, header); numbers rounded and right-aligned, missing cells "–"."""
     def cell(value: Any) -> str:
         if value is None:
