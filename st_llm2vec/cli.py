@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simcse": ("st_llm2vec.train.stage_contrastive", "unsupervised SimCSE training from a JSON/YAML config"),
     "supervised": ("st_llm2vec.train.stage_contrastive", "supervised contrastive training with hard negatives"),
     "eval": ("st_llm2vec.eval.command", "models × tasks through mteb (mteb tasks, your files, llm2vec's instructions) → one table"),
+    "embed": ("st_llm2vec.embed.command", "embed a corpus into Parquet shards + manifest (resumable; --engine ray)"),
+    "search": ("st_llm2vec.embed.command", "the nearest rows of an embed output to a query"),
 }
 
 
