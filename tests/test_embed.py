@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from embed_models import corpus_rows, portable_dir, stock_dir, write_jsonl
 from st_llm2vec.cli import main as cli
@@ -205,27 +207,32 @@ def test_empty_strings_are_embedded_not_dropped(portable, tmp_path):
 # --------------------------------------------------------------------------- resume, update, refusals
 
 
-def _kill_after(point: str, args: list[str], cwd: Path) -> None:
-    """Run ``st-llm2vec embed ARGS`` in a subprocess, SIGKILL it when the test hook says it reached ``point``."""
+def _kill_after(point: str, args: list[str], cwd: Path) -> list[str]:
+    """Run ``st-llm2vec embed ARGS`` in a fresh interpreter, SIGKILL it (and its process group) when the test hook
+    says it reached ``point``; what it printed to stderr before that."""
     env = dict(os.environ, ST_LLM2VEC_EMBED_TEST_HANG=point, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "st_llm2vec.cli", "embed", *args, "--no-progress"], cwd=cwd,
                             env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    printed = []
     try:
         for line in proc.stderr:
             if "test hang" in line:
                 break
+            printed.append(line)
         else:
-            pytest.fail(f"the job ended before {point} (exit {proc.wait()})")
+            pytest.fail(f"the job ended before {point} (exit {proc.wait()}): {''.join(printed)}")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    return printed
 
 
 def test_killed_job_resumes_keeping_finished_shards_and_redoing_an_unlisted_one(portable, corpus, tmp_path):
     out = tmp_path / "out"
     # killed after shard 0 was committed and shard 1 renamed into place, before the manifest listed it
-    _kill_after("renamed:2", [str(portable), str(corpus), str(out), "--rows-per-shard", "16", "--threads", "1"],
-                tmp_path)
+    printed = _kill_after("renamed:2", [str(portable), str(corpus), str(out), "--rows-per-shard", "16", "--threads", "1"],
+                          tmp_path)
+    assert printed == []  # a healthy run is quiet: no third-party warning, no bar without a terminal
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["file"] for s in manifest["shards"]] == ["part-00000.parquet"] and not manifest["complete"]
     first = (out / "part-00000.parquet").stat()
@@ -315,3 +322,66 @@ def test_search_finds_the_row_whose_text_is_the_query_and_says_which_prompt_it_u
     rank, score, row_id = printed[2].split()
     assert (rank, row_id) == ("1", "d9") and float(score) > 0.9999
     assert len(printed) == 5
+
+
+# --------------------------------------------------------------------------- readers, any text
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(st.characters(exclude_categories=("Cs",)), max_size=30), min_size=1, max_size=25),
+       rows_per_shard=st.integers(1, 30), kind=st.sampled_from(["jsonl", "csv", "txt"]))
+def test_any_text_reads_back_as_written_whichever_shard_starts_where(tmp_path_factory, texts, rows_per_shard, kind):
+    import csv
+
+    folder = tmp_path_factory.mktemp("any")
+    path = folder / f"in.{kind}"
+    ids = [f"r{i}" for i in range(len(texts))]
+    if kind == "txt":
+        texts = [t.replace("\n", " ").replace("\r", " ") for t in texts]
+        path.write_text("".join(t + "\n" for t in texts), encoding="utf-8", newline="")
+        ids = [f"in.txt:{i + 1}" for i in range(len(texts))]
+    elif kind == "csv":
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "text"])
+            writer.writerows(zip(ids, texts))
+    else:
+        path.write_text("".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in zip(ids, texts)),
+                        encoding="utf-8")
+    _, files = find_inputs(str(path))
+    found = scan(files, Fields(), skip_bad=False, rejects=Rejects(None))
+    shards = [read_shard(files, Fields(), spec) for spec in plan_shards(found, rows_per_shard)]
+    assert [i for s in shards for i in s.ids] == ids
+    assert [t for s in shards for t in s.texts] == texts
+
+
+def test_a_csv_field_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
+    long = "word " * 40_000  # 200 000 characters: csv's default field limit is 131 072
+    (tmp_path / "in.csv").write_text(f"id,text\na,{long}\nb,short\n", encoding="utf-8")
+    _, files = find_inputs(str(tmp_path / "in.csv"))
+    found = scan(files, Fields(), skip_bad=False, rejects=Rejects(None))
+    assert read_shard(files, Fields(), plan_shards(found, 10)[0]).texts == [long, "short"]
+
+
+def test_search_through_faiss_finds_what_numpy_finds(portable, corpus, tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    from st_llm2vec.embed import search as search_module
+
+    run(portable, corpus, tmp_path / "out", rows_per_shard=25)
+    exact = search_module.search(str(tmp_path / "out"), "children play music", 5, threads=1)
+    monkeypatch.setattr(search_module, "FAISS_ROWS", 1)
+    through_faiss = search_module.search(str(tmp_path / "out"), "children play music", 5, threads=1)
+    assert [i for i, _ in through_faiss.hits] == [i for i, _ in exact.hits]
+    assert np.allclose([s for _, s in through_faiss.hits], [s for _, s in exact.hits], atol=1e-5)
+
+
+def test_embed_and_search_help_import_neither_torch_nor_pyarrow_nor_ray():
+    from conftest import run_python
+
+    loaded = json.loads(run_python(
+        "import contextlib, io, json, sys\nfrom st_llm2vec.cli import main\n"
+        "for name in ('embed', 'search'):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main([name, '--help'])\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'pyarrow', 'ray', 'numpy'})))"))
+    assert loaded == []

@@ -45,8 +45,15 @@ class ModelSource:
     revision: str | None = None
 
 
+def _silence_bitsandbytes() -> None:
+    """peft (which st_llm2vec's checkpoints and sentence-transformers import) imports bitsandbytes, which logs a
+    warning about an optional CPU kernel at import: nothing an embed job uses."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def resolve_model(spec: str) -> ModelSource:
     """The local dir of MODEL: a dir with modules.json, or a Hub id (the cached snapshot, else downloaded)."""
+    _silence_bitsandbytes()
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "modules.json").is_file():
@@ -145,7 +152,7 @@ def choose_threads(requested: int | str | None) -> int:
 
 def quiet_libraries() -> None:
     """No third-party progress bars or notices while loading and encoding (the job draws its own bar)."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it: its optional-kernel notice
+    _silence_bitsandbytes()
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as transformers_logging

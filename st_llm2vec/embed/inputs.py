@@ -29,6 +29,9 @@ from ..errors import InputError, MissingFileError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 _BOM = b"\xef\xbb\xbf"
+# csv refuses fields over 131072 characters by default; a corpus's documents can be longer (the limit is global to
+# the csv module: raised once, never lowered).
+_CSV_FIELD_LIMIT = 2**31 - 1
 _MISSING = object()
 
 
@@ -169,7 +172,8 @@ def _jsonl(file: InputFile, fields: Fields, offset: int, line: int) -> Iterator[
         if error:
             yield Row(where, start, lineno, None, None, error)
             continue
-        if not text.strip():
+        text = text.strip()
+        if not text:
             continue
         try:
             obj = json.loads(text)
@@ -228,6 +232,8 @@ def _csv(file: InputFile, fields: Fields, offset: int, line: int) -> Iterator[Ro
                 state["bad"] = error
             yield raw.decode("utf-8", "replace") if text is None else text
 
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
     header_reader = csv.reader(decoded(_lines(file, 0, 0)))
     header = next(header_reader, None)
     if header is None:
@@ -242,7 +248,13 @@ def _csv(file: InputFile, fields: Fields, offset: int, line: int) -> Iterator[Ro
         offset, line = state["end"], header_reader.line_num + 1
     reader = csv.reader(decoded(_lines(file, offset, line)))
     start, lineno = offset, line
-    for record in reader:
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a record the csv module cannot parse: the reader goes on at the next line
+            record, state["bad"] = None, state["bad"] or f"not valid CSV ({exc})"
         bad, state["bad"] = state["bad"], None
         if record or bad:  # csv yields [] for a blank line: no row
             where = f"{file.path}:{lineno}"
