@@ -101,6 +101,15 @@ def test_stock_model_with_a_prompt_and_a_dimension_gives_encodes_vectors(stock, 
     assert manifest["vectors"]["prompt"] == {"name": "query", "text": "query: "}
 
 
+def test_bf16_mixed_is_refused_for_a_model_without_decoder_layers_and_auto_stays_float32(stock, corpus, tmp_path):
+    with pytest.raises(InputError, match="--precision bf16-mixed cannot act on this model"):
+        run(stock, corpus, tmp_path / "out", precision="bf16-mixed")
+    assert not (tmp_path / "out").exists()
+    run(stock, corpus, tmp_path / "out", precision="auto")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["vectors"]["precision_applied"] == "float32"
+
+
 class RecordingModel:
     """Stands in for a SentenceTransformer: records each encode call, returns the texts' lengths as vectors."""
 
@@ -277,6 +286,36 @@ def test_update_embeds_only_new_and_changed_rows_drops_gone_ones_and_keeps_the_r
     assert run(portable, tmp_path / "v2.jsonl", tmp_path / "out").mode == "done"
 
 
+def test_an_interrupted_update_is_finished_by_update_alone_with_each_id_once(portable, tmp_path, monkeypatch):
+    from st_llm2vec.embed import job
+
+    rows = corpus_rows(30)
+    write_jsonl(tmp_path / "v1.jsonl", rows)
+    run(portable, tmp_path / "v1.jsonl", tmp_path / "out", rows_per_shard=10)
+    changed = [dict(r, text=r["text"] + " (edited)") if r["id"] in ("d4", "d25") else r for r in rows]
+    write_jsonl(tmp_path / "v2.jsonl", changed)
+
+    def crash(point: str, count: int) -> None:
+        if (point, count) == ("committed", 1):
+            raise RuntimeError("simulated crash after the update's first new shard")
+
+    monkeypatch.setattr(job, "_hook", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(portable, tmp_path / "v2.jsonl", tmp_path / "out", update=True)
+    monkeypatch.undo()
+    ids, _ = read_out(tmp_path / "out")
+    assert len(ids) == len(set(ids)) == 29  # d4 or d25 not embedded yet; nothing twice
+    for input_ in ("v1.jsonl", "v2.jsonl"):
+        with pytest.raises(OutputExistsError, match="--update .* was interrupted"):
+            run(portable, tmp_path / input_, tmp_path / "out")
+    report = run(portable, tmp_path / "v2.jsonl", tmp_path / "out", update=True)
+    assert report.embedded == 1
+    ids, vectors = read_out(tmp_path / "out")
+    assert sorted(ids) == sorted(r["id"] for r in changed)
+    texts = {r["id"]: r["text"] for r in changed}
+    assert_same_vectors(vectors, reference(portable, [texts[i] for i in ids]))
+
+
 def test_an_out_made_by_another_prompt_or_input_is_refused_naming_what_differs(portable, corpus, tmp_path):
     run(portable, corpus, tmp_path / "out", rows_per_shard=32)
     with pytest.raises(OutputExistsError, match=r"prompt \(null → \"Find the passage: \"\), normalisation"):
@@ -294,6 +333,15 @@ def test_a_second_job_on_the_same_out_is_refused_while_one_holds_it(portable, co
     with OutputLock(tmp_path / "out", holder="st-llm2vec embed job"):
         with pytest.raises(InputError, match="in use by another st-llm2vec embed job"):
             run(portable, corpus, tmp_path / "out")
+
+
+def test_an_out_holding_other_files_and_no_manifest_is_refused_even_with_overwrite(portable, corpus, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="holds no manifest.json .notes.txt."):
+            run(portable, corpus, tmp_path / "out", overwrite=overwrite)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
 
 
 def test_out_inside_the_input_folder_is_refused(portable, tmp_path):

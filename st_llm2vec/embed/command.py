@@ -47,7 +47,8 @@ def add_arguments_embed(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads in all (the Ray engine splits them over its workers): a number, or "
                              "auto (the cores not busy; default)")
     parser.add_argument("--rows-per-shard", type=int, default=None,
-                        help="rows per Parquet shard (default: ~100 MB a shard, at most 100000 rows)")
+                        help="rows per Parquet shard (default: ~100 MB a shard, at most 100000 rows; ray: and at "
+                             "least 4 shards per worker)")
     parser.add_argument("--skip-bad", action="store_true", help="embed the good rows and list the bad ones with "
                         "their reasons in OUT/rejected.jsonl (default: stop at the first, naming it)")
     mode = parser.add_mutually_exclusive_group()

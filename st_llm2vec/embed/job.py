@@ -116,9 +116,14 @@ class EmbedReport:
                 f"df = pd.read_parquet(sorted(glob.glob('{out}/part-*.parquet'))); print(df)\"")
 
 
-def default_rows_per_shard(dim: int) -> int:
-    """Rows that make a shard of about 100 MB (4 bytes a dimension, plus the id and text hash)."""
-    return max(256, min(MAX_ROWS_PER_SHARD, SHARD_BYTES // (4 * dim + 100)))
+def default_rows_per_shard(dim: int, rows: int, workers: int | None = None) -> int:
+    """Rows that make a shard of about 100 MB (4 bytes a dimension, plus the id and text hash), at most 100 000;
+    ``workers`` (the Ray engine): also at least 4 shards per worker, so every actor has work and the writer keeps
+    pace. Recorded in the manifest: a resume keeps it whichever engine resumes."""
+    size = max(256, min(MAX_ROWS_PER_SHARD, SHARD_BYTES // (4 * dim + 100)))
+    if workers:
+        size = min(size, max(1, -(-rows // (4 * workers))))
+    return size
 
 
 def embed(config: EmbedConfig) -> EmbedReport:
@@ -175,11 +180,14 @@ class _Job:
             if not self.config.overwrite:
                 raise
             previous = None
-        if previous is None and not self.config.overwrite:
-            foreign = [p.name for p in self.out.iterdir() if not p.name.startswith(".")]
-            if foreign:
-                raise OutputExistsError(f"OUT {self.out} is not empty and holds no {MANIFEST} ({', '.join(foreign[:3])}"
-                                        f"{', …' if len(foreign) > 3 else ''}): choose another OUT or empty it.")
+        if previous is None:
+            names = [p.name for p in self.out.iterdir() if not p.name.startswith(".")]
+            foreign = [n for n in names if not (shard_files.is_shard(n) or n in (MANIFEST, REJECTED))]
+            if foreign or (names and not self.config.overwrite):
+                listed = ", ".join((foreign or names)[:3]) + (", …" if len(foreign or names) > 3 else "")
+                raise OutputExistsError(f"OUT {self.out} is not empty and holds no {MANIFEST} ({listed}): choose another "
+                                        "OUT or empty it" + ("" if foreign else "; --overwrite replaces those shards")
+                                        + ".")
         return previous
 
     def _identities(self, previous: Manifest | None) -> None:
@@ -208,13 +216,13 @@ class _Job:
             raise OutputExistsError(
                 f"OUT {self.out} holds vectors of another job: {', '.join(vectors + inputs)} differ. Pass --overwrite "
                 f"to replace them, or choose another OUT{extra if self.config.update else ''}.")
+        if self.config.update and (inputs or previous.update is not None):
+            return "update"
+        if previous.update is not None:  # its shards no longer follow one input's blocks: only --update goes on
+            raise OutputExistsError(f"an --update of OUT {self.out} was interrupted: run the command again with --update "
+                                    "(and the input OUT should reflect) to finish it.")
         if not inputs:
             return "done" if previous.complete else "resume"
-        if self.config.update:
-            return "update"
-        if previous.update and previous.update.get("fingerprint") == self.input_fingerprint:
-            raise OutputExistsError(f"an --update of OUT {self.out} to this input was interrupted: run the same "
-                                    "command with --update to finish it.")
         raise OutputExistsError(
             f"OUT {self.out} was embedded from another input: {', '.join(inputs)} differ. Pass --update to embed only "
             "new and changed rows (and drop rows that are gone), --overwrite to embed everything again, or choose "
@@ -266,7 +274,8 @@ class _Job:
             self.model = load(self._settings()) if config.engine == "local" else None
             dim = self.model.get_embedding_dimension() if self.model is not None else None
             rows_per_shard = config.rows_per_shard or default_rows_per_shard(
-                dim or estimated_dim(self.source.path, config.dim))
+                dim or estimated_dim(self.source.path, config.dim), found.rows,
+                config.workers if config.engine == "ray" else None)
             q_name, q_text = query_prompt(self.source.path)
             manifest = Manifest(
                 model={"id": config.model, "path": str(self.source.path), "revision": self.source.revision,
