@@ -237,6 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.rows, args.scale, args.rounds = 200, 2, 1
     engines = args.engines.split(",")
+    if args.gpus_per_worker:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        skipped = [e for e in engines if e.startswith("ray") and int(e[3:] or 1) * args.gpus_per_worker > gpus]
+        if skipped:
+            print(f"skipping {', '.join(skipped)}: {args.gpus_per_worker:g} GPU per worker, {gpus} GPU(s) here")
+        engines = [e for e in engines if e not in skipped]
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="embed_corpus-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     model = Path(args.model).resolve() if args.model else work / "smollm2-bi"
@@ -256,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{engine} x1 round {round_}: {runs[-1]['seconds']:.1f} s, peak PSS {runs[-1]['peak_pss_mb']:.0f} MB",
                   flush=True)
     for engine in args.scale_engines.split(","):
-        if engine and args.scale > 1:
+        if engine in engines and args.scale > 1:
             out = work / f"{engine}-x{args.scale}"
             runs.append(run_once(engine, corpora[args.scale], out, args, model) | {"round": "scale",
                                                                                  "rows": args.rows * args.scale})

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingExtraError, UserError
+from ..errors import InputError, MissingExtraError, UserError
 from .encoding import ModelSettings, embed_texts, load
 from .inputs import Fields, InputFile
 from .local import Commit
@@ -152,6 +152,10 @@ def run_ray(specs: list[ShardSpec], files: list[InputFile], fields: Fields, sett
     started = _connect(ray, options)
     _quiet_ray_data(ray)
     try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if started and options.gpus_per_worker * options.workers > gpus:  # the actors would wait forever
+            raise InputError(f"--workers {options.workers} × --gpus-per-worker {options.gpus_per_worker:g} needs "
+                             f"{options.gpus_per_worker * options.workers:g} GPUs; this machine has {gpus:g}.")
         settings = ModelSettings(**{**settings.__dict__, "threads": options.threads_per_worker})
         dataset = ray.data.read_datasource(_datasource(files, fields, specs), num_cpus=0)
         with warnings.catch_warnings():
