@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embed_models import corpus_rows, portable_dir, stock_dir, write_jsonl
+from embed_models import (assert_same_vectors, corpus_rows, kill_after, portable_dir, read_out, reference, run,
+                          stock_dir, write_jsonl)
 from st_llm2vec.cli import main as cli
 from st_llm2vec.embed.encoding import ModelSettings, embed_texts
 from st_llm2vec.embed.inputs import Fields, find_inputs
-from st_llm2vec.embed.job import EmbedConfig, embed
 from st_llm2vec.embed.plan import Rejects, plan_shards, read_shard, scan
 from st_llm2vec.errors import InputError, MissingExtraError, OutputExistsError
 
@@ -42,35 +39,6 @@ def stock(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", ROWS)
-
-
-def read_out(out: Path) -> tuple[list[str], np.ndarray]:
-    table = pq.read_table(sorted(glob.glob(f"{out}/part-*.parquet")))
-    vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
-    return table.column("id").to_pylist(), vectors
-
-
-def reference(model_dir: Path, texts: list[str], **kwargs) -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
-
-    truncate_dim = kwargs.pop("truncate_dim", None)
-    return SentenceTransformer(str(model_dir), truncate_dim=truncate_dim).encode(
-        texts, normalize_embeddings=True, **kwargs)
-
-
-def assert_same_vectors(ours: np.ndarray, theirs: np.ndarray, min_cosine: float = 0.99999) -> None:
-    """Row by row: cosine >= min_cosine, or both zero vectors (a text with no pooled token)."""
-    assert ours.shape == theirs.shape and ours.dtype == np.float32
-    norms = np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)
-    both_zero = (np.linalg.norm(ours, axis=1) == 0) & (np.linalg.norm(theirs, axis=1) == 0)
-    cosine = np.where(norms > 0, (ours * theirs).sum(1) / np.maximum(norms, 1e-30), 0.0)
-    assert np.all(both_zero | (cosine >= min_cosine)), cosine.min()
-
-
-def run(model: Path, input_: Path, out: Path, **kwargs):
-    kwargs.setdefault("threads", 1)
-    kwargs.setdefault("progress", False)
-    return embed(EmbedConfig(str(model), str(input_), str(out), **kwargs))
 
 
 # --------------------------------------------------------------------------- vectors
@@ -216,30 +184,10 @@ def test_empty_strings_are_embedded_not_dropped(portable, tmp_path):
 # --------------------------------------------------------------------------- resume, update, refusals
 
 
-def _kill_after(point: str, args: list[str], cwd: Path) -> list[str]:
-    """Run ``st-llm2vec embed ARGS`` in a fresh interpreter, SIGKILL it (and its process group) when the test hook
-    says it reached ``point``; what it printed to stderr before that."""
-    env = dict(os.environ, ST_LLM2VEC_EMBED_TEST_HANG=point, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "st_llm2vec.cli", "embed", *args, "--no-progress"], cwd=cwd,
-                            env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    printed = []
-    try:
-        for line in proc.stderr:
-            if "test hang" in line:
-                break
-            printed.append(line)
-        else:
-            pytest.fail(f"the job ended before {point} (exit {proc.wait()}): {''.join(printed)}")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return printed
-
-
 def test_killed_job_resumes_keeping_finished_shards_and_redoing_an_unlisted_one(portable, corpus, tmp_path):
     out = tmp_path / "out"
     # killed after shard 0 was committed and shard 1 renamed into place, before the manifest listed it
-    printed = _kill_after("renamed:2", [str(portable), str(corpus), str(out), "--rows-per-shard", "16", "--threads", "1"],
+    printed = kill_after("renamed:2", [str(portable), str(corpus), str(out), "--rows-per-shard", "16", "--threads", "1"],
                           tmp_path)
     assert printed == []  # a healthy run is quiet: no third-party warning, no bar without a terminal
     manifest = json.loads((out / "manifest.json").read_text())

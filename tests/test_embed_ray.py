@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from embed_models import corpus_rows, portable_dir, write_jsonl
-from test_embed import _kill_after, assert_same_vectors, read_out, reference, run
+from embed_models import assert_same_vectors, corpus_rows, kill_after, portable_dir, read_out, reference, run, write_jsonl
 
 ray = pytest.importorskip("ray")
 
@@ -60,7 +58,7 @@ def test_ray_engine_with_one_worker_writes_the_local_engines_shards_and_encodes_
 def test_ray_job_killed_after_its_first_shard_resumes_on_two_workers_with_only_the_missing_shards(
         cluster, portable, corpus, local_out, tmp_path):
     out = tmp_path / "out"
-    printed = _kill_after("committed:1", [str(portable), str(corpus), str(out), "--rows-per-shard", "12", "--engine",
+    printed = kill_after("committed:1", [str(portable), str(corpus), str(out), "--rows-per-shard", "12", "--engine",
                                           "ray", "--workers", "1", "--threads", "1", "--ray-address", cluster], tmp_path)
     assert printed == []  # Ray kept quiet
     manifest = json.loads((out / "manifest.json").read_text())

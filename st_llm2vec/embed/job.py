@@ -35,7 +35,8 @@ from .encoding import (ModelSettings, ModelSource, choose_prompt, choose_threads
 from .inputs import Fields, InputFile, find_inputs
 from .manifest import (MANIFEST, InputIdentity, Manifest, VectorIdentity, differences, fingerprint_files,
                        library_versions, model_files)
-from .plan import Rejects, ShardSpec, old_keys, plan_shards, scan, update_actions
+from .plan import Rejects, ShardSpec, plan_shards, scan
+from .update import apply_update
 
 ENGINES = ("local", "ray")
 REJECTED = "rejected.jsonl"
@@ -304,32 +305,10 @@ class _Job:
             manifest.rows_per_shard = config.rows_per_shard or manifest.rows_per_shard
             manifest.update = input_section
             manifest.save(self.out)
-            specs, counts = self._update(manifest, found)
+            specs, counts = apply_update(self.out, manifest, found)
         if specs and self.model is None and config.engine == "local":
             self.model = load(self._settings())
         return manifest, specs, counts
-
-    def _update(self, manifest: Manifest, found: Any) -> tuple[list[ShardSpec], dict]:
-        """Old shards kept, rewritten without their gone or changed rows, or dropped; the new rows' shards."""
-        import pyarrow.parquet as pq
-
-        olds = [(e["index"], old_keys(shard_files.read_columns(self.out, e, ["id", "text_hash"])))
-                for e in manifest.shards]
-        actions = update_actions(found, olds)
-        before = manifest.rows
-        next_index = max((e["index"] for e in manifest.shards), default=-1) + 1
-        entries = {e["index"]: e for e in manifest.shards}
-        for index in actions.drop + list(actions.rewrite):
-            entry = entries[index]
-            manifest.shards.remove(entry)
-            if index in actions.rewrite:
-                table = pq.read_table(self.out / entry["file"]).filter(actions.rewrite[index])
-                manifest.add_shard({**shard_files.write_shard(self.out, next_index, table), "engine": "update"})
-                next_index += 1
-            manifest.save(self.out)
-            (self.out / entry["file"]).unlink(missing_ok=True)
-        specs = plan_shards(found, manifest.rows_per_shard, base=next_index, new=actions.new_rows(found))
-        return specs, {"kept": manifest.rows, "dropped": before - manifest.rows}
 
     # -- 5. the shards --------------------------------------------------------------------------------
 

@@ -13,9 +13,7 @@ duplicate is confirmed on the ids themselves), 16 bytes of text hash more with `
 every 256 rows (file, byte offset, line), from which a shard is read by itself (:func:`read_shard`): the texts
 are never all in memory.
 
-``--update`` (:func:`update_actions`, :func:`plan_shards` with ``new``): an old shard whose rows are all still
-in the input with the same text is kept as it is; one with some rows gone or changed is rewritten without them
-(the kept vectors copied byte for byte); new and changed rows are embedded into new shards after the old ones.
+``--update`` (``update.py``) plans the new and changed rows with :func:`plan_shards` (``new``, ``base``).
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 
@@ -208,57 +206,3 @@ def read_shard(files: list[InputFile], fields: Fields, spec: ShardSpec) -> Shard
         raise InputError(f"shard {spec.index}: read {len(ids)} rows where the plan has {spec.rows}: the input "
                          "changed while the job ran; run the same command again.")
     return ShardRows(ids, texts)
-
-
-# --------------------------------------------------------------------------- --update
-
-
-def old_keys(table: Any) -> np.ndarray:
-    """The 32-byte (id hash, text hash) keys of a shard's ``id`` and ``text_hash`` columns."""
-    ids = table.column("id").to_pylist()
-    hashes = table.column("text_hash").to_pylist()
-    raw = b"".join(id_hash(i) + bytes.fromhex(h) for i, h in zip(ids, hashes))
-    return np.frombuffer(raw, dtype="V32")
-
-
-def _member(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    if len(sorted_keys) == 0 or len(values) == 0:
-        return np.zeros(len(values), dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
-    return sorted_keys[at] == values
-
-
-@dataclass
-class UpdateActions:
-    """What ``--update`` does with the old shards: keep (index list), rewrite ({index: mask of rows kept}), drop;
-    and the keys of every row kept, from which the new rows are found."""
-
-    keep: list[int] = field(default_factory=list)
-    rewrite: dict[int, np.ndarray] = field(default_factory=dict)
-    drop: list[int] = field(default_factory=list)
-    kept_keys: list[np.ndarray] = field(default_factory=list)
-
-    def new_rows(self, result: Scan) -> np.ndarray:
-        """For each good row of the input: True when no kept row has its id and text."""
-        kept = np.sort(np.concatenate(self.kept_keys)) if self.kept_keys else np.zeros(0, dtype="V32")
-        return ~_member(result.keys(), kept)
-
-
-def update_actions(result: Scan, shards: list[tuple[int, np.ndarray]]) -> UpdateActions:
-    """Compare each old shard's (index, keys) with the input's rows (duplicates excluded)."""
-    keys = result.keys()
-    if len(result.excluded):
-        keys = np.delete(keys, result.excluded)
-    keys = np.sort(keys)
-    actions = UpdateActions()
-    for index, old in shards:
-        present = _member(old, keys)
-        if present.all():
-            actions.keep.append(index)
-            actions.kept_keys.append(old)
-        elif not present.any():
-            actions.drop.append(index)
-        else:
-            actions.rewrite[index] = present
-            actions.kept_keys.append(old[present])
-    return actions
