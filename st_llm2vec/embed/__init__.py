@@ -2,7 +2,7 @@
 ``st-llm2vec search OUT QUERY``.
 
 One concern per module, in the order of a job: ``inputs`` (files → rows, with where each row is), ``plan`` (the
-checking pass and the shard plan, resume and ``--update``), ``encoding`` (the model, its prompt, one shard's
+checking pass and the shard plan), ``update`` (``--update``), ``encoding`` (the model, its prompt, one shard's
 texts → vectors), ``local`` / ``ray_engine`` (the two engines), ``shards`` (the Parquet writer), ``manifest``
 (what made the vectors, from what, and where they are), ``job`` (the order of work), ``search``, ``command``
 (the CLI). Nothing outside this package imports it except the CLI's command table; importing it is free (this
