@@ -68,7 +68,7 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 
 def sentence_pool(seed: int = 0) -> tuple[list[str], str]:
     """Distinct sentences from the shared data (or the built-in generator), shuffled; and where they came from."""
-    from st_llm2vec.eval import devsets
+    from st_llm2vec import devdata as devsets
 
     data = devsets.find_shared_data()
     sentences: list[str] = []

@@ -39,7 +39,7 @@ def portable_dir(tmp_path_factory) -> Path:
     """The files ``save()`` writes for a portable model, without its proof in a fresh interpreter (tests/
     test_portable.py proves that; here it would cost a second torch import)."""
     import st_llm2vec
-    from st_llm2vec.portable import write_portable
+    from st_llm2vec.portable_save import write_portable
 
     path, ready = _cached(tmp_path_factory, "portable")
     if not ready:

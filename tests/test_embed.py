@@ -276,7 +276,7 @@ def test_an_out_made_by_another_prompt_or_input_is_refused_naming_what_differs(p
 
 
 def test_a_second_job_on_the_same_out_is_refused_while_one_holds_it(portable, corpus, tmp_path):
-    from st_llm2vec.train.runs import OutputLock
+    from st_llm2vec.files import OutputLock
 
     with OutputLock(tmp_path / "out", holder="st-llm2vec embed job"):
         with pytest.raises(InputError, match="in use by another st-llm2vec embed job"):

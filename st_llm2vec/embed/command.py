@@ -92,7 +92,7 @@ def add_arguments_search(parser: argparse.ArgumentParser) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from .encoding import choose_threads
+    from ..runtime import choose_threads
     from .search import describe, search
 
     threads = choose_threads(args.threads if args.threads == "auto" else _int(args.threads, "--threads"))

@@ -143,13 +143,6 @@ class ModelSettings:
     threads: int | None = None
 
 
-def choose_threads(requested: int | str | None) -> int:
-    """Torch threads for "auto" or a number (the one import of the project's thread policy in this wing)."""
-    from ..quickstart import choose_threads as project_policy
-
-    return project_policy(requested)
-
-
 def quiet_libraries() -> None:
     """No third-party progress bars or notices while loading and encoding (the job draws its own bar)."""
     _silence_bitsandbytes()

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, OutputExistsError
-from ..train.runs import OutputLock
+from ..files import OutputLock
+from ..runtime import choose_threads
 from . import shards as shard_files
-from .encoding import (ModelSettings, ModelSource, choose_prompt, choose_threads, estimated_dim, load, query_prompt,
+from .encoding import (ModelSettings, ModelSource, choose_prompt, estimated_dim, load, query_prompt,
                        resolve_model)
 from .inputs import Fields, InputFile, find_inputs
 from .manifest import (MANIFEST, InputIdentity, Manifest, VectorIdentity, differences, fingerprint_files,
