@@ -18,7 +18,8 @@ from .errors import UserError
 from .recipe.stages import STAGES
 
 # name -> (module, help). The module defines run_<name>(args) -> int, and its options with
-# add_arguments_<name>(parser) and/or parents_<name>() -> [argparse parsers to inherit from].
+# add_arguments_<name>(parser) and/or parents_<name>() -> [argparse parsers to inherit from]; an optional
+# EPILOG_<NAME> string (examples) ends its --help as written.
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("st_llm2vec.quickstart", "offline demo on SmolLM2-135M: baseline → bi → MNTP → SimCSE"),
     "fetch-smollm2": ("st_llm2vec.smollm2", "convert the SmolLM2-135M-Instruct GGUF to a HF checkpoint (cached)"),
@@ -115,7 +116,9 @@ def main(argv: list[str] | None = None, *, report_errors: bool | None = None) ->
     module = importlib.import_module(COMMANDS[name][0])
     attr = name.replace("-", "_")
     parents = getattr(module, f"parents_{attr}", list)()
-    parser = argparse.ArgumentParser(prog=f"st-llm2vec {name}", description=COMMANDS[name][1], parents=parents)
+    parser = argparse.ArgumentParser(prog=f"st-llm2vec {name}", description=COMMANDS[name][1], parents=parents,
+                                     epilog=getattr(module, f"EPILOG_{attr.upper()}", None),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     if hasattr(module, f"add_arguments_{attr}"):
         getattr(module, f"add_arguments_{attr}")(parser)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")

@@ -12,16 +12,17 @@ INTERRUPTED = "finished shards are kept in OUT; run the same command again to re
 PRECISIONS = ("float32", "bf16-mixed", "auto", "saved")  # precision.PRECISIONS, repeated: no import for --help
 
 
+EPILOG_EMBED = (
+    "examples:\n"
+    "  st-llm2vec embed out/model corpus.jsonl corpus-vectors\n"
+    "  st-llm2vec embed sentence-transformers/all-MiniLM-L6-v2 'docs/**/*.parquet' vectors --text-field body\n"
+    "  st-llm2vec embed out/model corpus/ vectors --engine ray --workers 4 --gpus-per-worker 1\n"
+    "  st-llm2vec search corpus-vectors \"how do I reset my password\" -k 5\n\n"
+    "OUT gets part-NNNNN.parquet shards (id, text_hash, embedding) and manifest.json. Kill the job at any point\n"
+    "and run the same command again: finished shards are kept. --update refreshes OUT after the input changed.")
+
+
 def add_arguments_embed(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = (
-        "examples:\n"
-        "  st-llm2vec embed out/model corpus.jsonl corpus-vectors\n"
-        "  st-llm2vec embed sentence-transformers/all-MiniLM-L6-v2 'docs/**/*.parquet' vectors --text-field body\n"
-        "  st-llm2vec embed out/model corpus/ vectors --engine ray --workers 4 --gpus-per-worker 1\n"
-        "  st-llm2vec search corpus-vectors \"how do I reset my password\" -k 5\n\n"
-        "OUT gets part-NNNNN.parquet shards (id, text_hash, embedding) and manifest.json. Kill the job at any point\n"
-        "and run the same command again: finished shards are kept. --update refreshes OUT after the input changed.")
     parser.add_argument("model", metavar="MODEL", help="a Sentence Transformers model dir (st-llm2vec's, either "
                         "format, or any stock one) or a Hugging Face Hub id")
     parser.add_argument("input", metavar="INPUT", help="a .jsonl/.json/.csv/.parquet/.txt file, a folder of them or "

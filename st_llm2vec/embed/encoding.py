@@ -129,17 +129,23 @@ def estimated_dim(path: Path, dim: int | None) -> int:
     return min(found, dim) if dim else found
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """How the model is loaded and called, in whichever process embeds (picklable for the Ray engine's actors)."""
+@dataclass(frozen=True, kw_only=True)
+class EncodeOptions:
+    """How texts are encoded, as the user asked it: the fields ``EmbedConfig`` and ``ModelSettings`` share."""
 
-    path: str
-    prompt: str | None = None
     normalize: bool = True
     batch_size: int = 32
     dim: int | None = None
     precision: str = "float32"
     device: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSettings(EncodeOptions):
+    """How the model is loaded and called, in whichever process embeds (picklable for the Ray engine's actors)."""
+
+    path: str
+    prompt: str | None = None
     threads: int | None = None
 
 

@@ -31,7 +31,7 @@ from ..errors import InputError, OutputExistsError
 from ..files import OutputLock
 from ..runtime import choose_threads
 from . import shards as shard_files
-from .encoding import (ModelSettings, ModelSource, choose_prompt, estimated_dim, load, query_prompt,
+from .encoding import (EncodeOptions, ModelSettings, ModelSource, choose_prompt, estimated_dim, load, query_prompt,
                        resolve_model)
 from .inputs import Fields, InputFile, find_inputs
 from .manifest import (MANIFEST, InputIdentity, Manifest, VectorIdentity, differences, fingerprint_files,
@@ -46,8 +46,8 @@ MAX_ROWS_PER_SHARD = 100_000  # the length-sorting window is a shard: keep its t
 
 
 @dataclass(frozen=True)
-class EmbedConfig:
-    """Everything ``st-llm2vec embed`` is asked (the CLI's options, one for one)."""
+class EmbedConfig(EncodeOptions):
+    """Everything ``st-llm2vec embed`` is asked (the CLI's options, one for one; the encoding ones keyword-only)."""
 
     model: str
     input: str
@@ -56,11 +56,6 @@ class EmbedConfig:
     id_field: str = "id"
     prompt_name: str | None = None
     prompt: str | None = None
-    normalize: bool = True
-    batch_size: int = 32
-    dim: int | None = None
-    precision: str = "float32"
-    device: str | None = None
     threads: int | str = "auto"
     rows_per_shard: int | None = None
     skip_bad: bool = False
@@ -260,8 +255,8 @@ class _Job:
 
     def _settings(self) -> ModelSettings:
         c = self.config
-        return ModelSettings(str(self.source.path), self.prompt, c.normalize, c.batch_size, c.dim, c.precision,
-                             c.device, self.threads)
+        return ModelSettings(str(self.source.path), self.prompt, self.threads, normalize=c.normalize,
+                             batch_size=c.batch_size, dim=c.dim, precision=c.precision, device=c.device)
 
     def _prepare(self, previous: Manifest | None, mode: str, found: Any) -> tuple[Manifest, list[ShardSpec], dict]:
         """Steps 4 and the update's rewrites: the manifest on disk, leftovers gone, the shards still to compute."""

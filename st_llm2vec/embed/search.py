@@ -91,8 +91,9 @@ def search(output: str, query: str, k: int = 10, *, prompt_name: str | None = No
                          "match the corpus's. Embed the corpus again with this model (st-llm2vec embed --overwrite).")
     chosen = _prompt(manifest, path, prompt_name, prompt)
     vectors = manifest.vectors
-    settings = ModelSettings(str(path), chosen[1], vectors["normalize"], 1, vectors.get("requested_dim"),
-                             vectors.get("precision", "float32"), device, threads)
+    settings = ModelSettings(str(path), chosen[1], threads, normalize=vectors["normalize"], batch_size=1,
+                             dim=vectors.get("requested_dim"), precision=vectors.get("precision", "float32"),
+                             device=device)
     vector = embed_texts(load(settings), [query], settings)[0]
     hits, rows = top_k(out, manifest, vector.astype(np.float32), k)
     return SearchResult(hits, chosen, rows, len(manifest.shards), vectors["normalize"], manifest.complete)

@@ -17,14 +17,15 @@ INTERRUPTED = "finished tasks are kept in the output dir; rerun the same command
 SHARED = "sts12, sts13, sick-trial, wang-dev, wang-dev-retrieval"
 
 
+EPILOG_EVAL = (
+    "examples:\n"
+    "  st-llm2vec eval HuggingFaceTB/SmolLM2-135M-Instruct out/model sentence-transformers/all-MiniLM-L6-v2 --tasks dev\n"
+    "  st-llm2vec eval out/model --tasks STS12 SciFact my-pairs.tsv my-beir-dir/ reranking.jsonl\n\n"
+    "Results, embeddings and the summary (summary.md/.csv/.json/.png) go to --output; a rerun skips every task\n"
+    "already evaluated (an interrupted run resumes) and encodes no text twice.")
+
+
 def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = (
-        "examples:\n"
-        "  st-llm2vec eval HuggingFaceTB/SmolLM2-135M-Instruct out/model sentence-transformers/all-MiniLM-L6-v2 --tasks dev\n"
-        "  st-llm2vec eval out/model --tasks STS12 SciFact my-pairs.tsv my-beir-dir/ reranking.jsonl\n\n"
-        "Results, embeddings and the summary (summary.md/.csv/.json/.png) go to --output; a rerun skips every task\n"
-        "already evaluated (an interrupted run resumes) and encodes no text twice.")
     parser.add_argument("models", nargs="+", metavar="MODEL",
                         help="a Sentence Transformers model dir (st-llm2vec's portable or exact format, or any stock "
                              "one), a Hugging Face Hub id, or a decoder LLM checkpoint (evaluated as it is: causal "
