@@ -90,6 +90,20 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """The option parser of ``st-llm2vec NAME`` (a key of :data:`COMMANDS`), built from its module's hooks."""
+    module = importlib.import_module(COMMANDS[name][0])
+    attr = name.replace("-", "_")
+    parents = getattr(module, f"parents_{attr}", list)()
+    parser = argparse.ArgumentParser(prog=f"st-llm2vec {name}", description=COMMANDS[name][1], parents=parents,
+                                     epilog=getattr(module, f"EPILOG_{attr.upper()}", None),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if hasattr(module, f"add_arguments_{attr}"):
+        getattr(module, f"add_arguments_{attr}")(parser)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser
+
+
 def main(argv: list[str] | None = None, *, report_errors: bool | None = None) -> int:
     """Run ``st-llm2vec COMMAND [options]``.
 
@@ -113,15 +127,9 @@ def main(argv: list[str] | None = None, *, report_errors: bool | None = None) ->
     if name not in COMMANDS:
         print(f"st-llm2vec: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    parser = build_parser(name)
     module = importlib.import_module(COMMANDS[name][0])
     attr = name.replace("-", "_")
-    parents = getattr(module, f"parents_{attr}", list)()
-    parser = argparse.ArgumentParser(prog=f"st-llm2vec {name}", description=COMMANDS[name][1], parents=parents,
-                                     epilog=getattr(module, f"EPILOG_{attr.upper()}", None),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    if hasattr(module, f"add_arguments_{attr}"):
-        getattr(module, f"add_arguments_{attr}")(parser)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv[1:])
     debug = debug or args.debug
     try:
