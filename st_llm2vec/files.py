@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, OutputExistsError
+from .schema import loads
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +85,18 @@ def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSON Lines file; an :class:`InputError` naming the file
-    and line of the first line that is not a JSON object."""
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    and line of the first line that is not UTF-8 or not a JSON object."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                 f"{exc.start + 1})") from None
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = loads(line)  # NaN / Infinity refused
             except ValueError as exc:
                 raise InputError(f"{path}:{lineno}: not a JSON object ({getattr(exc, 'msg', exc)}): "
                                  f"{line.strip()[:120]!r}") from exc

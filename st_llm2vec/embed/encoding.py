@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingFileError
+from ..model_files import ST_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def resolve_model(spec: str) -> ModelSource:
             raise InputError(f"{spec} has no modules.json: not a Sentence Transformers model. A decoder LLM checkpoint "
                              "becomes one with `st-llm2vec convert LLM OUT_DIR` (or st_llm2vec.from_llm(...).save(dir)).")
         return ModelSource(spec, path.resolve())
-    from ..checkpoints import looks_like_hub_id
+    from ..model_files import looks_like_hub_id
 
     if path.exists() or not looks_like_hub_id(spec):
         raise MissingFileError(f"MODEL {spec!r} is neither a model directory nor a Hugging Face Hub id "
@@ -81,11 +82,8 @@ def resolve_model(spec: str) -> ModelSource:
 
 
 def saved_prompts(path: Path) -> tuple[dict[str, str], str | None]:
-    """The prompts and default prompt name a model dir carries (config_sentence_transformers.json), unloaded."""
-    try:
-        config = json.loads((path / "config_sentence_transformers.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}, None
+    """The prompts and default prompt name a model dir carries (config_sentence_transformers.json, checked), unloaded."""
+    config = ST_CONFIG.read(path, missing_ok=True) or {}  # a bad one is named, not read as "no prompts"
     return dict(config.get("prompts") or {}), config.get("default_prompt_name")
 
 
