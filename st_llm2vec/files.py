@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, OutputExistsError
+from .errors import InputError, NotPermittedError, OutputExistsError
 from .schema import loads
 
 logger = logging.getLogger(__name__)
@@ -150,13 +150,43 @@ def clean_stale_temp_dirs(output: Path) -> None:
 def temp_dir_beside(output: Path, suffix: str = ".partial") -> Path:
     """A new hidden temp dir next to ``output`` (``.OUTPUT.st-HOST-PID.XXXX.partial``), after removing the ones
     dead processes left there (a SIGKILL runs no cleanup): everything we write atomically is built in one."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temp_dirs(output)
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}.{temp_tag()}.", suffix=suffix, dir=output.parent))
+    check_location(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temp_dirs(output)
+        return Path(tempfile.mkdtemp(prefix=f".{output.name}.{temp_tag()}.", suffix=suffix, dir=output.parent))
+    except OSError as exc:
+        raise _location_error(output, exc) from exc
+
+
+def check_location(output: Path) -> None:
+    """``output`` can be created where it is: its nearest existing ancestor is a directory this process may write
+    in. Checked before any work, so a wrong OUTPUT costs nothing; an InputError (a file in the way) or a
+    NotPermittedError naming that ancestor otherwise."""
+    ancestor = Path(os.path.abspath(output)).parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot write {output}: {ancestor} is a file, not a directory; choose another output location.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise NotPermittedError(f"cannot write {output}: no permission to create anything in {ancestor}; choose another "
+                                "output location or change that directory's permissions.")
+
+
+def _location_error(output: Path, exc: OSError) -> Exception:
+    """The error a failed mkdir beside ``output`` stands for (a file in the way, no permission), naming the fix."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return InputError(f"cannot write {output}: a file is in the way of its folder ({exc.filename}); choose another "
+                          "output location.")
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return NotPermittedError(f"cannot write {output}: {exc.strerror} ({exc.filename}); choose another output "
+                                 "location or change that directory's permissions.")
+    return exc
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    """``output`` may be written: absent, or ``overwrite`` and a directory."""
+    """``output`` may be written: absent, or ``overwrite`` and a directory; and its folder can be created."""
+    check_location(output)
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it, or choose another OUTPUT.")
     if output.exists() and not output.is_dir():
@@ -170,7 +200,6 @@ def atomic_dir(output: Path, overwrite: bool) -> Iterator[Path]:
     The temp dir's name carries this host and pid (``.OUTPUT.st-HOST-PID.XXXX.partial``), so the leftovers
     of a convert that was killed (SIGKILL: no cleanup ran) are removed by the next one.
     """
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(output, ".partial")
     try:
         yield tmp
@@ -257,7 +286,11 @@ class OutputLock:
         if self.dir.exists() and not self.dir.is_dir():
             raise RunError(f"output_dir {str(self.dir)!r} exists and is not a directory; remove it or choose another output_dir.")
         if not self.dir.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
+            check_location(self.dir)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _location_error(self.dir, exc) from exc
             self._created_dir = True
         for _ in range(10):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
