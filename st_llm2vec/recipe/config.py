@@ -158,4 +158,8 @@ def read_config_file(path: str | os.PathLike, what: str = "config") -> dict[str,
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: {what} must hold a mapping of keys to values, not {type(data).__name__}.")
+    for block in (data, data.get("training_args")):
+        names = [k for k in block if not isinstance(k, str)] if isinstance(block, dict) else []
+        if names:  # YAML reads `1: x` or `true: x` as a number / boolean key
+            raise ConfigError(f"{path}: {what} keys are names, got {names[0]!r}; quote it or fix the key.")
     return data
