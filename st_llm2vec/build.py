@@ -128,7 +128,7 @@ def from_llm(
     chat_template = llm2vec_chat_template(name) if chat_template == AUTO else chat_template
     why = why_not_portable_settings(mode, skip_instruction, chat_template) if format == PORTABLE else None
     if why:  # refused where the two settings meet, before the weights load
-        raise PortableFormatError(f"format='portable' cannot be combined with {why}; use format='exact' or 'auto'.")
+        raise PortableFormatError(f"format='portable' cannot be used here: {why}. Use format='exact' or 'auto'.")
     encoder = LLM2VecTransformer(
         model_name_or_path,
         doc_max_length=doc_max_length,

@@ -84,8 +84,8 @@ class EmbedConfig(EncodeOptions):
                                                  ("--gpus-per-worker", self.gpus_per_worker != 0),
                                                  ("--ray-address", self.ray_address is not None)) if given]
         if self.engine != "ray" and ray_only:
-            raise InputError(f"{', '.join(ray_only)} set(s) the Ray engine's workers, which --engine {self.engine} does "
-                             "not use: add --engine ray, or drop them")
+            raise InputError(f"{', '.join(ray_only)} only act(s) with --engine ray (its workers), and --engine "
+                             f"{self.engine} would ignore it: add --engine ray, or drop {', '.join(ray_only)}")
 
 
 @dataclass
