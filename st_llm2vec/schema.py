@@ -306,8 +306,11 @@ class FileType:
 
     def read(self, folder: str | os.PathLike, *, missing_ok: bool = False) -> Any:
         """The checked contents of ``folder/name`` (None when it is missing and ``missing_ok``)."""
-        return read_json_file(os.path.join(folder, self.name), self.spec, what=self.what, fix=self.fix,
-                              missing_ok=missing_ok)
+        return self.read_file(os.path.join(folder, self.name), missing_ok=missing_ok)
+
+    def read_file(self, path: str | os.PathLike, *, missing_ok: bool = False) -> Any:
+        """The checked contents of ``path``, a file of this type under another name."""
+        return read_json_file(path, self.spec, what=self.what, fix=self.fix, missing_ok=missing_ok)
 
     def read_whole(self, folder: str | os.PathLike) -> Any:
         """As :meth:`read`, but None for a file that is missing or not whole JSON: for records that are written

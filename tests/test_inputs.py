@@ -246,6 +246,10 @@ def _valid_files(portable_dir: Path) -> dict[str, object]:
     found["st_llm2vec_run.json"] = {"fingerprint": "ab", "global_step": 3, "max_steps": 10, "status": "finished"}
     found["st_llm2vec_checkpoint.json"] = {"global_step": 3, "fingerprint": "ab", "saved": "now"}
     found["trainer_state.json"] = {"global_step": 3}
+    found["model.safetensors.index.json"] = {"metadata": {}, "weight_map": {"a.weight": "model-1.safetensors"}}
+    found["llm2vec_config.json"] = {"pooling_mode": "mean", "max_length": 512, "doc_max_length": 400,
+                                    "skip_instruction": True}
+    found["adapter_config.json"] = {"peft_type": "LORA", "r": 8}
     found["manifest.json"] = {
         "format": FORMAT, "model": {"path": "m", "fingerprint": "sha256:1"}, "rows_per_shard": 10, "rejected": 0,
         "vectors": {"dim": 32, "normalize": True, "prompt": {"name": None, "text": None}, "precision": "float32"},
@@ -275,7 +279,7 @@ def _finite(value) -> bool:
 
 def _file_types():
     """(declared file type, the key of its valid example in ``_valid_files``)."""
-    from st_llm2vec import model_files
+    from st_llm2vec import llm2vec_checkpoints, model_files
     from st_llm2vec.embed import manifest
     from st_llm2vec.recipe import run_record
 
@@ -285,7 +289,10 @@ def _file_types():
             (model_files.TRANSFORMER_CONFIG, "sentence_bert_config.json"),
             (model_files.WORD_WEIGHTS_CONFIG, "0_WordWeights/config.json"), (run_record.RUN_SCHEMA, "st_llm2vec_run.json"),
             (run_record.CHECKPOINT_SCHEMA, "st_llm2vec_checkpoint.json"),
-            (run_record.TRAINER_STATE, "trainer_state.json"), (manifest.SCHEMA, "manifest.json")]
+            (run_record.TRAINER_STATE, "trainer_state.json"), (manifest.SCHEMA, "manifest.json"),
+            (model_files.WEIGHT_INDEX, "model.safetensors.index.json"),
+            (llm2vec_checkpoints.LLM2VEC_SCHEMA, "llm2vec_config.json"),
+            (llm2vec_checkpoints.ADAPTER_SCHEMA, "adapter_config.json")]
 
 
 @pytest.mark.parametrize("file_type, example", _file_types(), ids=lambda x: getattr(x, "what", None) and x.name)
