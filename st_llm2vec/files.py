@@ -74,10 +74,11 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
-    """A JSON object from ``path``, or None if it is missing or not a complete JSON object."""
+    """A JSON object from ``path``, or None if it is missing or not a complete JSON object (NaN / Infinity
+    refused). For records we write ourselves; a file a user may edit is a :class:`~st_llm2vec.schema.FileType`."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = loads(f.read())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

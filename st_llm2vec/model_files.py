@@ -84,6 +84,11 @@ WORD_WEIGHTS_CONFIG = FileType("config.json", "the word weights", obj({
     "vocab": Key("list_str", nullable=False), "word_weights": Key(MAP, nullable=False, item=Key("float", nullable=False)),
     "unknown_word_weight": Key("float", nullable=False),
 }, required=("vocab", "word_weights")), _REFIX)
+# Any module's config.json, as far as sizing an embed job's shards reads it (Dense, Pooling, Transformer).
+MODULE_DIMENSIONS = FileType("config.json", "the module's settings", obj({
+    "out_features": Key("int", low=1), "embedding_dimension": Key("int", low=1),
+    "word_embedding_dimension": Key("int", low=1),
+}), _REFIX)
 # The weight map of a sharded checkpoint (model.safetensors.index.json, pytorch_model.bin.index.json).
 WEIGHT_INDEX = FileType("model.safetensors.index.json", "the checkpoint's shard index", obj({
     "weight_map": Key(MAP, item=Key("str", nullable=False)),

@@ -250,6 +250,7 @@ def _valid_files(portable_dir: Path) -> dict[str, object]:
     found["llm2vec_config.json"] = {"pooling_mode": "mean", "max_length": 512, "doc_max_length": 400,
                                     "skip_instruction": True}
     found["adapter_config.json"] = {"peft_type": "LORA", "r": 8}
+    found["2_Dense/config.json"] = {"in_features": 32, "out_features": 16, "bias": True}
     found["manifest.json"] = {
         "format": FORMAT, "model": {"path": "m", "fingerprint": "sha256:1"}, "rows_per_shard": 10, "rejected": 0,
         "vectors": {"dim": 32, "normalize": True, "prompt": {"name": None, "text": None}, "precision": "float32"},
@@ -292,7 +293,8 @@ def _file_types():
             (run_record.TRAINER_STATE, "trainer_state.json"), (manifest.SCHEMA, "manifest.json"),
             (model_files.WEIGHT_INDEX, "model.safetensors.index.json"),
             (llm2vec_checkpoints.LLM2VEC_SCHEMA, "llm2vec_config.json"),
-            (llm2vec_checkpoints.ADAPTER_SCHEMA, "adapter_config.json")]
+            (llm2vec_checkpoints.ADAPTER_SCHEMA, "adapter_config.json"),
+            (model_files.MODULE_DIMENSIONS, "2_Dense/config.json")]
 
 
 @pytest.mark.parametrize("file_type, example", _file_types(), ids=lambda x: getattr(x, "what", None) and x.name)
@@ -433,3 +435,24 @@ def test_embed_input_rows_are_texts_or_bad_rows_never_an_exception(tmp_path_fact
     for row in read_rows(InputFile(str(path), path.name), Fields()):
         assert (row.error is None) == (isinstance(row.text, str) and isinstance(row.id, str))
         assert row.text is None or unicode_problem(row.text) is None
+
+
+def test_the_model_files_eval_and_embed_size_by_are_read_through_their_schema(portable_dir, tmp_path):
+    """eval's model detection and embed's shard sizing read config.json / modules.json checked: a damaged field is
+    named, not a TypeError / AttributeError from deep inside (nor a damaged file taken for "not a model")."""
+    from st_llm2vec.embed.encoding import estimated_dim
+    from st_llm2vec.eval.models import _architectures, written_by_st_llm2vec
+
+    assert estimated_dim(portable_dir, None) == 32 and estimated_dim(portable_dir, 8) == 8
+    assert _architectures(tmp_path / "config.json") is None  # no config.json: not a model dir, said by the caller
+    (tmp_path / "config.json").write_text('{"architectures": 5}')
+    with pytest.raises(InputError, match=r"config.json: field architectures: expected a list of strings"):
+        _architectures(tmp_path / "config.json")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(portable_dir, damaged)
+    _edit(damaged / "config.json", is_causal="no")
+    with pytest.raises(InputError, match=r"damaged/config.json: field is_causal: expected true or false"):
+        written_by_st_llm2vec(damaged)
+    (damaged / "modules.json").write_text("[1]")
+    with pytest.raises(InputError, match=r"modules.json: field \[0\]: expected an object"):
+        estimated_dim(damaged, None)

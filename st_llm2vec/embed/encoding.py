@@ -17,7 +17,6 @@ the shard and each shard independent of the others.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingFileError
-from ..model_files import ST_CONFIG
+from ..model_files import MODULE_DIMENSIONS, MODULES, ST_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -112,17 +111,12 @@ def estimated_dim(path: Path, dim: int | None) -> int:
     """The output dimension a model dir declares (its last Dense / pooling config), capped by ``dim``; 768 if
     none says. For sizing shards only: the vectors themselves are checked."""
     found = None
-    try:
-        for module in json.loads((path / "modules.json").read_text(encoding="utf-8")):
-            config = path / module.get("path", "") / "config.json"
-            if module.get("path") and config.is_file():
-                data = json.loads(config.read_text(encoding="utf-8"))
-                for key in ("out_features", "embedding_dimension", "word_embedding_dimension"):
-                    if isinstance(data.get(key), int):
-                        found = data[key]
-                        break
-    except (OSError, ValueError):
-        pass
+    for module in MODULES.read(path):  # checked: a damaged file is named here rather than by the load
+        data = MODULE_DIMENSIONS.read(path / module["path"], missing_ok=True) if module["path"] else None
+        for key in ("out_features", "embedding_dimension", "word_embedding_dimension"):
+            if data and data.get(key) is not None:
+                found = data[key]
+                break
     found = found or 768
     return min(found, dim) if dim else found
 
