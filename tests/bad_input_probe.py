@@ -1,6 +1,7 @@
 """The bad-input probe: every case of issue 30 and more, run as a user would, each sorted into one outcome.
 
     OMP_NUM_THREADS=1 python tests/bad_input_probe.py            # prints a table: case | outcome | what was seen
+    OMP_NUM_THREADS=1 python tests/bad_input_probe.py plan       # only the cases whose name holds "plan"
 
 Outcomes: ``error`` (one of our errors: a ``UserError`` from the API, exit status 2 and one line from the CLI),
 ``result`` (it ran, and the result was checked to be right), ``SILENT WRONG`` (it ran, and the result is wrong)
@@ -108,6 +109,13 @@ class Probe:
         tsv = self.root / "pairs.tsv"
         tsv.write_text("sentence1\tsentence2\tscore\na b\tc d\t1\ne f\tg h\tnan\n")
         return cli_case(["eval", str(self.portable), "--tasks", str(tsv), "--output", str(self.root / "eval-out")])
+
+    def eval_damaged_llm_config(self) -> str:
+        path = copy(self.llama, self.root / "llm-architectures-5")
+        edit_json(path / "config.json", architectures=5)
+        tsv = self.root / "good-pairs.tsv"
+        tsv.write_text("sentence1\tsentence2\tscore\na b\tc d\t1\ne f\tg h\t0\n")
+        return cli_case(["eval", str(path), "--tasks", str(tsv), "--output", str(self.root / "eval-out-2")])
 
     def from_llm_none(self) -> str:
         st_llm2vec.from_llm(None)
@@ -266,6 +274,7 @@ class Probe:
                 "p.jsonl", '{"sentence1": "a", "sentence2": "b", "score": NaN}\n')),
             ("eval file: BEIR qrels score inf", self.eval_file("beir/qrels/test.tsv", "q0\td0\tinf\n")),
             ("run record: global_step 'ten'", self.run_record),
+            ("eval: an LLM dir whose config.json architectures is 5", self.eval_damaged_llm_config),
             ("encode: prompt with a lone surrogate", lambda: st_llm2vec.load_model(str(self.portable)).encode(
                 ["x"], prompt="\udfff: ")),
         ]
@@ -291,7 +300,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)
         probe = Probe(Path(tmp))
-        rows = [(name, *outcome(case)) for name, case in probe.cases()]
+        only = sys.argv[1] if len(sys.argv) > 1 else ""
+        rows = [(name, *outcome(case)) for name, case in probe.cases() if only in name]
     print("| case | outcome | what was seen |\n|---|---|---|")
     for name, kind, seen in rows:
         print(f"| {name} | {kind} | {seen[:160].replace('|', '/')} |")
