@@ -6,7 +6,6 @@ training configs and export alike.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -20,10 +19,12 @@ from .model import LLM2VecModel
 from .pooling import LLM2VecPooling
 from .instructions import AUTO as AUTO_FORMAT
 from .instructions import EXACT, FORMATS, PORTABLE
-from .portable import PortableFormatError, make_portable
+from .portable import PortableFormatError, make_portable, why_not_portable_settings
 from .precision import DEFAULT_MIN_COSINE
-from .proof import foreign_modules, modules_of
+from .proof import foreign_modules
 from .errors import InputError
+from .model_files import (HF_CONFIG, MODULES, POOLING_CONFIG, ST_CONFIG, TOKENIZER_CONFIG, TRANSFORMER_CONFIG,
+                          WORD_WEIGHTS_CONFIG)
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,19 @@ def original_name_or_path(model_name_or_path: str) -> str | None:
 
     transformers overwrites ``config.name_or_path`` with the load path, so read the file itself.
     """
-    path = os.path.join(model_name_or_path, "config.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("_name_or_path") or None
+    if os.path.isfile(os.path.join(model_name_or_path, HF_CONFIG.name)):
+        return HF_CONFIG.read(model_name_or_path).get("_name_or_path") or None
     return model_name_or_path  # a Hub id names itself
+
+
+def check_model_name(model_name_or_path: Any) -> str:
+    """A model given as a path or Hub id (a ``str`` or ``os.PathLike``), as a str; an InputError naming the fix."""
+    if isinstance(model_name_or_path, os.PathLike):
+        model_name_or_path = os.fspath(model_name_or_path)
+    if not isinstance(model_name_or_path, str) or not model_name_or_path.strip():
+        raise InputError(f"model_name_or_path must be a checkpoint directory or a Hugging Face Hub id (a non-empty "
+                         f"str), got {model_name_or_path!r}")
+    return model_name_or_path
 
 
 def from_llm(
@@ -107,6 +116,7 @@ def from_llm(
     (CUDA, AVX512-BF16 / AMX), else float32; "saved" — the plan a saved dir carries, re-measured here.
     ``quantization``: "nf4", "fp4" or "int8" loads the weights through bitsandbytes (:mod:`st_llm2vec.lowbit`).
     """
+    model_name_or_path = check_model_name(model_name_or_path)
     if format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     from . import lowbit, precision as precisions
@@ -115,10 +125,14 @@ def from_llm(
     model_kwargs = {**model_kwargs, **lowbit.loading_kwargs(quantization)}
     mode = canonical_mode(pooling_mode)  # a name or alias: made a PoolingMode once, here
     name = original_name_or_path(model_name_or_path)
+    chat_template = llm2vec_chat_template(name) if chat_template == AUTO else chat_template
+    why = why_not_portable_settings(mode, skip_instruction, chat_template) if format == PORTABLE else None
+    if why:  # refused where the two settings meet, before the weights load
+        raise PortableFormatError(f"format='portable' cannot be used here: {why}. Use format='exact' or 'auto'.")
     encoder = LLM2VecTransformer(
         model_name_or_path,
         doc_max_length=doc_max_length,
-        chat_template=llm2vec_chat_template(name) if chat_template == AUTO else chat_template,
+        chat_template=chat_template,
         max_seq_length=max_seq_length,
         bidirectional=bidirectional,
         max_batch_tokens=max_batch_tokens,
@@ -147,21 +161,30 @@ def from_llm(
 
 
 def read_portable_dir(path: str) -> dict[str, Any] | None:
-    """What ``from_llm`` needs to rebuild a portable dir written by st_llm2vec, or None if it is not one.
+    """What ``from_llm`` needs to rebuild a portable dir so that it computes what stock ``SentenceTransformer(path)``
+    does, or None if it is not one that can be (stock modules then load it as they are).
 
-    A portable dir is stock ``Transformer`` [+ ``WordWeights``] + ``Pooling`` (see ``portable.py``).
+    A portable dir is stock ``Transformer`` [+ ``WordWeights`` weighting only BOS, to 0] + ``Pooling`` (see
+    ``portable.py``). Its files are checked against their schemas (:mod:`.model_files`): a bad one is an error
+    naming it. The token limit is stock's: the Transformer's own ``max_seq_length`` if it sets one, else the
+    tokenizer's ``model_max_length`` capped at the model's ``max_position_embeddings``.
     """
-    if not os.path.isfile(os.path.join(path, "modules.json")):
+    if not os.path.isfile(os.path.join(path, MODULES.name)):
         return None
-    modules = modules_of(path)
-    types = [m.get("type", "") for m in modules]
+    modules = MODULES.read(path)
+    types = [m["type"] for m in modules]
     names = [name.rsplit(".", 1)[-1] for name in types]
     if foreign_modules(types) or names not in (["Transformer", "Pooling"], ["Transformer", "WordWeights", "Pooling"]):
         return None
-    with open(os.path.join(path, modules[-1]["path"], "config.json"), encoding="utf-8") as f:
-        pooling = json.load(f)
+    if modules[0]["path"]:
+        return None  # the backbone in a subfolder: not a layout st_llm2vec writes
+    tokenizer_config = TOKENIZER_CONFIG.read(path, missing_ok=True) or {}
+    if "WordWeights" in names and not _weights_only_bos(os.path.join(path, modules[1]["path"]), tokenizer_config):
+        return None
+    pooling = POOLING_CONFIG.read(os.path.join(path, modules[-1]["path"]))
     stock = from_stock(pooling.get("pooling_mode"))
-    if stock is None:
+    transformer = TRANSFORMER_CONFIG.read(path, missing_ok=True) or {}
+    if stock is None or transformer.get("do_lower_case") or transformer.get("processing_kwargs"):
         return None
     mode = stock.name
     if stock.excludes_prompt and pooling.get("include_prompt", True):
@@ -169,23 +192,26 @@ def read_portable_dir(path: str) -> dict[str, Any] | None:
             "%s pools the prompt's tokens (include_prompt: true, saved by st-llm2vec < 0.2); it is rebuilt as this "
             "version writes it, the prompt excluded from the mean as llm2vec does: query embeddings change.", path)
     settings: dict[str, Any] = {"pooling_mode": mode}
-    st_config = os.path.join(path, "config_sentence_transformers.json")
-    if os.path.isfile(st_config):
-        with open(st_config, encoding="utf-8") as f:
-            data = json.load(f)
-        settings["prompts"] = data.get("prompts") or None
-        settings["default_prompt_name"] = data.get("default_prompt_name")
-    tokenizer_config = os.path.join(path, "tokenizer_config.json")
-    if os.path.isfile(tokenizer_config):
-        with open(tokenizer_config, encoding="utf-8") as f:
-            settings["max_seq_length"] = json.load(f).get("model_max_length")
-    model_config = os.path.join(path, "config.json")
-    if os.path.isfile(model_config):
-        with open(model_config, encoding="utf-8") as f:
-            is_causal = json.load(f).get("is_causal")
-        if is_causal is not None:  # st-llm2vec writes it: a causal baseline (bidirectional=False) stays causal
-            settings["bidirectional"] = not is_causal
+    st_config = ST_CONFIG.read(path, missing_ok=True)
+    if st_config is not None:
+        settings["prompts"] = st_config.get("prompts") or None
+        settings["default_prompt_name"] = st_config.get("default_prompt_name")
+    loader_kwargs = transformer.get("processor_kwargs") or transformer.get("tokenizer_args") or {}
+    # None: ST caps the tokenizer's model_max_length at max_position_embeddings, as stock loading does
+    settings["max_seq_length"] = transformer.get("max_seq_length") or loader_kwargs.get("model_max_length")
+    model_config = HF_CONFIG.read(path, missing_ok=True) or {}
+    if model_config.get("is_causal") is not None:  # st-llm2vec writes it: a causal baseline stays causal
+        settings["bidirectional"] = not model_config["is_causal"]
     return settings
+
+
+def _weights_only_bos(folder: str, tokenizer_config: dict[str, Any]) -> bool:
+    """A portable dir's ``WordWeights`` gives the BOS token weight 0 and every other token 1 (what the encoder's
+    portable pooling computes); anything else is left to stock modules."""
+    config = WORD_WEIGHTS_CONFIG.read(folder)
+    bos = tokenizer_config.get("bos_token")
+    bos = bos.get("content") if isinstance(bos, dict) else bos
+    return config.get("unknown_word_weight", 1) == 1 and config.get("word_weights") == {bos: 0}
 
 
 def load_model(path: str, format: str = AUTO_FORMAT, *, precision: str = "float32",
@@ -201,6 +227,7 @@ def load_model(path: str, format: str = AUTO_FORMAT, *, precision: str = "float3
     """
     from . import lowbit, precision as precisions
 
+    path = check_model_name(path)
     extra = {"precision": precision, "precision_texts": precision_texts, "precision_min_cosine": precision_min_cosine}
     if format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")

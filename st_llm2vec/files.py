@@ -23,7 +23,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, OutputExistsError
+from .errors import InputError, NotPermittedError, OutputExistsError
+from .schema import loads
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +74,11 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
-    """A JSON object from ``path``, or None if it is missing or not a complete JSON object."""
+    """A JSON object from ``path``, or None if it is missing or not a complete JSON object (NaN / Infinity
+    refused). For records we write ourselves; a file a user may edit is a :class:`~st_llm2vec.schema.FileType`."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = loads(f.read())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -84,13 +86,18 @@ def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSON Lines file; an :class:`InputError` naming the file
-    and line of the first line that is not a JSON object."""
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    and line of the first line that is not UTF-8 or not a JSON object."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                 f"{exc.start + 1})") from None
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = loads(line)  # NaN / Infinity refused
             except ValueError as exc:
                 raise InputError(f"{path}:{lineno}: not a JSON object ({getattr(exc, 'msg', exc)}): "
                                  f"{line.strip()[:120]!r}") from exc
@@ -144,13 +151,43 @@ def clean_stale_temp_dirs(output: Path) -> None:
 def temp_dir_beside(output: Path, suffix: str = ".partial") -> Path:
     """A new hidden temp dir next to ``output`` (``.OUTPUT.st-HOST-PID.XXXX.partial``), after removing the ones
     dead processes left there (a SIGKILL runs no cleanup): everything we write atomically is built in one."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temp_dirs(output)
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}.{temp_tag()}.", suffix=suffix, dir=output.parent))
+    check_location(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temp_dirs(output)
+        return Path(tempfile.mkdtemp(prefix=f".{output.name}.{temp_tag()}.", suffix=suffix, dir=output.parent))
+    except OSError as exc:
+        raise _location_error(output, exc) from exc
+
+
+def check_location(output: Path) -> None:
+    """``output`` can be created where it is: its nearest existing ancestor is a directory this process may write
+    in. Checked before any work, so a wrong OUTPUT costs nothing; an InputError (a file in the way) or a
+    NotPermittedError naming that ancestor otherwise."""
+    ancestor = Path(os.path.abspath(output)).parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot write {output}: {ancestor} is a file, not a directory; choose another output location.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise NotPermittedError(f"cannot write {output}: no permission to create anything in {ancestor}; choose another "
+                                "output location or change that directory's permissions.")
+
+
+def _location_error(output: Path, exc: OSError) -> Exception:
+    """The error a failed mkdir beside ``output`` stands for (a file in the way, no permission), naming the fix."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return InputError(f"cannot write {output}: a file is in the way of its folder ({exc.filename}); choose another "
+                          "output location.")
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return NotPermittedError(f"cannot write {output}: {exc.strerror} ({exc.filename}); choose another output "
+                                 "location or change that directory's permissions.")
+    return exc
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    """``output`` may be written: absent, or ``overwrite`` and a directory."""
+    """``output`` may be written: absent, or ``overwrite`` and a directory; and its folder can be created."""
+    check_location(output)
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it, or choose another OUTPUT.")
     if output.exists() and not output.is_dir():
@@ -164,7 +201,6 @@ def atomic_dir(output: Path, overwrite: bool) -> Iterator[Path]:
     The temp dir's name carries this host and pid (``.OUTPUT.st-HOST-PID.XXXX.partial``), so the leftovers
     of a convert that was killed (SIGKILL: no cleanup ran) are removed by the next one.
     """
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(output, ".partial")
     try:
         yield tmp
@@ -251,7 +287,11 @@ class OutputLock:
         if self.dir.exists() and not self.dir.is_dir():
             raise RunError(f"output_dir {str(self.dir)!r} exists and is not a directory; remove it or choose another output_dir.")
         if not self.dir.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
+            check_location(self.dir)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _location_error(self.dir, exc) from exc
             self._created_dir = True
         for _ in range(10):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -10,13 +10,13 @@ then folds the adapters into an st_llm2vec model in order.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .model_files import CheckpointError, check_safetensors, looks_like_hub_id
+from .model_files import WEIGHT_INDEX, CheckpointError, check_safetensors, looks_like_hub_id
+from .schema import FileType, Key, obj
 from .pooling_modes import normalize_pooling_mode
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,13 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_PICKLE = "adapter_model.bin"
 LLM2VEC_CONFIG = "llm2vec_config.json"
+# The files of a stack this module reads, declared once (:mod:`st_llm2vec.schema`).
+LLM2VEC_SCHEMA = FileType(LLM2VEC_CONFIG, "llm2vec's settings", obj({
+    "pooling_mode": Key("str"), "max_length": Key("int", low=1), "doc_max_length": Key("int", low=1),
+    "skip_instruction": Key("bool"),
+}), "fix or delete it")
+ADAPTER_SCHEMA = FileType(ADAPTER_CONFIG, "a PEFT adapter's config", obj({"peft_type": Key("str")}),
+                          "copy the complete adapter folder again")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_CHAIN = 8  # adapter -> base -> ... links followed before assuming a cycle
 
@@ -193,7 +200,7 @@ def _check_base_dir(path: Path, allow_pickle: bool) -> None:
     safetensors = sorted(path.glob("*.safetensors"))
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        shards = set((WEIGHT_INDEX.read(path).get("weight_map") or {}).values())
         missing = sorted(s for s in shards if not (path / s).is_file())
         if missing:
             raise CheckpointError(f"Base model {path} lacks shards {missing} listed in {index.name}; re-download it.")
@@ -210,11 +217,8 @@ def _check_base_dir(path: Path, allow_pickle: bool) -> None:
 
 def _load_adapter(path: Path, name: str, allow_pickle: bool) -> Adapter:
     """Read and check one adapter dir: a LoRA config and readable weights."""
-    try:
-        config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"Adapter {name!r}: cannot read {path / ADAPTER_CONFIG} ({exc}).") from exc
-    peft_type = str(config.get("peft_type", "")).upper()
+    config = ADAPTER_SCHEMA.read(path)
+    peft_type = str(config.get("peft_type") or "").upper()
     if peft_type != "LORA":
         raise CheckpointError(
             f"Adapter {name!r} is a {peft_type or 'untyped'} PEFT adapter; llm2vec checkpoints (and this tool) use LoRA."
@@ -238,23 +242,13 @@ def _load_adapter(path: Path, name: str, allow_pickle: bool) -> Adapter:
 
 
 def read_llm2vec_config(path: Path) -> dict[str, Any]:
-    """The settings in one llm2vec_config.json, type-checked (pooling is checked by ``_settings``)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"Cannot read {path} ({exc}); fix or delete it.") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object of llm2vec settings, not {type(data).__name__}.")
-    known = {"pooling_mode": str, "max_length": int, "doc_max_length": int, "skip_instruction": bool}
-    settings = {}
-    for key, value in data.items():
-        if key not in known:
+    """The settings in one llm2vec_config.json, checked against :data:`LLM2VEC_SCHEMA` (pooling is checked by
+    ``_settings``); other keys are logged and ignored."""
+    data = LLM2VEC_SCHEMA.read(path.parent)
+    for key in data:
+        if key not in LLM2VEC_SCHEMA.spec.fields:
             logger.warning("Ignoring unknown key %r in %s", key, path)
-        elif value is not None:
-            if not isinstance(value, known[key]) or (known[key] is int and isinstance(value, bool)):
-                raise CheckpointError(f"{path}: {key} must be {known[key].__name__}, got {value!r}.")
-            settings[key] = value
-    return settings
+    return {key: data[key] for key in LLM2VEC_SCHEMA.spec.fields if data.get(key) is not None}
 
 
 def _settings(dirs: list[Path], pooling_mode: str | None) -> Llm2VecSettings:

@@ -10,6 +10,7 @@ would be our classes, which stock loaders cannot import. So ``save`` hands porta
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ from peft import PeftModel
 from sentence_transformers import SentenceTransformer
 
 from .cards import patch_card
+from .encoder.tokenize import check_unicode
 from .instructions import EXACT, PORTABLE
 from .portable import PortableFormatError, why_not_portable
 from .portable_save import save_portable
 from .files import normalize_permissions
+from .model_files import ST_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,11 @@ class LLM2VecModel(SentenceTransformer):
 
     portable_required: bool = False
     save_report: dict[str, Any] | None = None
+
+    def __init__(self, model_name_or_path: str | None = None, *args: Any, **kwargs: Any) -> None:
+        if isinstance(model_name_or_path, str) and os.path.isdir(model_name_or_path):
+            ST_CONFIG.read(model_name_or_path, missing_ok=True)  # ST's loader would take any prompt value
+        super().__init__(model_name_or_path, *args, **kwargs)
 
     def save(
         self,
@@ -51,6 +59,11 @@ class LLM2VecModel(SentenceTransformer):
         with full_precision(self):
             self._save(path, model_name, create_model_card, safe_serialization, plan)
         save_plan(path, plan)
+
+    def encode(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """ST's ``encode``, after refusing a text that is not valid Unicode by its index in ``inputs``."""
+        check_unicode(inputs)
+        return super().encode(inputs, *args, **kwargs)
 
     @property
     def precision_plan(self):

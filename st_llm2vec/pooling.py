@@ -23,7 +23,16 @@ from .encoder import LLM2VecTransformer
 from .encoder.layout import hand_on
 from .errors import InputError, MissingFileError
 from .instructions import EMBED_MASK, TOKEN_WEIGHTS_SUM
-from .pooling_modes import MODES, PoolingMode, check_tokenizer, pooling_mode
+from .pooling_modes import ALIASES, MODES, PoolingMode, check_tokenizer, pooling_mode
+from .schema import Key, check_document, obj
+
+
+# The module's config.json, declared once (:mod:`st_llm2vec.schema`).
+CONFIG = obj({
+    "embedding_dimension": Key("int", nullable=False, low=1),
+    "pooling_mode": Key("str", nullable=False, choices=tuple(MODES) + tuple(ALIASES)),
+    "skip_instruction": Key("bool", nullable=False),
+}, required=("embedding_dimension",), extra=False)
 
 
 class LLM2VecPooling(Module):
@@ -74,10 +83,7 @@ class LLM2VecPooling(Module):
             raise InputError(f"{where} is not valid JSON ({exc}); fix it or re-save the model.") from exc
         if not config:
             raise MissingFileError(f"{where} is missing or empty: it holds the pooling settings. Restore it or re-save the model.")
-        unknown = sorted(set(config) - set(cls.config_keys))
-        if unknown:
-            raise InputError(f"{where}: unknown key(s) {unknown}; valid keys: {cls.config_keys}. Remove or rename them.")
-        return config
+        return check_document(config, CONFIG, where, "fix it or re-save the model")
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", *args: Any, **kwargs: Any) -> LLM2VecPooling:

@@ -127,6 +127,18 @@ def prompt_boundary_normalizer(tokenizer: Any, prompts: list[str]) -> bool:
     return False
 
 
+def why_not_portable_settings(mode: Any, skip_instruction: bool, chat_template: str | None) -> str | None:
+    """Why settings alone (a :class:`~st_llm2vec.pooling_modes.PoolingMode`, ``skip_instruction``, an instruction
+    wrapper) rule out the portable format, or None: checked before any weight loads."""
+    if not skip_instruction:
+        return "skip_instruction=False (pool every token, BOS included) has no stock equivalent"
+    if mode.stock is None:
+        return f"pooling_mode={mode.name!r} has no stock equivalent ({mode.why_not_stock})"
+    if chat_template:
+        return "the instruction wrapper (llm2vec's instruct-model chat format) has no stock equivalent"
+    return None
+
+
 def why_not_portable(model: Any) -> str | None:
     """One line saying why ``model`` cannot be portable, or None when it can (before any proof)."""
     from peft import PeftModel
@@ -140,13 +152,10 @@ def why_not_portable(model: Any) -> str | None:
     encoder, pooling = modules
     if isinstance(encoder.model, PeftModel):
         return "the backbone carries an unmerged LoRA adapter (merge it first)"
-    if not pooling.skip_instruction:
-        return "skip_instruction=False (pool every token, BOS included) has no stock equivalent"
     mode = pooling.mode
-    if mode.stock is None:
-        return f"pooling_mode={pooling.pooling_mode!r} has no stock equivalent ({mode.why_not_stock})"
-    if encoder.chat_template:
-        return "the instruction wrapper (llm2vec's instruct-model chat format) has no stock equivalent"
+    why = why_not_portable_settings(mode, pooling.skip_instruction, encoder.chat_template)
+    if why:
+        return why
     if encoder.backend != "torch":
         return f"backend {encoder.backend!r}"
     if getattr(encoder.tokenizer, "backend_tokenizer", None) is None:

@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
+
+from .model_files import MODULES
 
 # Texts of mixed length and kind that proofs encode (the precision plan calibrates on them too).
 PROBE_TEXTS = [
@@ -51,8 +52,8 @@ def first_token_shift(a: Any, b: Any) -> float:
 
 
 def modules_of(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The entries of a saved dir's ``modules.json`` (FileNotFoundError without one)."""
-    return json.loads((Path(path) / "modules.json").read_text(encoding="utf-8"))
+    """The entries of a saved dir's ``modules.json``, checked (a FileNotFoundError without one)."""
+    return MODULES.read(path)
 
 
 def foreign_modules(types: Iterable[str]) -> list[str]:

@@ -17,7 +17,6 @@ the shard and each shard independent of the others.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingFileError
+from ..model_files import MODULE_DIMENSIONS, MODULES, ST_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def resolve_model(spec: str) -> ModelSource:
             raise InputError(f"{spec} has no modules.json: not a Sentence Transformers model. A decoder LLM checkpoint "
                              "becomes one with `st-llm2vec convert LLM OUT_DIR` (or st_llm2vec.from_llm(...).save(dir)).")
         return ModelSource(spec, path.resolve())
-    from ..checkpoints import looks_like_hub_id
+    from ..model_files import looks_like_hub_id
 
     if path.exists() or not looks_like_hub_id(spec):
         raise MissingFileError(f"MODEL {spec!r} is neither a model directory nor a Hugging Face Hub id "
@@ -81,11 +81,8 @@ def resolve_model(spec: str) -> ModelSource:
 
 
 def saved_prompts(path: Path) -> tuple[dict[str, str], str | None]:
-    """The prompts and default prompt name a model dir carries (config_sentence_transformers.json), unloaded."""
-    try:
-        config = json.loads((path / "config_sentence_transformers.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}, None
+    """The prompts and default prompt name a model dir carries (config_sentence_transformers.json, checked), unloaded."""
+    config = ST_CONFIG.read(path, missing_ok=True) or {}  # a bad one is named, not read as "no prompts"
     return dict(config.get("prompts") or {}), config.get("default_prompt_name")
 
 
@@ -114,17 +111,12 @@ def estimated_dim(path: Path, dim: int | None) -> int:
     """The output dimension a model dir declares (its last Dense / pooling config), capped by ``dim``; 768 if
     none says. For sizing shards only: the vectors themselves are checked."""
     found = None
-    try:
-        for module in json.loads((path / "modules.json").read_text(encoding="utf-8")):
-            config = path / module.get("path", "") / "config.json"
-            if module.get("path") and config.is_file():
-                data = json.loads(config.read_text(encoding="utf-8"))
-                for key in ("out_features", "embedding_dimension", "word_embedding_dimension"):
-                    if isinstance(data.get(key), int):
-                        found = data[key]
-                        break
-    except (OSError, ValueError):
-        pass
+    for module in MODULES.read(path):  # checked: a damaged file is named here rather than by the load
+        data = MODULE_DIMENSIONS.read(path / module["path"], missing_ok=True) if module["path"] else None
+        for key in ("out_features", "embedding_dimension", "word_embedding_dimension"):
+            if data and data.get(key) is not None:
+                found = data[key]
+                break
     found = found or 768
     return min(found, dim) if dim else found
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import InputError, MissingFileError
+from ..schema import unicode_problem
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 _BOM = b"\xef\xbb\xbf"
@@ -152,7 +153,14 @@ def _row_from_object(obj: Any, fields: Fields, where: str, offset: int, line: in
     if not isinstance(text, str):
         return Row(where, offset, line, None, None, f"{fields.text!r} is {_json_type(text)}, not a string")
     row_id, error = _id_of(obj.get(fields.id), fields, default_id)
+    error = error or _unicode_error(fields.text, text) or _unicode_error(fields.id, row_id or "")
     return Row(where, offset, line, row_id, text if error is None else None, error)
+
+
+def _unicode_error(name: str, value: str) -> str | None:
+    """A JSON escape such as ``"\\ud800"`` gives a string no tokenizer (nor Parquet) can take: the row is bad."""
+    problem = unicode_problem(value)
+    return f"{name!r} holds {problem}" if problem else None
 
 
 def _id_of(value: Any, fields: Fields, default_id: str) -> tuple[str | None, str | None]:
@@ -214,7 +222,8 @@ def _json(file: InputFile, fields: Fields, offset: int, line: int) -> Iterator[R
         where = f"{file.path}:row {index}"
         item = items[index]
         if isinstance(item, str):  # an array of texts
-            yield Row(where, index, index, f"{file.name}:{index}", item)
+            error = _unicode_error("text", item)
+            yield Row(where, index, index, None if error else f"{file.name}:{index}", None if error else item, error)
         else:
             yield _row_from_object(item, fields, where, index, index, f"{file.name}:{index}")
 

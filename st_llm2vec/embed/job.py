@@ -78,8 +78,14 @@ class EmbedConfig(EncodeOptions):
             raise InputError("--overwrite embeds everything again and --update only what changed: pass one of them")
         if self.prompt is not None and self.prompt_name is not None:
             raise InputError("pass --prompt-name or --prompt, not both")
-        if self.gpus_per_worker < 0:
+        if not (isinstance(self.gpus_per_worker, (int, float)) and 0 <= self.gpus_per_worker < float("inf")):
             raise InputError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker}")
+        ray_only = [option for option, given in (("--workers", self.workers != 1),
+                                                 ("--gpus-per-worker", self.gpus_per_worker != 0),
+                                                 ("--ray-address", self.ray_address is not None)) if given]
+        if self.engine != "ray" and ray_only:
+            raise InputError(f"{', '.join(ray_only)} only act(s) with --engine ray (its workers), and --engine "
+                             f"{self.engine} would ignore it: add --engine ray, or drop {', '.join(ray_only)}")
 
 
 @dataclass

@@ -19,12 +19,12 @@ import datetime
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from ..files import read_json, write_json_atomic
+from ..files import write_json_atomic
+from ..schema import LIST, MAP, FileType, Key, obj
 
 MANIFEST = "manifest.json"
 FORMAT = "st-llm2vec-embeddings/1"
@@ -103,6 +103,29 @@ def differences(old: Any, new: Any) -> list[str]:
     return diffs
 
 
+# What a manifest must hold to be used, declared once (:mod:`st_llm2vec.schema`); other fields are kept as they are.
+_STR, _INT = Key("str", nullable=False), Key("int", nullable=False, low=0)
+_PROMPT = obj({"name": Key("str"), "text": Key("text")})
+_FILES = Key(MAP, item=Key(LIST, nullable=False, item=Key("any", nullable=False)))
+SCHEMA = FileType(MANIFEST, "an st-llm2vec embeddings manifest", obj({
+    "format": Key("str", nullable=False, choices=(FORMAT,)),
+    "model": obj({"id": Key("str"), "path": _STR, "revision": Key("str"), "fingerprint": _STR, "files": _FILES},
+                 required=("path", "fingerprint")),
+    "vectors": obj({"dim": Key("int", low=1), "requested_dim": Key("int", low=1), "dtype": Key("str"),
+                    "normalize": Key("bool", nullable=False), "prompt": _PROMPT, "query_prompt": _PROMPT,
+                    "precision": Key("str")}, required=("normalize", "prompt", "precision")),
+    "input": obj({"fingerprint": _STR, "text_field": _STR, "id_field": _STR, "rows": Key("int", low=0),
+                  "files": _FILES}, required=("fingerprint", "text_field", "id_field")),
+    "rows_per_shard": Key("int", nullable=False, low=1),
+    "shards": Key(LIST, nullable=False, item=obj({"file": _STR, "index": _INT, "rows": _INT, "bytes": _INT,
+                                                  "sha256": _STR}, required=("file", "index", "rows", "bytes", "sha256"))),
+    "rejected": _INT, "complete": Key("bool", nullable=False), "engine": Key("dict"),
+    "versions": Key(MAP, item=Key("str")), "update": Key("dict"), "created": Key("str"), "updated": Key("str"),
+    "rows": Key("int", low=0),
+}, required=("format", "model", "vectors", "input", "rows_per_shard", "shards")),
+    "choose another OUT, or pass --overwrite to embed again from scratch")
+
+
 @dataclass
 class Manifest:
     """The manifest as written: each section a plain JSON object (see the README's "Embed a corpus")."""
@@ -146,18 +169,12 @@ class Manifest:
     @classmethod
     def load(cls, out: Path) -> Manifest | None:
         """The manifest of ``out``; None when there is none; an InputError when it cannot be one of ours."""
-        path = out / MANIFEST
-        if not path.exists():
+        data = SCHEMA.read(out, missing_ok=True)
+        if data is None:
             return None
-        data = read_json(path)
-        if data is None or data.get("format") != FORMAT:
-            raise InputError(f"{path} is not an st-llm2vec embeddings manifest ({FORMAT}); choose another OUT, or "
-                             "pass --overwrite to replace what is there.")
         data.pop("rows", None)
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise InputError(f"{path} is damaged ({exc}); pass --overwrite to embed again from scratch.") from exc
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def library_versions(*extra: str) -> dict[str, str]:

@@ -230,8 +230,7 @@ class LLM2VecTransformer(Transformer):
             return {}
         tokenize.check_texts(inputs)
         max_length = tokenize.call_max_length(self, kwargs)
-        if prompt:
-            tokenize.check_prompt(self, prompt, max_length)
+        tokenize.check_prompt(self, prompt, max_length)  # also without one: room for text after the specials
         ids, pooled, weights_sum = tokenize.tokenize(self, inputs, prompt, max_length)
         lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
         n = torch.minimum(torch.tensor(pooled, dtype=torch.long), lengths)

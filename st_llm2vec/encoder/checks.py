@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..errors import InputError, MissingFileError
+from ..instructions import EXACT, PORTABLE
 from ..model_files import check_safetensors, looks_like_hub_id
+from ..schema import Key, check_document, obj
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,16 @@ def load_error(model_name_or_path: str, exc: Exception) -> Exception | None:
     return None
 
 
+# The values of an st_llm2vec encoder's sentence_bert_config.json, declared once (:mod:`st_llm2vec.schema`); which
+# keys are allowed at all comes from the encoder's signature (``check_saved_config``).
+SAVED_CONFIG = obj({
+    "doc_max_length": Key("int", low=1), "max_batch_tokens": Key("int", low=1), "max_seq_length": Key("int", low=1),
+    "chat_template": Key("str"), "text_suffix": Key("str"), "bidirectional": Key("bool", nullable=False),
+    "format": Key("str", choices=(EXACT, PORTABLE)), "processor_kwargs": Key("dict"), "model_kwargs": Key("dict"),
+    "config_kwargs": Key("dict"),
+})
+
+
 def check_saved_config(config: Mapping[str, Any], where: str, allowed: Iterable[str], config_keys: Iterable[str]) -> None:
     """A saved ``sentence_bert_config.json`` (read from ``where``): only ``allowed`` keys (and ST's old names), each
     value of its type; a warning when it keeps the model causal."""
@@ -109,17 +121,7 @@ def check_saved_config(config: Mapping[str, Any], where: str, allowed: Iterable[
             f"{where}: unknown key(s) {unknown} (a typo, or a file written by a newer st_llm2vec?). "
             f"Valid keys: {sorted(config_keys)}. Remove or rename them."
         )
-    try:
-        check_positive("doc_max_length", config.get("doc_max_length"), "no truncation")
-        check_positive("max_batch_tokens", config.get("max_batch_tokens"), "no budget")
-        check_positive("max_seq_length", config.get("max_seq_length"), "the tokenizer's model_max_length")
-        for key in ("chat_template", "text_suffix"):
-            if config.get(key) is not None and not isinstance(config[key], str):
-                raise InputError(f"{key} must be a string or null, got {config[key]!r}")
-        if not isinstance(config.get("bidirectional", True), bool):
-            raise InputError(f"bidirectional must be true or false, got {config['bidirectional']!r}")
-    except ValueError as exc:
-        raise InputError(f"{where}: {exc}") from None
+    check_document(config, SAVED_CONFIG, where, "fix it or re-save the model")
     if config.get("bidirectional") is False:
         logger.warning(
             f'{where} has "bidirectional": false, so this model loads causal (every token sees only the tokens '

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from ..errors import InputError
 from ..instructions import PORTABLE, format_text, stock_prompt_length, truncate_words
+from ..schema import unicode_problem
 from .checks import check_positive
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ _WARNED_EMPTY: set[tuple[str, str]] = set()
 
 class Tokenized(NamedTuple):
     """Token id lists of the full strings; per row, how many trailing tokens are pooled; per row, the mean's
-    divisor where it is not that count (the portable format's stock ``WordWeights``), else None."""
+    divisor in the portable format (stock ``WordWeights`` + ``Pooling``: a row that pools nothing is a zero vector),
+    else None (llm2vec: a row without text tokens pools all its tokens)."""
 
     ids: list[list[int]]
     pooled: list[int]
@@ -35,13 +37,33 @@ class Tokenized(NamedTuple):
 
 
 def check_texts(inputs: Sequence[Any]) -> None:
-    """Every input is a string (an instruction goes in ``prompt=``, not in a pair)."""
+    """Every input is a string (an instruction goes in ``prompt=``, not in a pair) of valid Unicode (see
+    :func:`check_unicode`; here the text is named by its start: ``encode`` sorts texts, so a batch's index is not
+    the caller's)."""
     for index, text in enumerate(inputs):
         if not isinstance(text, str):
             raise TypeError(
                 f"Input {index} is {type(text).__name__}, not str: st_llm2vec encodes text. "
                 "Pass instructions with encode(..., prompt=instruction) or prompt_name=..."
             )
+        _check_unicode(f"The text {text[:40]!r}...", text)
+
+
+def check_unicode(inputs: Any) -> None:
+    """The texts given to ``encode`` (a str, or a list or tuple of them) are valid Unicode: a lone surrogate
+    (``"\\ud800"``, e.g. from a JSON escape) has no tokens. Refused, naming the input's index, rather than
+    replaced, which would embed another text than the one given."""
+    texts = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, (list, tuple)) else []
+    for index, text in enumerate(texts):
+        if isinstance(text, str):
+            _check_unicode(f"Input {index}", text)
+
+
+def _check_unicode(label: str, text: str) -> None:
+    problem = unicode_problem(text)
+    if problem:
+        raise InputError(f"{label} holds {problem}; remove or replace it (e.g. "
+                         "text.encode('utf-8', 'replace').decode('utf-8')) before encoding.")
 
 
 def call_max_length(encoder: Any, kwargs: dict[str, Any]) -> int | None:
@@ -75,10 +97,15 @@ def render(encoder: Any, text: str) -> str:
 
 
 def check_prompt(encoder: Any, prompt: Any, max_length: int | None) -> None:
-    """A prompt must be a string and leave room for text: one that fills ``max_length`` tokens would
-    leave no text token, so every text would get the same embedding."""
+    """What comes before the text (the special tokens, and a prompt or the instruction wrapper if any) must leave
+    room for text within ``max_length``: otherwise no token of any text is encoded and every text gets the same
+    embedding. A prompt must be a string of valid Unicode."""
+    if prompt is None:
+        prompt = ""
     if not isinstance(prompt, str):  # a ValueError: ST retries a TypeError as prompt + text, garbling it
         raise InputError(f"prompt must be a str (an instruction), got {type(prompt).__name__}: {prompt!r}")
+    if unicode_problem(prompt):
+        raise InputError(f"The prompt holds {unicode_problem(prompt)}; remove or replace it.")
     if max_length is None:
         return
     portable = getattr(encoder, "format", "exact") == PORTABLE
@@ -98,10 +125,12 @@ def check_prompt(encoder: Any, prompt: Any, max_length: int | None) -> None:
     if length >= max_length:
         name = "max_seq_length" if max_length == encoder.max_seq_length else "max_length"
         wrapper = ", chat template" if encoder.chat_template and not portable else ""
+        what = f"The prompt is {length} tokens long (with special tokens{wrapper})" if prompt else (
+            f"The tokens before any text (special tokens{wrapper}) are {length}")
         raise InputError(
-            f"The prompt is {length} tokens long (with special tokens{wrapper}) and {name} is {max_length}: "
-            "no token of the text would be encoded, so every text would get the same embedding. Shorten the "
-            f"prompt, or raise max_seq_length (model.max_seq_length = {length + 64}, within the model's context)."
+            f"{what} and {name} is {max_length}: no token of the text would be encoded, so every text would get "
+            f"the same embedding. {'Shorten the prompt, or raise' if prompt else 'Raise'} max_seq_length "
+            f"(model.max_seq_length = {length + 64}, within the model's context)."
         )
     checked.add(key)
 
@@ -186,9 +215,10 @@ def _tokenize_stock(tokenizer: Any, texts: list[str], prompt: str | None, max_le
     """Stock ST's tokenization and pooling (the portable format, see ``portable.py``): ``prompt + text`` as
     given; pooled: every token after the prompt (``Pooling(include_prompt=False)``, which skips the first
     ``prompt_length`` tokens, counted as ST counts them), and of a text without a prompt every token but a
-    leading BOS (``WordWeights`` with BOS weight 0). With a prompt, each row also gets the divisor of its
-    mean, as stock computes it: with that BOS weighting the weights of the whole row, the prompt's tokens
-    included (``WordWeights`` + ``Pooling``); and a text the prompt leaves no token of pools to zeros."""
+    leading BOS (``WordWeights`` with BOS weight 0). Each row also gets the divisor of its mean, as stock computes
+    it: with a prompt and that BOS weighting the weights of the whole row, the prompt's tokens included
+    (``WordWeights`` + ``Pooling``); a row that keeps no pooled token (``""``: BOS alone; a text the prompt leaves
+    no token of) pools to zeros."""
     full = [prompt + text for text in texts] if prompt else texts
     ids = tokenizer(full, truncation=True, max_length=max_length)["input_ids"]
     for i, row in enumerate(ids):
@@ -196,8 +226,8 @@ def _tokenize_stock(tokenizer: Any, texts: list[str], prompt: str | None, max_le
             ids[i] = tokenizer([tokenizer.eos_token], truncation=True, max_length=max_length)["input_ids"][0]
     bos = tokenizer.bos_token_id
     weighted = [len(row) - (1 if bos is not None and row[0] == bos else 0) for row in ids]
-    if not prompt:
-        return Tokenized(ids, weighted, None)
+    if not prompt:  # the divisor given: a row of BOS alone ("") pools to zeros, as stock, not to its BOS
+        return Tokenized(ids, weighted, weighted)
     skip = stock_prompt_length(tokenizer, prompt, max_length)
     pooled = [max(len(row) - skip, 0) for row in ids]
     empty = [text for text, n in zip(texts, pooled) if n == 0 and text]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, MissingFileError
+from ..model_files import HF_CONFIG
 from .results import LoadSettings
 
 if TYPE_CHECKING:
@@ -73,20 +74,15 @@ def written_by_st_llm2vec(path: Path) -> bool:
 
     if saved_format(path) == EXACT:
         return any(name.startswith(f"{PACKAGE}.") for name in module_types(path))
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return "is_causal" in config and read_portable_dir(str(path)) is not None
+    config = HF_CONFIG.read(path, missing_ok=True)  # checked: a damaged one is named, not taken for "not ours"
+    return config is not None and "is_causal" in config and read_portable_dir(str(path)) is not None
 
 
 def _architectures(config_path: Path) -> list[str] | None:
-    """The ``architectures`` of a Hugging Face config.json (None: no readable config)."""
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return [str(a) for a in config.get("architectures") or []] if isinstance(config, dict) else None
+    """The ``architectures`` of a Hugging Face config.json (None: no config.json); a damaged one is an error naming
+    the file and field."""
+    config = HF_CONFIG.read_file(config_path, missing_ok=True)
+    return None if config is None else list(config.get("architectures") or [])
 
 
 def is_decoder_llm(architectures: list[str] | None) -> bool:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, MissingFileError, OutputExistsError
-from ..files import OutputLock, read_json, write_json_atomic
+from ..files import OutputLock, write_json_atomic
+from ..schema import MAP, FileType, Key, obj
 from . import require_mteb
 
 require_mteb()
@@ -45,6 +46,11 @@ from .results import EvalConfig, EvalRun, TaskScore  # noqa: E402
 logger = logging.getLogger(__name__)
 
 MARKER = "st_llm2vec_eval.json"  # in the output dir: what it is; beside each model's results: its tasks' prompts
+# The marker as it is read back, declared once (:mod:`st_llm2vec.schema`): each task's record of its setup.
+MARKER_SCHEMA = FileType(MARKER, "st-llm2vec eval's record", obj({
+    "written_by": Key("str"), "layout": Key("int"),
+    "tasks": Key(MAP, item=obj({"dataset_revision": Key("any"), "instruction": Key("any")})),
+}), "delete it to evaluate again, or choose another --output")
 
 
 # --------------------------------------------------------------------------- results
@@ -134,7 +140,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
     """``output`` is new, empty, or an earlier ``st-llm2vec eval`` output: anything else is refused."""
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"{output} exists and is not a directory; choose another --output.")
-    if output.is_dir() and any(output.iterdir()) and read_json(output / MARKER) is None:
+    if output.is_dir() and any(output.iterdir()) and MARKER_SCHEMA.read_whole(output) is None:
         raise OutputExistsError(f"{output} is not empty and was not written by st-llm2vec eval (no {MARKER}): "
                                 "choose another --output, so nothing of it is mixed with evaluation results.")
 
@@ -206,7 +212,7 @@ def _evaluate_source(source: ModelSource, task_list: list[AbsTask], instructions
     experiment = config.experiment()
     meta = _meta(source.label, source.revision, experiment)
     record_path = _results_dir(cache, meta) / MARKER
-    records: dict[str, Any] = (read_json(record_path) or {}).get("tasks", {})
+    records: dict[str, Any] = (MARKER_SCHEMA.read_whole(record_path.parent) or {}).get("tasks") or {}
     todo: list[AbsTask] = []
     done: dict[str, TaskResult] = {}
     for task in task_list:

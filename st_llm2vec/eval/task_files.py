@@ -12,6 +12,7 @@ from typing import Any
 from ..devdata import StsPair
 from ..errors import InputError, MissingFileError
 from ..files import jsonl_rows
+from ..schema import LIST, Key, check_value, obj
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,44 @@ _PAIR_COLUMNS = {
 }
 
 
-def _number(value: str) -> float | None:
+# One row of each file type, declared once (:mod:`st_llm2vec.schema`): cells of a TSV / CSV are text, so numbers
+# may be written as text in every format; a score must be a finite number.
+_TEXT = Key("text", nullable=False)
+_TEXTS = Key(LIST, nullable=False, item=_TEXT)
+SCORED_PAIR = obj({"sentence1": _TEXT, "sentence2": _TEXT, "score": Key("float", nullable=False)},
+                  required=("sentence1", "sentence2", "score"))
+RERANKING_SAMPLE = obj({"query": _TEXT, "positive": _TEXTS, "negative": _TEXTS}, required=("query", "positive"))
+BEIR_ROW = obj({"_id": Key("any", nullable=False), "text": _TEXT, "title": Key("text")}, required=("_id", "text"))
+QRELS_ROW = obj({"query-id": Key("str", nullable=False), "corpus-id": Key("str", nullable=False),
+                 "score": Key("int", nullable=False)}, required=("query-id", "corpus-id", "score"))
+
+
+def _row(where: str, row: dict[str, Any], spec: Key) -> dict[str, Any]:
+    """``row`` checked against its file type's ``spec``; an InputError naming ``where`` (file:line) and the field."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        return check_value("", row, spec, text_values=True)
+    except InputError as exc:
+        raise InputError(f"{where}: {str(exc).removeprefix(': ')}") from None
+
+
+def _table_rows(path: Path, delimiter: str) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of a TSV / CSV file; an InputError naming the file for bytes that are not UTF-8 text
+    or a record the csv module cannot parse."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            return [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a valid {'TSV' if delimiter == chr(9) else 'CSV'} file ({exc})") from None
+
+
+def _number(value: str) -> float | None:
+    """A finite number written as text, or None (a "nan" cell is no score)."""
+    try:
+        return check_value("score", value, SCORED_PAIR.fields["score"], text_values=True)
+    except InputError:
         return None
 
 
@@ -53,17 +88,15 @@ def read_scored_pairs(path: str | Path) -> list[StsPair]:
     pairs: list[StsPair] = []
     if path.suffix == ".jsonl":
         for lineno, row in jsonl_rows(path):
-            try:
-                # a list, not a generator: next()'s StopIteration inside a generator becomes a RuntimeError
-                a, b, score = [next(row[k] for k in names if k in row) for names in _PAIR_COLUMNS.values()]
-                pairs.append(StsPair(str(a).strip(), str(b).strip(), float(score)))
-            except (ValueError, TypeError, StopIteration) as exc:
+            found = {field: next((row[k] for k in names if k in row), None) for field, names in _PAIR_COLUMNS.items()}
+            if None in found.values():
                 raise InputError(f"{path}:{lineno}: expected sentence1, sentence2 and a numeric score, got "
-                                 f"{json.dumps(row)[:120]}") from exc
+                                 f"{json.dumps(row)[:120]}")
+            pair = _row(f"{path}:{lineno}", found, SCORED_PAIR)
+            pairs.append(StsPair(pair["sentence1"].strip(), pair["sentence2"].strip(), float(pair["score"])))
     else:
         delimiter = "," if path.suffix == ".csv" else "\t"
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            rows = [(n, r) for n, r in enumerate(csv.reader(fh, delimiter=delimiter), start=1) if any(c.strip() for c in r)]
+        rows = [(n, r) for n, r in _table_rows(path, delimiter) if any(c.strip() for c in r)]
         columns = None
         if rows:
             header = [c.strip() for c in rows[0][1]]
@@ -78,13 +111,10 @@ def read_scored_pairs(path: str | Path) -> list[StsPair]:
                     raise InputError(f"{path}:{lineno}: expected 3 columns, one of them the score (or a header naming "
                                      f"sentence1, sentence2, score), got {row!r}")
                 cols = [i for i in range(3) if i != numeric[0]] + numeric
-            try:
-                a, b, score = (row[i] for i in cols)
-            except IndexError as exc:
-                raise InputError(f"{path}:{lineno}: missing column(s) in {row!r}") from exc
-            if _number(score) is None:
-                raise InputError(f"{path}:{lineno}: score {score!r} is not a number")
-            pairs.append(StsPair(a.strip(), b.strip(), float(score)))
+            if max(cols) >= len(row):
+                raise InputError(f"{path}:{lineno}: missing column(s) in {row!r}")
+            pair = _row(f"{path}:{lineno}", dict(zip(_PAIR_COLUMNS, (row[i] for i in cols))), SCORED_PAIR)
+            pairs.append(StsPair(pair["sentence1"].strip(), pair["sentence2"].strip(), float(pair["score"])))
     if not pairs:
         raise InputError(f"{path}: no scored pairs in the file")
     return pairs
@@ -112,6 +142,8 @@ def read_reranking(path: str | Path) -> list[RerankingSample]:
         if not isinstance(query, str) or not query.strip() or positives is None or negatives is None:
             raise InputError(f"{path}:{lineno}: expected {{\"query\": text, \"positive\": [texts], \"negative\": [texts]}}, "
                              f"got keys {sorted(row)}")
+        _row(f"{path}:{lineno}", {"query": query, "positive": list(positives), "negative": list(negatives)},
+             RERANKING_SAMPLE)
         samples.append(RerankingSample(query.strip(), positives, negatives))
     if not samples:
         raise InputError(f"{path}: no reranking samples in the file")
@@ -146,6 +178,7 @@ def read_beir(directory: str | Path) -> tuple[dict[str, tuple[str, str]], dict[s
             rid, text = row.get("_id", row.get("id")), row.get("text")
             if rid is None or not isinstance(text, str):
                 raise InputError(f"{directory / name}:{lineno}: expected \"_id\" and \"text\", got keys {sorted(row)}")
+            _row(f"{directory / name}:{lineno}", {"_id": rid, "text": text, "title": row.get("title")}, BEIR_ROW)
             title = row.get("title") or ""
             out[str(rid)] = (str(title), text) if with_title else text
         if not out:
@@ -155,24 +188,21 @@ def read_beir(directory: str | Path) -> tuple[dict[str, tuple[str, str]], dict[s
     corpus, queries = rows("corpus.jsonl", True), rows("queries.jsonl", False)
     qrels_path = _qrels_file(directory)
     qrels: dict[str, dict[str, int]] = {}
-    with open(qrels_path, encoding="utf-8-sig", newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not row or not any(c.strip() for c in row):
-                continue
-            if lineno == 1 and row[0].strip() in ("query-id", "query_id", "qid"):
-                continue
-            if len(row) < 3:
-                raise InputError(f"{qrels_path}:{lineno}: expected query-id, corpus-id, score (tab-separated), got {row!r}")
-            qid, did, score = row[0].strip(), row[1].strip(), row[-1].strip()
-            try:
-                grade = int(float(score))
-            except ValueError as exc:
-                raise InputError(f"{qrels_path}:{lineno}: score {score!r} is not a number") from exc
-            if qid not in queries:
-                raise InputError(f"{qrels_path}:{lineno}: query-id {qid!r} is not in queries.jsonl")
-            if did not in corpus:
-                raise InputError(f"{qrels_path}:{lineno}: corpus-id {did!r} is not in corpus.jsonl")
-            qrels.setdefault(qid, {})[did] = grade
+    for lineno, row in _table_rows(qrels_path, "\t"):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if lineno == 1 and row[0].strip() in ("query-id", "query_id", "qid"):
+            continue
+        if len(row) < 3:
+            raise InputError(f"{qrels_path}:{lineno}: expected query-id, corpus-id, score (tab-separated), got {row!r}")
+        judgement = _row(f"{qrels_path}:{lineno}", dict(zip(QRELS_ROW.fields, (row[0].strip(), row[1].strip(),
+                                                                              row[-1].strip()))), QRELS_ROW)
+        qid, did, grade = judgement["query-id"], judgement["corpus-id"], judgement["score"]
+        if qid not in queries:
+            raise InputError(f"{qrels_path}:{lineno}: query-id {qid!r} is not in queries.jsonl")
+        if did not in corpus:
+            raise InputError(f"{qrels_path}:{lineno}: corpus-id {did!r} is not in corpus.jsonl")
+        qrels.setdefault(qid, {})[did] = grade
     if not qrels:
         raise InputError(f"{qrels_path}: no relevance judgements in the file")
     return corpus, {q: t for q, t in queries.items() if q in qrels}, qrels

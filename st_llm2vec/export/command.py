@@ -43,4 +43,11 @@ def run_export(args: argparse.Namespace) -> int:
     if args.quantize and args.quantize not in backend.quantize:
         raise InputError(f"--quantize {args.quantize} is not a {backend.name} quantization; choose one of "
                          f"{', '.join(backend.quantize) or 'none'}")
+    if not 0 < args.min_cosine <= 1:  # nan too: every comparison with it fails
+        raise InputError(f"--min-cosine must be a cosine in (0, 1], got {args.min_cosine}")
+    for other in BACKENDS.values():  # another backend's option would be silently ignored
+        for flags, settings in () if other is backend else other.options:
+            if getattr(args, flags[0].lstrip("-").replace("-", "_"), None) != settings.get("default"):
+                raise InputError(f"{flags[0]} is an option of --backend {other.name}, which --backend {backend.name} "
+                                 f"does not use: drop it, or pass --backend {other.name}")
     return importlib.import_module(backend.module).run(args)

@@ -97,6 +97,16 @@ def convert(
     stack = resolve_stack(source, tuple(adapters), pooling_mode, allow_pickle=allow_pickle)
     _check_not_an_input(output, stack)
     settings = stack.settings
+    if format == PORTABLE:  # what the settings alone rule out is refused before the weights load
+        from ..build import original_name_or_path
+        from ..instructions import llm2vec_chat_template
+        from ..pooling_modes import pooling_mode as canonical_mode
+        from ..portable import why_not_portable_settings
+
+        why = why_not_portable_settings(canonical_mode(settings.pooling_mode), settings.skip_instruction,
+                                        llm2vec_chat_template(original_name_or_path(stack.base)))
+        if why:
+            raise PortableFormatError(f"Cannot convert to the portable format: {why}. Use --format exact (or auto).")
     prompts = dict(DEFAULT_PROMPTS if prompts is None else prompts)
     loader_kwargs = model_kwargs(dtype, attn_implementation)
     if not allow_pickle:

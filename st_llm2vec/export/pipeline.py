@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, MissingFileError
+from ..model_files import HF_CONFIG
 from ..proof import PROBE_TEXTS, foreign_modules, modules_of
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def portable_source(source: Any, output: Any) -> tuple[Path, Path, dict[str, Any
     if foreign or not modules or not modules[0]["type"].endswith(".Transformer") or modules[0].get("path", ""):
         raise InputError(f"{source} is not in the portable format (modules {foreign or [m['type'] for m in modules]}); "
                          "only portable dirs (stock modules) can be exported: convert with --format portable")
-    return source, output, json.loads((source / "config.json").read_text(encoding="utf-8"))
+    return source, output, HF_CONFIG.read(source)
 
 
 def copy_model_dir(source: Path, tmp: Path, backend_dir: str) -> Path:

@@ -102,7 +102,10 @@ def read_arguments(
         data = read_config_file(source, f"{cls.TITLE} config")
         base_dir = Path(source).resolve().parent
     data.update(overrides or {})
-    training: dict[str, Any] = dict(data.pop("training_args", None) or {})  # a nested block is read too
+    training_args = data.pop("training_args", None) or {}  # a nested block is read too
+    if not isinstance(training_args, Mapping):
+        raise_errors([f"training_args: expected a mapping of trainer arguments, got {training_args!r}"], source)
+    training: dict[str, Any] = dict(training_args)
     own_names, aliases, training_names = {f.name for f in fields(cls)}, aliases_of(cls), training_argument_names()
     own: dict[str, Any] = {}
     unknown = []

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InputError, MissingFileError
+from ..schema import loads, read_bytes
 from .keys import Key, check_value
 
 
@@ -129,13 +130,18 @@ def read_config_file(path: str | os.PathLike, what: str = "config") -> dict[str,
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingFileError(f"{what} {path!r} does not exist." if not os.path.isdir(path) else f"{what} {path!r} is a directory, not a file.")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    data = read_bytes(path, what)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}).") from None
     if path.endswith((".yaml", ".yml")):
         import yaml
 
         try:
             data = yaml.safe_load(text)
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
@@ -143,11 +149,17 @@ def read_config_file(path: str | os.PathLike, what: str = "config") -> dict[str,
             raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     else:
         try:
-            data = json.loads(text)
+            data = loads(text)  # NaN / Infinity refused, as for every JSON file st_llm2vec reads
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{path}: invalid JSON: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: {what} must hold a mapping of keys to values, not {type(data).__name__}.")
+    for block in (data, data.get("training_args")):
+        names = [k for k in block if not isinstance(k, str)] if isinstance(block, dict) else []
+        if names:  # YAML reads `1: x` or `true: x` as a number / boolean key
+            raise ConfigError(f"{path}: {what} keys are names, got {names[0]!r}; quote it or fix the key.")
     return data

@@ -2,9 +2,10 @@
 
 A recipe key is a field of a stage's arguments dataclass, declared with :func:`key`: its type (the
 annotation), default, help, llm2vec alias and range or choices, all in that one place. From it come the
-dataclass, the check (:func:`keys_of` → :class:`Key`, :func:`check_value`) and the command-line option
-(:func:`add_options`). Numbers written as strings (YAML reads ``1e-4`` as a string) and ``"true"`` /
-``"false"`` are converted; anything else of the wrong type is refused.
+dataclass, the check (:func:`keys_of` → :class:`~st_llm2vec.schema.Key`, the schema mechanism of every file
+st_llm2vec reads; :func:`check_value`) and the command-line option (:func:`add_options`). Numbers written as
+strings (YAML reads ``1e-4`` as a string) and ``"true"`` / ``"false"`` are converted; anything else of the wrong
+type is refused.
 
 Importing this is cheap: a stage's ``--help`` is built from it.
 """
@@ -14,31 +15,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from .. import schema
 from ..errors import InputError
-
-
-@dataclass(frozen=True)
-class Key:
-    """What one recipe key accepts: ``kind`` int/float/bool/bool_or_auto/str/strs (a str or a list of
-    str)/list_str/dict/any, with ``None`` when ``nullable``, within [``low``, ``high``] (``low_open``/``high_open``: exclusive)
-    or one of ``choices``; ``check`` may raise ValueError for anything else."""
-
-    kind: str
-    nullable: bool = True
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple[Any, ...] | None = None
-    check: Callable[[Any], Any] | None = None
+from ..schema import Key, expected
 
 
 def key(
@@ -138,123 +123,19 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
         text = meta.get("help") or ""
-        text = f"{text}{'; ' if text else ''}{_expected(spec)}; default {default!r}"
+        text = f"{text}{'; ' if text else ''}{expected(spec)}; default {default!r}"
         parser.add_argument(*names, help=text.replace("%", "%%"), **options)
 
 
-def _range_text(spec: Key) -> str:
-    parts = []
-    if spec.low is not None:
-        parts.append(f"{'>' if spec.low_open else '>='} {spec.low:g}")
-    if spec.high is not None:
-        parts.append(f"{'<' if spec.high_open else '<='} {spec.high:g}")
-    return " and ".join(parts)
-
-
-_KIND_TEXT = {
-    "int": "an integer", "float": "a number", "bool": "true or false", "bool_or_auto": "true, false or 'auto'",
-    "str": "a string",
-    "strs": "a string or a list of strings", "list_str": "a list of strings", "dict": "a mapping",
-}
-
-
-def _expected(spec: Key) -> str:
-    text = _KIND_TEXT.get(spec.kind, spec.kind)
-    if spec.choices is not None:
-        text = "one of " + ", ".join(repr(c) for c in spec.choices)
-    limits = _range_text(spec)
-    if limits:
-        text += " " + limits
-    if spec.nullable:
-        text += " (or null)"
-    return text
-
-
-def _coerce(value: Any, kind: str) -> Any:
-    """``value`` as ``kind``, or raise ValueError. Numeric strings and "true"/"false" are converted."""
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        raise ValueError
-    if kind == "bool_or_auto":
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        return _coerce(value, "bool")
-    if kind in ("int", "float"):
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, str):
-            text = value.strip()
-            try:
-                value = int(text) if kind == "int" and text.lstrip("+-").isdigit() else float(text)
-            except ValueError:
-                raise ValueError from None
-        if not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
-            raise ValueError
-        if isinstance(value, float) and kind == "int":
-            if not value.is_integer():
-                raise ValueError
-            return int(value)
-        return value
-    if kind == "str":
-        if not isinstance(value, str):
-            raise ValueError
-        return value
-    if kind == "strs":
-        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            return value
-        raise ValueError
-    if kind == "list_str":
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise ValueError
-    if kind == "dict":
-        if isinstance(value, Mapping):
-            return value
-        raise ValueError
-    return value
-
-
 def check_value(key: str, value: Any, spec: Key) -> Any:
-    """``value`` checked (and converted) against ``spec``; ValueError with the expectation otherwise."""
-    if value is None:
-        if spec.nullable:
-            return None
-        raise InputError(f"{key}: expected {_expected(spec)}, got null")
-    try:
-        out = _coerce(value, spec.kind)
-    except ValueError:
-        raise InputError(f"{key}: expected {_expected(spec)}, got {value!r}") from None
-    if spec.choices is not None and out not in spec.choices:
-        raise InputError(f"{key}: expected {_expected(spec)}, got {value!r}")
-    if isinstance(out, (int, float)) and not isinstance(out, bool):
-        too_low = spec.low is not None and (out <= spec.low if spec.low_open else out < spec.low)
-        too_high = spec.high is not None and (out >= spec.high if spec.high_open else out > spec.high)
-        if too_low or too_high:
-            raise InputError(f"{key}: expected {_expected(spec)}, got {value!r}")
-    if spec.check is not None:
-        try:
-            spec.check(out)
-        except (ValueError, TypeError) as exc:
-            text = str(exc)
-            raise InputError(text if text.startswith(key) else f"{key}: {text}") from None
-    return out
+    """``value`` checked against ``spec`` as a recipe value: written as text in YAML or on the command line, so
+    numeric strings and "true" / "false" convert (:func:`st_llm2vec.schema.check_value`)."""
+    return schema.check_value(key, value, spec, text_values=True)
 
 
 def check_keys(values: Mapping[str, Any], specs: Mapping[str, Key]) -> tuple[dict[str, Any], list[str]]:
-    """(checked and converted copy of ``values``, error lines) for the keys of ``values`` that ``specs`` lists."""
-    out, errors = dict(values), []
-    for key, spec in specs.items():
-        if key not in values:
-            continue
-        try:
-            out[key] = check_value(key, values[key], spec)
-        except ValueError as exc:
-            errors.append(str(exc))
-    return out, errors
-
+    """(checked copy of ``values``, error lines) for the recipe keys of ``values`` (:func:`check_value`)."""
+    return schema.check_keys(values, specs, text_values=True)
 
 
 def nonempty(value: Any) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..schema import FileType, Key, obj
 from .arguments import jsonable
 
 if TYPE_CHECKING:
@@ -92,11 +93,15 @@ def stop_callbacks(arguments: RecipeArguments) -> list[Any]:
     return [StopAfterNSteps(arguments.stop_after_n_steps)] if arguments.stop_after_n_steps else []
 
 
+# What a finished stage saved about itself (``RESULT_FILE``), as far as it is read back (:mod:`st_llm2vec.schema`).
+RESULT_SCHEMA = obj({"result": Key("dict"), "metrics": Key("dict"), "data": Key("dict")})
+
+
 def read_result(output_dir: str, result_file: str) -> dict[str, Any]:
     """What a finished run saved about itself (``{}`` if nothing)."""
-    from ..files import read_json
-
-    return read_json(os.path.join(output_dir, result_file)) or {}
+    found = FileType(result_file, "a finished stage's result", RESULT_SCHEMA,
+                     "delete it, or set overwrite_output_dir: true to train again").read_whole(output_dir)
+    return found or {}
 
 
 def write_result(output_dir: str, result_file: str, data: Mapping[str, Any]) -> None:

@@ -5,7 +5,6 @@ capping or scaling), so that MNTP predicts tokens exactly as the causal LM does.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..model_files import WEIGHT_INDEX
 
 
 class LMHeadError(InputError):
@@ -52,8 +52,7 @@ def read_checkpoint_tensors(path: str, names: Sequence[str]) -> dict[str, torch.
         files: dict[str, list[str]] = {}
         index_file = _locate(path, index_name)
         if index_file:
-            with open(index_file, encoding="utf-8") as f:
-                weight_map = json.load(f).get("weight_map", {})
+            weight_map = WEIGHT_INDEX.read_file(index_file).get("weight_map") or {}
             for name in names:
                 if name in weight_map:
                     files.setdefault(weight_map[name], []).append(name)

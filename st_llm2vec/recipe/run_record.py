@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..files import LOCK_FILE, read_json, timestamp, write_json_atomic
+from ..files import LOCK_FILE, timestamp, write_json_atomic
+from ..schema import FileType, Key, obj
 
 RUN_FILE = "st_llm2vec_run.json"
 CHECKPOINT_MARKER = "st_llm2vec_checkpoint.json"
@@ -21,6 +22,19 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
                 "adapter_model.bin", "pytorch_model.bin", "pytorch_model.bin.index.json")
 OWN_FILES = frozenset({RUN_FILE, LOCK_FILE, CHECKPOINT_MARKER})
+_ANEW = "delete it, or set overwrite_output_dir: true to start the run over"
+# The files of a run this module reads, declared once (:mod:`st_llm2vec.schema`).
+RUN_SCHEMA = FileType(RUN_FILE, "the record of a training run", obj({
+    "fingerprint": Key("str"), "config": Key("dict"), "global_step": Key("int", low=0), "max_steps": Key("int", low=-1),
+    "status": Key("str"), "output_dir": Key("str"),
+}), _ANEW)
+CHECKPOINT_SCHEMA = FileType(CHECKPOINT_MARKER, "a checkpoint's completion marker", obj({
+    "global_step": Key("int", nullable=False, low=0), "fingerprint": Key("str"), "config": Key("dict"),
+    "saved": Key("str"),
+}, required=("global_step",)), _ANEW)
+TRAINER_STATE = FileType("trainer_state.json", "the trainer's state of a checkpoint", obj({
+    "global_step": Key("int", nullable=False, low=0),
+}), _ANEW)
 
 # Keys that say where and how a run is driven, not what it trains: left out of the fingerprint.
 RUN_CONTROL_KEYS = frozenset({
@@ -133,7 +147,7 @@ def _safetensors_problem(path: Path) -> str | None:
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """Why a checkpoint without completion marker cannot be resumed (None: it looks complete)."""
     path = Path(path)
-    state = read_json(path / "trainer_state.json")
+    state = TRAINER_STATE.read_whole(path)
     if state is None or "global_step" not in state:
         return "its trainer_state.json is missing or incomplete"
     if not any((path / name).is_file() for name in WEIGHT_FILES):
@@ -160,5 +174,5 @@ def remove_checkpoint_marker(checkpoint_dir: str | os.PathLike) -> None:
 
 
 def checkpoint_step(checkpoint_dir: str | os.PathLike) -> int | None:
-    state = read_json(Path(checkpoint_dir) / "trainer_state.json")
-    return int(state["global_step"]) if state and "global_step" in state else None
+    state = TRAINER_STATE.read_whole(checkpoint_dir)
+    return state["global_step"] if state and "global_step" in state else None

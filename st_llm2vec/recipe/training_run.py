@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingFileError
-from ..files import OutputLock, RunError, normalize_permissions, read_json, timestamp, write_json_atomic
+from ..files import OutputLock, RunError, normalize_permissions, timestamp, write_json_atomic
 from .run_record import (
-    CHECKPOINT_MARKER,
+    CHECKPOINT_SCHEMA,
     RUN_FILE,
+    RUN_SCHEMA,
     checkpoint_problem,
     describe_difference,
     list_checkpoints,
@@ -127,7 +128,7 @@ class TrainingRun:
 
     @property
     def record(self) -> dict[str, Any] | None:
-        return read_json(self.output_dir / RUN_FILE)
+        return RUN_SCHEMA.read_whole(self.output_dir)
 
     def _target(self, record: Mapping[str, Any]) -> int | None:
         target = self.max_steps or record.get("max_steps")
@@ -181,7 +182,7 @@ class TrainingRun:
             path = Path(str(self.resume))
             if not path.is_dir():
                 raise MissingFileError(f"resume_from_checkpoint {str(path)!r} is not a directory.")
-            marker = read_json(path / CHECKPOINT_MARKER)
+            marker = CHECKPOINT_SCHEMA.read_whole(path)
             if marker is None:
                 problem = checkpoint_problem(path)
                 if problem:
@@ -194,7 +195,7 @@ class TrainingRun:
         strict = self.record is not None  # our run dir: every complete checkpoint carries a marker
         found = None
         for step, path in list_checkpoints(self.output_dir):
-            marker = read_json(path / CHECKPOINT_MARKER)
+            marker = CHECKPOINT_SCHEMA.read_whole(path)
             if marker is None:
                 problem = "no completion marker" if strict else checkpoint_problem(path)
                 if problem:
