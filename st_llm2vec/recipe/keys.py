@@ -28,8 +28,9 @@ from ..errors import InputError
 @dataclass(frozen=True)
 class Key:
     """What one recipe key accepts: ``kind`` int/float/bool/bool_or_auto/str/strs (a str or a list of
-    str)/list_str/dict/any, with ``None`` when ``nullable``, within [``low``, ``high``] (``low_open``/``high_open``: exclusive)
-    or one of ``choices``; ``check`` may raise ValueError for anything else."""
+    str)/list_str/list_int/list_float/dict/any, with ``None`` when ``nullable``, within [``low``, ``high``]
+    (``low_open``/``high_open``: exclusive; every number of a list) or one of ``choices``; ``check`` may raise
+    ValueError for anything else."""
 
     kind: str
     nullable: bool = True
@@ -76,7 +77,8 @@ def _kind_of(hint: Any) -> tuple[str, bool]:
     if len(args) == 1 and args[0] in (bool, int, float, str):
         return args[0].__name__, nullable
     if len(args) == 1 and lists:
-        return "list_str", nullable
+        item = (typing.get_args(lists[0]) or (str,))[0]
+        return {int: "list_int", float: "list_float"}.get(item, "list_str"), nullable
     if set(args) - set(lists) == {str} and lists:
         return "strs", nullable
     if len(args) == 1 and (args[0] is dict or typing.get_origin(args[0]) is dict):
@@ -115,22 +117,25 @@ def aliases_of(cls: type) -> dict[str, str]:
     return {alias: f.name for f in dataclasses.fields(cls) for alias in declaration(cls, f.name).get("aliases", ())}
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """``--KEY VALUE`` for every key of ``cls`` (and its aliases), each without a default, so that only the
     options given override the config file; values are checked as the file's are.
 
     Written here rather than with transformers' ``HfArgumentParser``: importing transformers costs more than
     the one second ``st-llm2vec STAGE --help`` may take, and the values need the config's checks anyway.
+    Keys in ``skip`` get no option (a command that takes one as a positional argument).
     """
     specs = keys_of(cls)
     for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
         meta = declaration(cls, field.name)
         spec = specs[field.name]
         names = [f"--{field.name}"] + [f"--{a}" for a in meta.get("aliases", ())]
         if "_" in field.name:
             names.insert(1, f"--{field.name.replace('_', '-')}")
         options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS, "metavar": field.name.upper()}
-        if spec.kind in ("list_str", "strs"):
+        if spec.kind in ("list_str", "strs", "list_int", "list_float"):
             options["nargs"] = "+"
         elif spec.kind == "dict":
             options["type"] = json.loads
@@ -155,6 +160,7 @@ _KIND_TEXT = {
     "int": "an integer", "float": "a number", "bool": "true or false", "bool_or_auto": "true, false or 'auto'",
     "str": "a string",
     "strs": "a string or a list of strings", "list_str": "a list of strings", "dict": "a mapping",
+    "list_int": "a list of integers", "list_float": "a list of numbers",
 }
 
 
@@ -210,6 +216,10 @@ def _coerce(value: Any, kind: str) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return list(value)
         raise ValueError
+    if kind in ("list_int", "list_float"):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError
+        return [_coerce(v, kind[5:]) for v in value]
     if kind == "dict":
         if isinstance(value, Mapping):
             return value
@@ -229,11 +239,13 @@ def check_value(key: str, value: Any, spec: Key) -> Any:
         raise InputError(f"{key}: expected {_expected(spec)}, got {value!r}") from None
     if spec.choices is not None and out not in spec.choices:
         raise InputError(f"{key}: expected {_expected(spec)}, got {value!r}")
-    if isinstance(out, (int, float)) and not isinstance(out, bool):
-        too_low = spec.low is not None and (out <= spec.low if spec.low_open else out < spec.low)
-        too_high = spec.high is not None and (out >= spec.high if spec.high_open else out > spec.high)
-        if too_low or too_high:
-            raise InputError(f"{key}: expected {_expected(spec)}, got {value!r}")
+    numbers = out if spec.kind in ("list_int", "list_float") else [out]
+    for number in numbers:
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            too_low = spec.low is not None and (number <= spec.low if spec.low_open else number < spec.low)
+            too_high = spec.high is not None and (number >= spec.high if spec.high_open else number > spec.high)
+            if too_low or too_high:
+                raise InputError(f"{key}: expected {_expected(spec)}, got {value!r}")
     if spec.check is not None:
         try:
             spec.check(out)
@@ -255,6 +267,35 @@ def check_keys(values: Mapping[str, Any], specs: Mapping[str, Key]) -> tuple[dic
             errors.append(str(exc))
     return out, errors
 
+
+def read_mapping(cls: type, value: Any, name: str) -> Any:
+    """A config key whose value is a mapping of keys declared in dataclass ``cls`` (with :func:`key`), as a ``cls``:
+    unknown keys refused, every value checked as a top-level key's is (errors name ``name.KEY``), then the
+    dataclass's own ``check()`` across its keys. One InputError lists every bad value. ``name`` "": the keys are
+    options of a command, named alone."""
+    if not isinstance(value, Mapping):
+        raise InputError(f"{name}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(cls))}, "
+                         f"got {value!r}")
+    specs = keys_of(cls)
+    unknown = sorted(set(value) - set(specs))
+    if unknown:
+        raise InputError(f"{name}: unknown key(s) {unknown}; expected some of {sorted(specs)}")
+    out, errors = {}, []
+    for sub, raw in value.items():
+        try:
+            out[sub] = check_value(f"{name}.{sub}" if name else sub, raw, specs[sub])
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise InputError("; ".join(errors))
+    instance = cls(**out)
+    check = getattr(instance, "check", None)
+    if check is not None:
+        try:
+            check()
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{name}: {exc}" if name else str(exc)) from None
+    return instance
 
 
 def nonempty(value: Any) -> None:
