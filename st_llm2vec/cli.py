@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("st_llm2vec.export.command", "portable model dir → + its graph for another runtime (--backend), proven in it"),
     "fetch-gguf-converter": ("st_llm2vec.export.gguf", "put llama.cpp's GGUF converter (from the llama-cpp-python sdist) in the cache"),
     **{stage.name: (stage.module, stage.help) for stage in STAGES.values()},  # the recipe's stage table
+    "mine": ("st_llm2vec.recipe.mine", "mine hard negatives for pair data with a retriever → a training folder + summary"),
     "eval": ("st_llm2vec.eval.command", "models × tasks through mteb (mteb tasks, your files, llm2vec's instructions) → one table"),
     "embed": ("st_llm2vec.embed.command", "embed a corpus into Parquet shards + manifest (resumable; --engine ray)"),
     "search": ("st_llm2vec.embed.command", "the nearest rows of an embed output to a query"),

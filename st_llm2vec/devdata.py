@@ -315,18 +315,16 @@ def msr_pairs(data_dir: str | Path | None = None, limit: int | None = None, *, s
 # --------------------------------------------------------------------------- evaluators
 
 
-def _similarity_evaluator(pairs: Sequence[tuple[str, str, float]], scale: tuple[float, float], name: str, batch_size: int):
-    """An EmbeddingSimilarityEvaluator (cosine Spearman as primary metric) with scores mapped to 0..1."""
+def _similarity_evaluator(pairs: Sequence[tuple[str, str, float]], scale: tuple[float, float], name: str,
+                          batch_size: int, truncate_dim: int | None = None):
+    """An EmbeddingSimilarityEvaluator (cosine Spearman primary; scores mapped to 0..1), cut to ``truncate_dim``."""
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     lo, hi = scale
     return EmbeddingSimilarityEvaluator(
-        sentences1=[p[0] for p in pairs],
-        sentences2=[p[1] for p in pairs],
-        scores=[(p[2] - lo) / (hi - lo) for p in pairs],
-        main_similarity="cosine",
-        batch_size=batch_size,
-        name=name,
+        sentences1=[p[0] for p in pairs], sentences2=[p[1] for p in pairs],
+        scores=[(p[2] - lo) / (hi - lo) for p in pairs], main_similarity="cosine", batch_size=batch_size,
+        name=name if truncate_dim is None else f"{name}_dim{truncate_dim}", truncate_dim=truncate_dim,
     )
 
 
@@ -336,6 +334,7 @@ def sts_evaluators(
     *,
     batch_size: int = 16,
     fallback: bool = True,
+    truncate_dim: int | None = None,  # embeddings cut to their leading dims; each evaluator named <name>_dim<d>
 ) -> list[EmbeddingSimilarityEvaluator]:
     """Cosine-Spearman evaluators for STS 2012 test ("sts12"), STS 2013 test ("sts13") and SICK trial ("sick-trial").
 
@@ -346,13 +345,13 @@ def sts_evaluators(
         if not fallback:
             _require_data(None)
         logger.warning("shared data not found (set %s); using the built-in STS pairs only", DATA_ENV)
-        return [builtin_sts_evaluator(batch_size=batch_size)]
+        return [builtin_sts_evaluator(batch_size=batch_size, truncate_dim=truncate_dim)]
     evaluators = []
     for name, year in STS_YEARS.items():
         pairs = subsample(read_sts(found / STS_DIR / year, split="test"), max_pairs)
-        evaluators.append(_similarity_evaluator(pairs, (0.0, 5.0), name, batch_size))
+        evaluators.append(_similarity_evaluator(pairs, (0.0, 5.0), name, batch_size, truncate_dim))
     sick = [(p.sentence_a, p.sentence_b, p.relatedness) for p in read_sick(found / SICK_DIR / "SICK_trial.txt")]
-    evaluators.append(_similarity_evaluator(subsample(sick, max_pairs), (1.0, 5.0), "sick-trial", batch_size))
+    evaluators.append(_similarity_evaluator(subsample(sick, max_pairs), (1.0, 5.0), "sick-trial", batch_size, truncate_dim))
     return evaluators
 
 
@@ -393,7 +392,7 @@ def dev_set_size(evaluator: EmbeddingSimilarityEvaluator | RerankingEvaluator) -
     return len(samples) if samples is not None else len(evaluator.scores)
 
 
-def builtin_sts_evaluator(*, batch_size: int = 16) -> EmbeddingSimilarityEvaluator:
+def builtin_sts_evaluator(*, batch_size: int = 16, truncate_dim: int | None = None) -> EmbeddingSimilarityEvaluator:
     """Cosine-Spearman evaluator ("builtin-sts") over :func:`builtin_sts_pairs`, scores mapped to 0..1."""
-    return _similarity_evaluator(builtin_sts_pairs(), (0.0, 5.0), "builtin-sts", batch_size)
+    return _similarity_evaluator(builtin_sts_pairs(), (0.0, 5.0), "builtin-sts", batch_size, truncate_dim)
 

@@ -36,7 +36,8 @@ class SchemaError(InputError):
 @dataclass(frozen=True)
 class Key:
     """What one value accepts. ``kind``: int / float / bool / bool_or_auto / str / text (a str that is valid
-    Unicode: no lone surrogate) / strs (a str or a list of str) / list_str / dict / any, or ``object``
+    Unicode: no lone surrogate) / strs (a str or a list of str) / list_str / list_int / list_float (a non-empty
+    list; ``low`` / ``high`` bound every number) / dict / any, or ``object``
     (``fields``; ``required`` of them; ``extra``: other fields allowed), ``list`` (each ``item``), ``map``
     (str keys, each value an ``item``). ``None`` passes when ``nullable``; numbers lie within [``low``,
     ``high``] (``low_open`` / ``high_open``: exclusive); ``choices`` lists the allowed values; ``check`` may
@@ -74,6 +75,7 @@ def _range_text(spec: Key) -> str:
 _KIND_TEXT = {
     "int": "an integer", "float": "a number", "bool": "true or false", "bool_or_auto": "true, false or 'auto'",
     "str": "a string", "text": "a string", "strs": "a string or a list of strings", "list_str": "a list of strings",
+    "list_int": "a list of integers", "list_float": "a list of numbers",
     "dict": "a mapping", OBJECT: "an object", LIST: "a list", MAP: "a mapping",
 }
 
@@ -146,6 +148,10 @@ def _coerce(value: Any, kind: str, text_values: bool) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return list(value)
         raise ValueError
+    if kind in ("list_int", "list_float"):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError
+        return [_coerce(v, kind[5:], text_values) for v in value]
     if kind in ("dict", OBJECT, MAP):
         if isinstance(value, Mapping):
             return value
@@ -170,11 +176,12 @@ def check_value(key: str, value: Any, spec: Key, *, text_values: bool = False) -
         raise InputError(f"{key}: expected {expected(spec)}, got {_shown(value)}") from None
     if spec.choices is not None and out not in spec.choices:
         raise InputError(f"{key}: expected {expected(spec)}, got {_shown(value)}")
-    if isinstance(out, (int, float)) and not isinstance(out, bool):
-        too_low = spec.low is not None and (out <= spec.low if spec.low_open else out < spec.low)
-        too_high = spec.high is not None and (out >= spec.high if spec.high_open else out > spec.high)
-        if too_low or too_high:
-            raise InputError(f"{key}: expected {expected(spec)}, got {_shown(value)}")
+    for number in out if spec.kind in ("list_int", "list_float") else [out]:
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            too_low = spec.low is not None and (number <= spec.low if spec.low_open else number < spec.low)
+            too_high = spec.high is not None and (number >= spec.high if spec.high_open else number > spec.high)
+            if too_low or too_high:
+                raise InputError(f"{key}: expected {expected(spec)}, got {_shown(value)}")
     if spec.kind == "text" and unicode_problem(out):
         raise InputError(f"{key}: holds {unicode_problem(out)}")
     if spec.kind == OBJECT:

@@ -90,6 +90,18 @@ def make_tiny_llm(out_dir: Path, arch: str = "llama", seed: int = 0, add_bos: bo
     return out_dir
 
 
+def save_stock_model(llm: Path, out: Path, max_seq_length: int = 64) -> Path:
+    """A stock Sentence Transformers model (Transformer + mean Pooling, nothing of st-llm2vec) over a tiny LLM,
+    saved to ``out``: a retriever or teacher from outside the project."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    word = Transformer(str(llm), max_seq_length=max_seq_length)
+    word.tokenizer.pad_token = word.tokenizer.eos_token
+    SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), "mean")]).save(str(out))
+    return out
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tiny models gain nothing from threads; on a busy 2-core machine two threads spin (~50x slower)."""

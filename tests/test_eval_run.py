@@ -17,6 +17,7 @@ from st_llm2vec.errors import OutputExistsError  # noqa: E402
 from st_llm2vec.eval import instructions, tasks  # noqa: E402
 from st_llm2vec.eval import models as encoders  # noqa: E402
 from st_llm2vec.eval import runner as run  # noqa: E402
+from st_llm2vec.eval.results import LoadSettings  # noqa: E402
 from st_llm2vec.instructions import stored_prompt  # noqa: E402
 
 SENTENCES = [
@@ -220,3 +221,30 @@ def test_a_dir_with_a_generic_name_is_labelled_with_its_parent(models, tmp_path)
     assert encoders.resolve_model(str(bundled)).label == "some_package/model"
     assert encoders.resolve_model(str(models["stock"])).label == "stock"
 
+
+
+def test_dim_scores_embeddings_cut_as_stock_truncate_dim_cuts_them_and_keeps_their_results_apart(models, data, tmp_path):
+    import numpy as np
+    from scipy.stats import spearmanr
+    from sentence_transformers import SentenceTransformer
+
+    from st_llm2vec.errors import InputError
+
+    rows = [line.split("\t") for line in data["pairs"].read_text().splitlines()]
+    settings = dict(instructions="none")
+    full = run.evaluate_models([str(models["stock"])], [str(data["pairs"])], config(tmp_path, **settings))
+    cut = run.evaluate_models([str(models["stock"])], [str(data["pairs"])],
+                              config(tmp_path, load=LoadSettings(truncate_dim=8), **settings))
+    assert not cut.scores[0].cached  # another experiment than the full-size run: its own results and embeddings
+    stock = SentenceTransformer(str(models["stock"]), truncate_dim=8)
+    a, b = (stock.encode([r[k] for r in rows], normalize_embeddings=True) for k in (0, 1))
+    assert a.shape[1] == 8
+    expected = 100 * spearmanr(np.sum(a * b, axis=1), [float(r[2]) for r in rows]).statistic
+    assert cut.scores[0].value == pytest.approx(expected, abs=1e-6)
+    assert full.scores[0].value != pytest.approx(expected, abs=1e-3)
+    again = run.evaluate_models([str(models["stock"])], [str(data["pairs"])],
+                                config(tmp_path, load=LoadSettings(truncate_dim=8), **settings))
+    assert again.scores[0].cached and again.scores[0].value == pytest.approx(cut.scores[0].value, abs=1e-3)
+    with pytest.raises(InputError, match="--dim 999 is more than the 32 dimensions"):
+        run.evaluate_models([str(models["stock"])], [str(data["pairs"])],
+                            config(tmp_path, load=LoadSettings(truncate_dim=999), **settings))

@@ -16,7 +16,7 @@ import torch
 from st_llm2vec import devdata as devsets
 from st_llm2vec.recipe.contrastive import GlobalBatchSampler, set_attention_dropout
 from st_llm2vec.recipe.stage_contrastive import prepare_stage, train_simcse, train_supervised
-from conftest import REPO
+from conftest import REPO, save_stock_model
 from conftest import PAIR_SENTENCES as SENTENCES
 from conftest import contrastive_config as _base_config
 from conftest import triplets as _triplets
@@ -188,15 +188,26 @@ def test_cached_loss_and_gradient_checkpointing_train(tiny_llm, tmp_path):
     assert "CachedMultipleNegativesRankingLoss" in (tmp_path / "out" / "README.md").read_text()
 
 
-@pytest.mark.parametrize("stage", ["simcse", "supervised"])
-def test_the_repos_tiny_configs_need_no_shared_data(stage, tiny_llm, tmp_path, monkeypatch):
-    """A clone has no ../shared: the tiny configs read their data from the repo; only the model is to be given."""
+@pytest.mark.parametrize("stage, config, options", [
+    ("simcse", "tiny.json", []),
+    ("supervised", "tiny.json", []),
+    ("supervised", "tiny_mined.json", []),
+    ("supervised", "tiny_matryoshka.json", ["--matryoshka_dims", "32", "16", "8"]),  # the tiny LLM's hidden size: 32
+    ("supervised", "tiny_distill.json", ["--teacher", "TEACHER", "--teacher_cache_dir", "CACHE"]),
+])
+def test_the_repos_tiny_configs_need_no_shared_data(stage, config, options, tiny_llm, tmp_path, monkeypatch):
+    """A clone has no ../shared: the tiny configs read their data from the repo; only the model (and the
+    distillation's teacher: any Sentence Transformers model) is to be given."""
     from st_llm2vec import cli
 
+    if "TEACHER" in options:
+        save_stock_model(tiny_llm("llama"), tmp_path / "teacher")
+        names = {"TEACHER": str(tmp_path / "teacher"), "CACHE": str(tmp_path / "cache")}
+        options = [names.get(o, o) for o in options]
     monkeypatch.setattr(devsets, "find_shared_data", lambda path=None: None)
-    code = cli.main([stage, str(REPO / "training" / stage / "tiny.json"), "--model_name_or_path", str(tiny_llm("llama")),
+    code = cli.main([stage, str(REPO / "training" / stage / config), "--model_name_or_path", str(tiny_llm("llama")),
                      "--output-dir", str(tmp_path / "out"), "--set", "max_steps=2", "--set", "evaluator=none",
-                     "--set", "disable_tqdm=true", "--set", "save_strategy=no"])
+                     "--set", "disable_tqdm=true", "--set", "save_strategy=no", *options])
     assert code == 0 and (tmp_path / "out" / "modules.json").is_file()
 
 

@@ -50,6 +50,9 @@ def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-tokens", type=int, default=None,
                         help="st-llm2vec models: token budget of one forward pass (long texts run in smaller "
                              "batches; default: none)")
+    parser.add_argument("--dim", type=int, default=None, metavar="D",
+                        help="cut every embedding to its first D dimensions (a Matryoshka model's truncate_dim; "
+                             "results and cached embeddings are kept apart per D; default: all)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: what torch picks)")
     parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
                         help="weights dtype (default: each model's loader default)")
@@ -97,7 +100,7 @@ def run_eval(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.instruction),
         batch_size=args.batch_size,
         load=LoadSettings(device=args.device, dtype=args.dtype, max_seq_length=args.max_seq_length,
-                          max_batch_tokens=args.max_batch_tokens),
+                          max_batch_tokens=args.max_batch_tokens, truncate_dim=args.dim),
         data_dir=args.data_dir,
         overwrite=args.overwrite,
         progress=not args.no_progress,

@@ -204,6 +204,12 @@ def load(source: ModelSource, settings: LoadSettings) -> SentenceTransformer:
                                     model_kwargs={"dtype": dtype} if dtype is not None else None)
     if settings.max_seq_length is not None:
         model.max_seq_length = settings.max_seq_length
+    if settings.truncate_dim is not None:
+        size = model.get_embedding_dimension()
+        if size and settings.truncate_dim > size:
+            raise InputError(f"--dim {settings.truncate_dim} is more than the {size} dimensions of {source.label}'s "
+                             f"embeddings: give --dim up to {size}.")
+        model.truncate_dim = settings.truncate_dim  # ST's own cut, as SentenceTransformer(path, truncate_dim=d)
     model.eval()
     return model
 

@@ -80,7 +80,9 @@ def markdown(run: EvalRun) -> str:
     lines += [f"| {model} | " + " | ".join(_fmt(v) for v in _row(run, model)) + " |" for model in run.models]
     metrics = _main_metrics(run)
     lines += ["", "Main score ×100 of each task: " + ", ".join(f"{t}: {metrics.get(t, '?')}" for t in run.tasks)
-              + (" (mean: of these)" if len(run.tasks) > 1 else "") + f". Instructions: {run.config.instructions}.",
+              + (" (mean: of these)" if len(run.tasks) > 1 else "") + f". Instructions: {run.config.instructions}."
+              + (f" Embeddings cut to their first {run.config.load.truncate_dim} dimensions."
+                 if run.config.load.truncate_dim else ""),
               "", "| task | instruction | from | applied to |", "|---|---|---|---|"]
     for task, item in _instructions(run).items():
         text = item.get("instruction")

@@ -16,12 +16,14 @@ DEFAULT_OUTPUT = "st-llm2vec-eval"
 
 @dataclass(frozen=True)
 class LoadSettings:
-    """How every model of a run is loaded: device, dtype, token limits (None: the model's own)."""
+    """How every model of a run is loaded: device, dtype, token limits (None: the model's own), and the leading
+    dimensions its embeddings are cut to (``truncate_dim``, for Matryoshka models; None: all)."""
 
     device: str | None = None
     dtype: str | None = None
     max_seq_length: int | None = None
     max_batch_tokens: int | None = None
+    truncate_dim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class EvalConfig:
             raise InputError(f"instructions must be one of {', '.join(MODES)}, got {self.instructions!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InputError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        for name in ("max_seq_length", "max_batch_tokens"):
+        for name in ("max_seq_length", "max_batch_tokens", "truncate_dim"):
             value = getattr(self.load, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InputError(f"{name} must be a positive int or None (the model's own), got {value!r}")
@@ -57,7 +59,7 @@ class EvalConfig:
         if self.overrides:
             digest = hashlib.sha256(json.dumps(dict(self.overrides), sort_keys=True).encode("utf-8")).hexdigest()[:8]
             settings["instructions"] = f"{self.instructions}+custom-{digest}"
-        for name in ("max_seq_length", "dtype", "device"):
+        for name in ("max_seq_length", "dtype", "device", "truncate_dim"):
             value = getattr(self.load, name)
             if value is not None:
                 settings[name] = str(value)

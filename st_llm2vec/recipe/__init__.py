@@ -8,6 +8,9 @@ around ``trainer`` (the one trainer subclass), with ``stage_model`` (start model
 and ``command`` (a stage's command line). Each stage: ``stage_mntp`` (with ``mntp_masking``, ``mntp_head``,
 ``mntp_loss`` and the corpus of ``text_data``) and ``stage_contrastive`` (with ``contrastive_arguments``,
 ``contrastive`` and the pairs of ``pair_data`` / ``pair_files``). ``presets``: short CPU configs of the stages.
+The contrastive stages' options: ``matryoshka`` (cut dimensions), and on the supervised pairs ``pair_options``:
+``mining`` (hard negatives; ``st-llm2vec mine`` is ``mine``) then ``distill`` (a teacher's scores), both scoring
+with a model of ``scorer``.
 
 A new stage is an entry in ``stages.STAGES`` and a ``stage_<name>.py`` here; a new contrastive loss, an entry in
 ``losses.LOSSES``.

@@ -76,7 +76,8 @@ class ContrastiveTrainer(LLM2VecTrainer):
 
 def probe_loss(trainer, data, batch_size: int, seed: int = 0) -> float:
     """The contrastive loss on a fixed batch (first rows of the largest dataset), in train mode with a fixed
-    RNG seed, so dropout masks repeat: comparable before and after training. Local to each process."""
+    RNG seed, so dropout masks repeat: comparable before and after training. Local to each process. Always
+    ``MultipleNegativesRankingLoss`` (at the trained loss's scale, 20 for a distillation loss), full dimensions."""
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     subset = max(data.subsets, key=lambda s: len(s.dataset))
@@ -87,8 +88,10 @@ def probe_loss(trainer, data, batch_size: int, seed: int = 0) -> float:
     inputs, labels = trainer.collect_features(batch)
     device = trainer.args.device
     inputs = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in f.items()} for f in inputs]
+    from .losses import inner_loss
+
     model = trainer.model
-    loss_fn = MultipleNegativesRankingLoss(model, scale=trainer.loss.scale)
+    loss_fn = MultipleNegativesRankingLoss(model, scale=getattr(inner_loss(trainer.loss), "scale", 20.0))
     was_training = model.training
     model.train()
     devices = [device] if device.type == "cuda" else []  # dropout draws from the device's generator
@@ -129,13 +132,16 @@ def set_attention_dropout(hf_model, p: float) -> int:
 
 
 def dev_sts_evaluator(
-    data_dir: str | None, max_pairs: int | None, batch_size: int, instruction: str | None = None
+    data_dir: str | None, max_pairs: int | None, batch_size: int, instruction: str | None = None,
+    truncate_dim: int | None = None,
 ) -> Any:
-    """Cosine-Spearman on the dev STS sets (STS12/13 test, SICK trial; built-in pairs without the shared data)."""
+    """Cosine-Spearman on the dev STS sets (STS12/13 test, SICK trial; built-in pairs without the shared data), on
+    embeddings cut to ``truncate_dim`` if given."""
     from .. import devdata
     from ..instructed_evaluator import InstructedSequentialEvaluator
 
-    return InstructedSequentialEvaluator(devdata.sts_evaluators(data_dir, max_pairs, batch_size=batch_size), instruction)
+    evaluators = devdata.sts_evaluators(data_dir, max_pairs, batch_size=batch_size, truncate_dim=truncate_dim)
+    return InstructedSequentialEvaluator(evaluators, instruction)
 
 
 

@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 
 from ..errors import InputError
 from .arguments import RecipeArguments
-from .keys import key
-from .losses import LOSS_ALIASES
+from .keys import key, read_mapping
+from .losses import LOSS_ALIASES, loss_entry
+from .mining import MiningSettings
+from .scorer import INSTRUCTION_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +24,10 @@ logger = logging.getLogger(__name__)
 def _evaluator_value(value: Any) -> None:
     if value not in (None, False) and str(value).lower() not in ("sts", "none", "false", ""):
         raise InputError(f"expected 'sts' or 'none', got {value!r}")
+
+
+def _mining_value(value: Mapping[str, Any]) -> None:
+    read_mapping(MiningSettings, value, "hard_negatives")
 
 
 def _instructions_value(value: Mapping[str, Any]) -> None:
@@ -36,7 +42,7 @@ class ContrastiveArguments(RecipeArguments):
 
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset({"experiment_id", "do_train", "remove_unused_columns"})
     PATH_KEYS: ClassVar[tuple[str, ...]] = ("model_name_or_path", "peft_model_name_or_path", "dataset_file_path",
-                                            "eval_data_dir")
+                                            "eval_data_dir", "teacher")
     RESULT_FILE: ClassVar[str] = "st_llm2vec_stage.json"
 
     peft_model_name_or_path: str | None = key(None, help="an llm2vec adapter, merged first")
@@ -58,6 +64,11 @@ class ContrastiveArguments(RecipeArguments):
     eval_max_pairs: int | None = key(1000, low=1, help="pairs per dev set; null: all")
     evaluator: str | None = key("sts", kind="any", check=_evaluator_value, help="sts or none")
     eval_instruction: str | None = key(None, help="prompt for both sides of the dev STS pairs")
+    # Matryoshka: the loss also at these leading-dimension cuts (ST's MatryoshkaLoss)
+    matryoshka_dims: list[int] | None = key(None, low=1, help="train embeddings that can be cut to these dimensions "
+                                                              "(e.g. [576, 256, 64]); the card lists dev quality at each")
+    matryoshka_weights: list[float] | None = key(None, low=0, low_open=True,
+                                                 help="the loss's weight at each of matryoshka_dims (default 1 each)")
 
     def check(self, training: Mapping[str, Any]) -> None:
         if training.get("prompts") is not None:
@@ -71,6 +82,13 @@ class ContrastiveArguments(RecipeArguments):
                 "is merged in memory first. Save the merged start model (e.g. `st-llm2vec convert`) and start from "
                 "it, or use save_mode 'merged'."
             )
+        from .matryoshka import check_dims
+
+        check_dims(self.matryoshka_dims, self.matryoshka_weights, self.model_name_or_path)
+        if loss_entry(self.loss_class).distills and not getattr(self, "teacher", None):
+            raise InputError(
+                f"loss_class {self.loss_class} learns a teacher's scores: set `teacher` (a Sentence Transformers model "
+                "dir or Hub id) in the supervised stage, or choose MultipleNegativesRankingLoss.")
 
     def unmerged_output(self) -> bool:
         return self.save_mode == "adapter"
@@ -137,6 +155,35 @@ class SupervisedArguments(ContrastiveArguments):
     shared_sets: list[str] = key(default_factory=lambda: ["sick", "msr"], nullable=False,
                                  help="sets of the shared data for dataset_name 'shared'")
     skip_small_datasets: bool = key(False, help="drop datasets smaller than one global batch instead of refusing")
+    # mined hard negatives (st_llm2vec.recipe.mining) and distillation (st_llm2vec.recipe.distill)
+    hard_negatives: dict[str, Any] | None = key(None, check=_mining_value,
+                                                help="mine each query's negatives before training: {mine_with: self "
+                                                     "or a model, num_negatives, range_min, range_max, margin or "
+                                                     "relative_margin, max_score, sampling_strategy, instructions}")
+    teacher: str | None = key(None, help="distil this Sentence Transformers model's scores (loss_class MarginMSELoss "
+                                         "or DistillKLDivLoss)")
+    teacher_instructions: str = key("auto", choices=INSTRUCTION_MODES,
+                                    help="the teacher's prompts: data (the datasets' instructions), model (its own), "
+                                         "none; auto: model")
+    teacher_cache_dir: str | None = key(None, help="where the teacher's scores are cached "
+                                                   "(default: the st_llm2vec cache's teacher_scores/)")
+
+    def check(self, training: Mapping[str, Any]) -> None:
+        super().check(training)
+        from .scorer import check_scorer
+
+        if self.teacher is not None:
+            if not loss_entry(self.loss_class).distills:
+                raise InputError(f"teacher {self.teacher!r} is set but loss_class {self.loss_class} does not learn from "
+                                 "it: use MarginMSELoss (pos/neg margins) or DistillKLDivLoss (scores over candidates).")
+            check_scorer(self.teacher, "teacher", self.max_seq_length)
+        mining = self.mining()
+        if mining is not None:
+            check_scorer(mining.mine_with, "hard_negatives.mine_with")
+
+    def mining(self) -> MiningSettings | None:
+        """The ``hard_negatives`` settings, or None when negatives are not mined."""
+        return None if self.hard_negatives is None else read_mapping(MiningSettings, self.hard_negatives, "hard_negatives")
 
     def data(self):
         from .pair_files import read_pair_folder, shared_pair_data

@@ -61,7 +61,8 @@ def _kind_of(hint: Any) -> tuple[str, bool]:
     if len(args) == 1 and args[0] in (bool, int, float, str):
         return args[0].__name__, nullable
     if len(args) == 1 and lists:
-        return "list_str", nullable
+        item = (typing.get_args(lists[0]) or (str,))[0]
+        return {int: "list_int", float: "list_float"}.get(item, "list_str"), nullable
     if set(args) - set(lists) == {str} and lists:
         return "strs", nullable
     if len(args) == 1 and (args[0] is dict or typing.get_origin(args[0]) is dict):
@@ -100,22 +101,25 @@ def aliases_of(cls: type) -> dict[str, str]:
     return {alias: f.name for f in dataclasses.fields(cls) for alias in declaration(cls, f.name).get("aliases", ())}
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """``--KEY VALUE`` for every key of ``cls`` (and its aliases), each without a default, so that only the
     options given override the config file; values are checked as the file's are.
 
     Written here rather than with transformers' ``HfArgumentParser``: importing transformers costs more than
     the one second ``st-llm2vec STAGE --help`` may take, and the values need the config's checks anyway.
+    Keys in ``skip`` get no option (a command that takes one as a positional argument).
     """
     specs = keys_of(cls)
     for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
         meta = declaration(cls, field.name)
         spec = specs[field.name]
         names = [f"--{field.name}"] + [f"--{a}" for a in meta.get("aliases", ())]
         if "_" in field.name:
             names.insert(1, f"--{field.name.replace('_', '-')}")
         options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS, "metavar": field.name.upper()}
-        if spec.kind in ("list_str", "strs"):
+        if spec.kind in ("list_str", "strs", "list_int", "list_float"):
             options["nargs"] = "+"
         elif spec.kind == "dict":
             options["type"] = json.loads
@@ -136,6 +140,36 @@ def check_value(key: str, value: Any, spec: Key) -> Any:
 def check_keys(values: Mapping[str, Any], specs: Mapping[str, Key]) -> tuple[dict[str, Any], list[str]]:
     """(checked copy of ``values``, error lines) for the recipe keys of ``values`` (:func:`check_value`)."""
     return schema.check_keys(values, specs, text_values=True)
+
+
+def read_mapping(cls: type, value: Any, name: str) -> Any:
+    """A config key whose value is a mapping of keys declared in dataclass ``cls`` (with :func:`key`), as a ``cls``:
+    unknown keys refused, every value checked as a top-level key's is (errors name ``name.KEY``), then the
+    dataclass's own ``check()`` across its keys. One InputError lists every bad value. ``name`` "": the keys are
+    options of a command, named alone."""
+    if not isinstance(value, Mapping):
+        raise InputError(f"{name}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(cls))}, "
+                         f"got {value!r}")
+    specs = keys_of(cls)
+    unknown = sorted(set(value) - set(specs))
+    if unknown:
+        raise InputError(f"{name}: unknown key(s) {unknown}; expected some of {sorted(specs)}")
+    out, errors = {}, []
+    for sub, raw in value.items():
+        try:
+            out[sub] = check_value(f"{name}.{sub}" if name else sub, raw, specs[sub])
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise InputError("; ".join(errors))
+    instance = cls(**out)
+    check = getattr(instance, "check", None)
+    if check is not None:
+        try:
+            check()
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{name}: {exc}" if name else str(exc)) from None
+    return instance
 
 
 def nonempty(value: Any) -> None:

@@ -53,8 +53,9 @@ from .mntp_masking import (
     check_mlm_probability,
     check_strategy,
     content_generator,
+    mask_global_batch,
     mask_tokens,
-    rank_generator,
+    process_group,
     resolve_mask_token_id,
     special_token_ids,
 )
@@ -81,7 +82,8 @@ class MNTPLoss(nn.Module):
 
     Train with :class:`MNTPDataCollator` as the trainer's ``data_collator``. The loss reads
     ``features[0]["input_ids" | "attention_mask"]`` and masks them itself (training: torch's RNG, which
-    the trainer seeds and restores on resume, with a different stream per DDP rank; eval: masks seeded
+    the trainer seeds and restores on resume; under DDP each process keeps its rows of the global batch's masks
+    and the loss is the mean over the global batch's labelled tokens, so N processes train as one; eval: masks seeded
     by the batch content, so every evaluation of a batch uses the same masks). A batch that already has ``labels`` is used as given.
     A batch without any label gives 0 (llm2vec's HF loss gives NaN there).
     """
@@ -190,9 +192,21 @@ class MNTPLoss(nn.Module):
             generator=generator,
         )
 
-    def masked_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """MNTP cross entropy for an already-masked batch (labels -100 where not masked), as llm2vec's loss."""
+    def masked_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                    global_mean: bool = False) -> torch.Tensor:
+        """MNTP cross entropy for an already-masked batch (labels -100 where not masked), as llm2vec's loss: the mean
+        over the labelled tokens. ``global_mean`` under DDP: over the labelled tokens of every process's rows (this
+        process's sum × processes / all labelled tokens, so DDP's gradient mean is the one-process gradient)."""
         logits, targets, hidden = self.labelled_logits(input_ids, attention_mask, labels)
+        _, world = process_group()
+        if global_mean and world > 1:
+            import torch.distributed as dist
+
+            count = torch.tensor([targets.numel()], device=hidden.device, dtype=torch.float64)
+            dist.all_reduce(count)
+            if count.item() == 0:
+                return hidden.sum() * 0.0
+            return F.cross_entropy(logits, targets, reduction="sum") * (world / count.item())
         if targets.numel() == 0:
             return hidden.sum() * 0.0
         return F.cross_entropy(logits, targets)
@@ -202,8 +216,9 @@ class MNTPLoss(nn.Module):
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         labels = batch.get("labels")
         if labels is None:
-            if self.model.training:
-                input_ids, labels = self.mask(input_ids, attention_mask, generator=rank_generator(input_ids.device))
+            if self.model.training:  # masks of the global batch, loss over its labelled tokens: as one process
+                input_ids, labels = mask_global_batch(self.mask, input_ids, attention_mask)
+                return self.masked_loss(input_ids, attention_mask, labels, global_mean=True)
             else:
                 input_ids, labels = self.mask(input_ids.cpu(), attention_mask.cpu(), generator=content_generator(input_ids))
                 input_ids, labels = input_ids.to(attention_mask.device), labels.to(attention_mask.device)

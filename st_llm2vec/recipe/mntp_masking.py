@@ -118,6 +118,46 @@ def content_generator(input_ids: torch.Tensor, seed: int = 0) -> torch.Generator
     return torch.Generator().manual_seed(digest % (2**63 - 1))
 
 
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the initialized process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def mask_global_batch(mask: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask(input_ids, attention_mask, generator)`` for this process's rows, drawn as one process draws them for
+    the whole global batch: under DDP every process gathers the global batch's token ids (right-padded to one
+    length, as the collator pads), masks it with torch's RNG — which the trainer seeds alike in every process —
+    and keeps its own rows. So N processes mask exactly as one process with N times the batch (and no two
+    processes draw the same positions). Processes with batches of different sizes mask their own rows with a
+    per-process generator (:func:`rank_generator`) instead."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    rank, world = process_group()
+    if world == 1:
+        return mask(input_ids, attention_mask, None)
+    shape = torch.tensor(input_ids.shape, device=input_ids.device)
+    shapes = [torch.zeros_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    if len({int(s[0]) for s in shapes}) > 1:
+        return mask(input_ids, attention_mask, rank_generator(input_ids.device))
+    rows, length = input_ids.shape
+    pad = max(int(s[1]) for s in shapes) - length
+    gathered = []
+    for local in (F.pad(input_ids, (0, pad)), F.pad(attention_mask, (0, pad))):
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local.contiguous())
+        gathered.append(torch.cat(parts))
+    masked, labels = mask(gathered[0], gathered[1], None)
+    own = slice(rank * rows, (rank + 1) * rows)
+    return masked[own, :length], labels[own, :length]
+
+
 def rank_generator(device: torch.device) -> torch.Generator | None:
     """Under DDP, a per-rank generator seeded from torch's global RNG; None (the global RNG) otherwise.
 

@@ -77,6 +77,8 @@ SHARED_INSTRUCTIONS: dict[str, str] = {
     "msr": "Retrieve semantically similar text",
 }
 SHARED_SYMMETRIC: frozenset[str] = frozenset({"msr"})
+# The column of a teacher's scores (distillation: [positive, negative_1, ...] per row), a label to the ST trainer.
+TEACHER_COLUMN = "label"
 
 
 def join_instruction(instruction: str) -> str:
@@ -96,14 +98,28 @@ class PairSubset:
 
     @property
     def has_negatives(self) -> bool:
-        return "negative" in self.dataset.column_names
+        from .mining import negative_columns
+
+        return bool(negative_columns(self.dataset.column_names))
+
+    def digest(self) -> str:
+        """A hash of the rows (every column, in order) with the instruction and where it applies: what keys the
+        data's part of a cache entry (mined negatives, a teacher's scores)."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(json.dumps([self.instruction, self.symmetric, self.dataset.column_names]).encode())
+        for column in self.dataset.column_names:
+            digest.update(json.dumps(list(self.dataset[column]), ensure_ascii=False).encode())
+        return digest.hexdigest()
 
     def prompts(self) -> dict[str, str]:
         """Per-column prompts (Sentence Transformers' ``prompts`` format) for this dataset."""
         if not self.instruction:
             return {}
         prompt = join_instruction(self.instruction)
-        columns = self.dataset.column_names if self.symmetric else ["query"]
+        texts = [c for c in self.dataset.column_names if c != TEACHER_COLUMN]
+        columns = texts if self.symmetric else ["query"]
         return {column: prompt for column in columns}
 
 
@@ -138,7 +154,10 @@ class PairData:
         for s in self.subsets:
             where = "all columns" if s.symmetric else "query"
             instr = f"{s.instruction!r} on {where}" if s.instruction else "no instruction"
-            kind = "triplets" if s.has_negatives else "pairs"
+            from .mining import negative_columns
+
+            negatives = len(negative_columns(s.dataset.column_names))
+            kind = "pairs" if not s.has_negatives else "triplets" if negatives == 1 else f"rows with {negatives} negatives"
             lines.append(f"  {s.name}: {len(s.dataset)} {kind}, {instr}")
         for name, counts in self.dropped.items():
             reasons = ", ".join(f"{n} {why}" for why, n in counts.items() if n)

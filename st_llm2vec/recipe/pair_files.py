@@ -35,21 +35,30 @@ def _text(value) -> str | None:
     return None
 
 
+def _negatives(value) -> list[str] | None:
+    """A row's hard negatives: one text, or a list of them (mined data: ``negative: [...]``); None if it has none
+    (or any of them is unusable)."""
+    texts = value if isinstance(value, list) else [value]
+    kept = [_text(t) for t in texts]
+    return kept if kept and all(t is not None for t in kept) else None
+
+
 def rows_to_dataset(name: str, rows: Iterable[Mapping], counts: dict[str, int] | None = None) -> Dataset:
     """Clean ``{"query", "positive"[, "negative"]}`` rows into a Dataset; dropped rows are counted in ``counts``.
 
-    A dataset has hard negatives if any row has one; then rows without one are dropped too.
+    A dataset has hard negatives if any row has one; then rows without one are dropped too. ``negative`` may be a
+    list (``st-llm2vec mine`` with ``num_negatives`` > 1): then every row needs as many, in columns ``negative_1..n``.
     """
     counts = counts if counts is not None else {}
     counts.setdefault("empty query/positive", 0)
     counts.setdefault("without negative", 0)
-    kept: list[tuple[str, str, str | None]] = []
+    kept: list[tuple[str, str, list[str] | None]] = []
     for row in rows:
         query, positive = _text(row.get("query")), _text(row.get("positive"))
         if query is None or positive is None:
             counts["empty query/positive"] += 1
             continue
-        kept.append((query, positive, _text(row.get("negative"))))
+        kept.append((query, positive, _negatives(row.get("negative"))))
     with_negatives = any(neg is not None for _, _, neg in kept)
     if with_negatives:
         before = len(kept)
@@ -58,13 +67,27 @@ def rows_to_dataset(name: str, rows: Iterable[Mapping], counts: dict[str, int] |
     if any(counts.values()):
         logger.warning("%s: dropped %s", name, ", ".join(f"{n} rows {why}" for why, n in counts.items() if n))
     columns = {"query": [r[0] for r in kept], "positive": [r[1] for r in kept]}
-    if with_negatives:
-        columns["negative"] = [r[2] for r in kept]
+    widths = {len(r[2]) for r in kept if r[2] is not None}
+    if len(widths) > 1:
+        raise InputError(f"{name}: rows hold {sorted(widths)} negatives; every row of a dataset needs as many.")
+    width = widths.pop() if widths else 0
+    if width == 1:
+        columns["negative"] = [r[2][0] for r in kept]
+    for k in range(width if width > 1 else 0):
+        columns[f"negative_{k + 1}"] = [r[2][k] for r in kept]
     return Dataset.from_dict(columns)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """The rows of one ``<dataset>.jsonl`` file, read by ``datasets``; an empty or blank file has none."""
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of one ``<dataset>.jsonl`` (read by ``datasets``; an empty or blank file has none) or
+    ``<dataset>.parquet`` file (``st-llm2vec mine --format parquet``)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as error:  # pyarrow raises several kinds for a file that is not Parquet
+            raise InputError(f"Could not read {path} as Parquet: {error}") from error
     try:
         return load_dataset("json", data_files=str(path), split="train").to_list()
     except (DatasetGenerationError, StopIteration, ValueError) as error:
@@ -130,7 +153,7 @@ def read_pair_folder(
     symmetric_instructions: bool = True,
     datasets: Sequence[str] | None = None,
 ) -> PairData:
-    """Read an E5 / echo-data folder of ``<dataset>.jsonl`` files (any subset of llm2vec's datasets).
+    """Read an E5 / echo-data folder of ``<dataset>.jsonl`` (or ``.parquet``) files (any subset of llm2vec's datasets).
 
     Args:
         path: the folder.
@@ -146,13 +169,17 @@ def read_pair_folder(
     table: dict[str, str | Sequence[str]] = {**E5_INSTRUCTIONS, **dict(instructions or {})}
     marks = set(SYMMETRIC_SPLITS if symmetric is None else symmetric) if symmetric_instructions else set()
     files = {p.stem: p for p in sorted(folder.glob("*.jsonl"))}
+    for parquet in sorted(folder.glob("*.parquet")):
+        if parquet.stem in files:
+            raise InputError(f"{folder} holds both {parquet.stem}.jsonl and {parquet.name}: keep one of them.")
+        files[parquet.stem] = parquet
     if datasets is not None:
         missing = [d for d in datasets if d not in files]
         if missing:
             raise MissingFileError(f"No {', '.join(m + '.jsonl' for m in missing)} in {folder}; found: {sorted(files)}")
         files = {d: files[d] for d in datasets}
     if not files:
-        raise MissingFileError(f"No .jsonl files in {folder}.")
+        raise MissingFileError(f"No .jsonl or .parquet files in {folder}.")
     # llm2vec reads allnli.jsonl (alternating instructions) and ignores its older split files.
     for split, (base, _) in SPLITS.items():
         if split in files and base in files and split not in table:
@@ -186,7 +213,7 @@ def read_pair_folder(
             sym = [stem in marks]
         else:
             sym = [f"{stem}_split{k + 1}" in marks or stem in marks for k in range(n)]
-        subsets += _build_subsets(stem, _read_jsonl(file), instruction, sym, str(file), dropped)
+        subsets += _build_subsets(stem, _read_rows(file), instruction, sym, str(file), dropped)
     subsets = [s for s in subsets if len(s.dataset)]
     if not subsets:
         raise InputError(f"No usable rows in {folder}: every row lacks a query or a positive.")
@@ -209,6 +236,43 @@ def pair_data_from_rows(
         sym = [name in marks or f"{name}_split{k + 1}" in marks for k in range(n)]
         subsets += _build_subsets(name, list(rows), instruction, sym, "memory", dropped)
     return PairData([s for s in subsets if len(s.dataset)], dropped)
+
+
+def subset_rows(subset: PairSubset) -> list[dict]:
+    """A dataset's rows in the layout :func:`read_pair_folder` reads: ``{"query", "positive"[, "negative"]}``, with
+    ``negative`` a list when there are several (``negative_1..n``); other columns (a teacher's ``label``) kept."""
+    from .mining import negative_columns
+
+    ds = subset.dataset
+    negatives = negative_columns(ds.column_names)
+    rows = []
+    for row in ds:
+        out = {k: v for k, v in row.items() if k not in negatives}
+        if negatives:
+            out["negative"] = row["negative"] if negatives == ["negative"] else [row[c] for c in negatives]
+        rows.append(out)
+    return rows
+
+
+def write_pair_folder(data: PairData, folder: str | os.PathLike, fmt: str = "jsonl") -> list[Path]:
+    """Each dataset of ``data`` as ``<name>.jsonl`` or ``<name>.parquet`` in ``folder`` (which must exist); an
+    instruction variant (``allnli_split1``) keeps its split name, which :func:`read_pair_folder` reads back."""
+    import json
+
+    paths = []
+    for subset in data.subsets:
+        path = Path(folder) / f"{subset.name}.{fmt}"
+        rows = subset_rows(subset)
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), path)
+        else:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        paths.append(path)
+    return paths
 
 
 # --------------------------------------------------------------------------- shared dev data

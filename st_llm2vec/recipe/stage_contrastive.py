@@ -47,6 +47,9 @@ class StageResult:
     datasets: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     prompts: dict[str, dict[str, str]] = field(default_factory=dict)
+    hard_negatives: dict[str, dict[str, Any]] | None = None  # per dataset: what mining kept and dropped
+    teacher_scores: dict[str, str] | None = None  # per dataset: the cached teacher scores it learned
+    matryoshka: dict[str, dict[str, float]] = field(default_factory=dict)  # dev scores at each cut dimension
     world_size: int = 1
     gather_across_devices: bool = False
     global_batch_size: int = 0
@@ -73,6 +76,7 @@ class Stage:
     resume_from_checkpoint: str | None = None
     restore: dict[str, Any] = field(default_factory=dict)  # inference settings changed for training
     run: Any = field(default=None, repr=False)  # st_llm2vec.recipe.training_run.TrainingRun: holds output_dir's lock until run_stage ends
+    options: Any = None  # pair_options.PairOptions: what mining and the teacher did to the data
 
     @property
     def name(self) -> str:
@@ -110,6 +114,8 @@ def _prepare(arguments: ContrastiveArguments, training: dict[str, Any], callback
     from .losses import build_loss
     from .arguments import training_arguments
     from .lifecycle import stop_callbacks
+    from .matryoshka import check_dims_fit
+    from .pair_options import apply_pair_options
     from .stage_model import add_lora, start_model
 
     kwargs = dict(training)
@@ -124,15 +130,21 @@ def _prepare(arguments: ContrastiveArguments, training: dict[str, Any], callback
     resume = run.resolve_resume()  # only complete checkpoints of this run (see st_llm2vec.recipe.training_run)
 
     simcse = arguments.STAGE == "simcse"
-    data = arguments.data()
     global_batch = args.per_device_train_batch_size * args.world_size
-    data = data.check_batch_size(global_batch, bool(getattr(arguments, "skip_small_datasets", False)))
-    data.check_in_batch_negatives(global_batch, simcse=simcse)
+
+    def checked(data):
+        data = data.check_batch_size(global_batch, bool(getattr(arguments, "skip_small_datasets", False)))
+        data.check_in_batch_negatives(global_batch, simcse=simcse)
+        return data
+
+    data, options = apply_pair_options(arguments, checked(arguments.data()), args)  # before the student loads
+    model, start = start_model(arguments, arguments.peft_model_name_or_path, arguments.bidirectional)
+    check_dims_fit(arguments.matryoshka_dims, model)
+    data, options = apply_pair_options(arguments, data, args, options, model)  # mining with `self`
+    data = checked(data)
     if args.process_index == 0:
         logger.info("%s training data (%d rows, global batch %d):\n%s", arguments.STAGE, len(data), global_batch,
                     data.summary())
-
-    model, start = start_model(arguments, arguments.peft_model_name_or_path, arguments.bidirectional)
     if arguments.save_mode == "adapter" and start.merged_in_memory:
         raise InputError(
             f"save_mode 'adapter' needs the start model on disk as it is trained on, but {start.model_name_or_path} "
@@ -163,12 +175,13 @@ def _prepare(arguments: ContrastiveArguments, training: dict[str, Any], callback
         args=args,
         train_dataset=data.to_dataset_dict(),
         loss=build_loss(model, arguments.loss_class, arguments.loss_scale, arguments.mini_batch_size,
-                        arguments.gather_across_devices, args.world_size),
+                        arguments.gather_across_devices, args.world_size, arguments.matryoshka_dims,
+                        arguments.matryoshka_weights),
         evaluator=evaluator,
         data_collator=collator,
         callbacks=[*callbacks, *stop_callbacks(arguments)],
     )
-    return Stage(arguments, training, data, model, start, trainer, resume, restore, run=run)
+    return Stage(arguments, training, data, model, start, trainer, resume, restore, run=run, options=options)
 
 
 def run_stage(stage: Stage) -> StageResult:
@@ -187,9 +200,11 @@ def _train(stage: Stage) -> tuple[StageResult, Any]:
 
 def _run(stage: Stage) -> StageResult:
     """:func:`run_stage`'s training and saving."""
-    from .contrastive import last_eval, probe_loss, set_attention_dropout, sts_scores
+    from .contrastive import dev_sts_evaluator, last_eval, probe_loss, set_attention_dropout, sts_scores
     from .arguments import jsonable
+    from .matryoshka import dims_quality
     from .lifecycle import write_result
+    from .losses import inner_loss
     from .stage_model import describe_in_card, merge_trained_lora
 
     trainer, model, arguments, data = stage.trainer, stage.model, stage.arguments, stage.data
@@ -198,6 +213,11 @@ def _run(stage: Stage) -> StageResult:
     loss_before = probe_loss(trainer, data, args.per_device_train_batch_size, args.seed)
     eval_before = sts_scores(trainer.evaluate()) if evaluating else {}
     trainer.train(resume_from_checkpoint=stage.resume_from_checkpoint or None)
+    if trainer.state.global_step == 0:  # ST's no-duplicates sampler found no full batch: nothing was learned
+        raise InputError(
+            f"{stage.name}: no training step ran. Every batch holds {args.per_device_train_batch_size * args.world_size} "
+            "rows of one dataset with no text twice (queries, positives and negatives alike), and the data has too "
+            "few distinct texts for that: lower per_device_train_batch_size, add rows, or mine fewer negatives.")
     loss_after = probe_loss(trainer, data, args.per_device_train_batch_size, args.seed)
     eval_after = last_eval(trainer) if evaluating else {}
 
@@ -209,9 +229,17 @@ def _run(stage: Stage) -> StageResult:
     if arguments.save_mode == "merged":
         merge_trained_lora(model, arguments)
     model.eval()
+    dims = {}
+    if arguments.matryoshka_dims and evaluating and trainer.is_world_process_zero():
+        dims = dims_quality(model, lambda dim: dev_sts_evaluator(
+            arguments.eval_data_dir, arguments.eval_max_pairs, args.per_device_eval_batch_size,
+            arguments.eval_instruction, truncate_dim=dim), arguments.matryoshka_dims)
+    options = stage.options
     describe_in_card(model, arguments, stage.start, {
         "simcse_dropout": arguments.simcse_dropout, "loss_scale": arguments.loss_scale,
         "save_mode": arguments.save_mode, "instructions": data.prompts() or None,
+        "matryoshka_dims": arguments.matryoshka_dims, "hard_negatives": getattr(arguments, "hard_negatives", None),
+        "teacher": getattr(arguments, "teacher", None),
     })
     result = StageResult(
         stage=stage.name,
@@ -226,8 +254,11 @@ def _run(stage: Stage) -> StageResult:
         datasets={s.name: len(s.dataset) for s in data.subsets},
         dropped={k: v for k, v in data.dropped.items() if any(v.values())},
         prompts=args.prompts or {},
+        hard_negatives=options.mined if options else None,
+        teacher_scores=options.teacher_scores if options else None,
+        matryoshka=dims,
         world_size=args.world_size,
-        gather_across_devices=bool(getattr(trainer.loss, "gather_across_devices", False)),
+        gather_across_devices=bool(getattr(inner_loss(trainer.loss), "gather_across_devices", False)),
         global_batch_size=args.per_device_train_batch_size * args.world_size,
     )
     if trainer.is_world_process_zero():
