@@ -109,7 +109,7 @@ def from_llm(
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     from . import lowbit, precision as precisions
 
-    precisions.resolve(precision)  # a bad value fails before the weights load
+    precisions.resolve(precision, quantization)  # a bad value or combination fails before the weights load
     model_kwargs = {**model_kwargs, **lowbit.loading_kwargs(quantization)}
     pooling_mode = normalize_pooling_mode(pooling_mode)
     name = original_name_or_path(model_name_or_path)
@@ -201,7 +201,7 @@ def load_model(path: str, format: str = AUTO_FORMAT, *, precision: str = "float3
     """
     from . import lowbit, precision as precisions
 
-    precisions.resolve(precision)
+    precisions.resolve(precision, quantization)
     extra = {"precision": precision, "precision_texts": precision_texts, "precision_min_cosine": precision_min_cosine}
     if format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
