@@ -98,7 +98,7 @@ def portable_dir(path: str, workdir: Path) -> Path:
 
 def dev_pairs(limit: int) -> list[tuple[str, str, float]]:
     """(sentence1, sentence2, gold 0..1) of STS12 + STS13 test and SICK trial, ``limit`` each (seeded)."""
-    from st_llm2vec.eval.devsets import sts_evaluators
+    from st_llm2vec.devdata import sts_evaluators
 
     pairs = []
     for evaluator in sts_evaluators(max_pairs=limit, fallback=False):

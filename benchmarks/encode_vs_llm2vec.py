@@ -45,7 +45,7 @@ MIN_COSINE = 0.9999
 
 def benchmark_sentences(n: int, data_dir: str | None = None, seed: int = 0) -> list[str]:
     """``n`` unique sentences of SICK trial + STS 2012/2013 test, shuffled with ``seed`` (mixed lengths)."""
-    from st_llm2vec.eval.devsets import SICK_DIR, STS_DIR, _require_data, read_sick, read_sts
+    from st_llm2vec.devdata import SICK_DIR, STS_DIR, _require_data, read_sick, read_sts
 
     root = _require_data(data_dir)
     sentences: list[str] = []

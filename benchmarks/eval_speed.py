@@ -40,7 +40,7 @@ import mteb
 from sentence_transformers import SentenceTransformer
 from st_llm2vec.eval.tasks import resolve_tasks
 from st_llm2vec.eval.instructions import task_instruction
-from st_llm2vec.portable import prompt_for
+from st_llm2vec.instructions import prompt_for
 from datasets.utils import logging as datasets_logging
 datasets_logging.disable_progress_bar()
 tasks = resolve_tasks(["dev"])
@@ -93,9 +93,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="run the pair again in the other order")
     args = parser.parse_args()
 
-    from st_llm2vec.eval import devsets
+    from st_llm2vec import devdata
 
-    if devsets.find_shared_data() is None:
+    if devdata.find_shared_data() is None:
         sys.exit("The benchmark needs the shared data folder (../shared/data or $ST_LLM2VEC_DATA).")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="eval_speed-")).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ vocabulary 128256, tied embeddings), saved as a local checkpoint with a locally 
    bitsandbytes, double quantization, bf16 compute) plus one ``encode`` of 256 mixed texts, against the same
    for the bf16 model; and the min cosine of the nf4 embeddings to the bf16 ones. Targets: memory <= 0.35x,
    min cosine >= 0.98. (The embedding matrix is not quantized: 0.26B of the 1.24B weights stay bf16.)
-4. one MNTP training step, bf16 LoRA vs QLoRA (nf4): the pieces of ``st_llm2vec.train.stage_mntp.train_mntp``
+4. one MNTP training step, bf16 LoRA vs QLoRA (nf4): the pieces of ``st_llm2vec.recipe.stage_mntp.train_mntp``
    built from one recipe config (``quantization: "nf4"`` for QLoRA; ``torch_dtype: bfloat16``, ``bf16: true``,
    sdpa, LoRA r 16 on every projection, ``mask_token_type: eos``, 8 x 512-token blocks of a generated corpus,
    3 steps) and trained by ``LLM2VecTrainer``; nothing is saved (``train_mntp`` itself would also merge and
@@ -337,10 +337,12 @@ def mntp_step(config: dict, device: str) -> dict:
     save; ``config`` is an ordinary MNTP recipe dict."""
     from transformers import TrainerCallback, set_seed
 
-    from st_llm2vec.train.mntp import MNTPDataCollator, MNTPLoss, setup_mask_token
-    from st_llm2vec.train.recipe import add_lora, read_arguments, start_model, training_arguments
-    from st_llm2vec.train.stage_mntp import MNTPArguments, _corpus, _max_seq_length
-    from st_llm2vec.train.trainer import LLM2VecTrainer
+    from st_llm2vec.recipe.mntp_loss import MNTPLoss
+    from st_llm2vec.recipe.mntp_masking import MNTPDataCollator, setup_mask_token
+    from st_llm2vec.recipe.arguments import read_arguments, training_arguments
+    from st_llm2vec.recipe.stage_model import add_lora, start_model
+    from st_llm2vec.recipe.stage_mntp import MNTPArguments, _corpus, _max_seq_length
+    from st_llm2vec.recipe.trainer import LLM2VecTrainer
 
     class StepTimer(TrainerCallback):
         def __init__(self):

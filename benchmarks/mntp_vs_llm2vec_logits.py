@@ -6,7 +6,7 @@ differs:
 - ``llm2vec``: transformers 4.44's ``LlamaForCausalLM`` loss that llm2vec's ``LlamaBiForMNTP`` uses:
   ``logits = lm_head(hidden).float()`` at every position (batch × seq × vocab), then
   ``logits[:, :-1]`` / ``labels[:, 1:]`` cross entropy;
-- ``ours``: ``st_llm2vec.train.mntp.MNTPLoss.masked_loss``: the LM head only on the hidden states that
+- ``ours``: ``st_llm2vec.recipe.mntp_loss.MNTPLoss.masked_loss``: the LM head only on the hidden states that
   carry a label (~mlm_probability of them).
 
 The model is a random-init Llama with SmolLM2-135M's shape (hidden 576, 9 heads, 3 KV heads,
@@ -124,8 +124,8 @@ def worker(args: argparse.Namespace) -> dict:
     import torch.nn.functional as F
 
     import st_llm2vec
-    from st_llm2vec.train.lora import add_lora, lora_config
-    from st_llm2vec.train.mntp import MNTPLoss
+    from st_llm2vec.recipe.lora import add_lora, lora_config
+    from st_llm2vec.recipe.mntp_loss import MNTPLoss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

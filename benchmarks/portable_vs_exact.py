@@ -51,7 +51,7 @@ def hardware() -> dict:
 
 
 def encode(model, texts: list[str], instruction: str | None, batch_size: int) -> np.ndarray:
-    from st_llm2vec.portable import prompt_for
+    from st_llm2vec.instructions import prompt_for
 
     prompt = prompt_for(model, instruction) if instruction else None
     return model.encode(texts, prompt=prompt, batch_size=batch_size, convert_to_numpy=True,
@@ -73,7 +73,7 @@ def run_model(label: str, builders: dict, texts: list[str], evaluators: list, ar
         print(f"[{label}/{fmt}] loaded in {time.perf_counter() - t0:.1f}s: format={getattr(enc, 'format', '?')} "
               f"chat_template={getattr(enc, 'chat_template', None)!r} text_suffix={getattr(enc, 'text_suffix', None)!r} "
               f"modules={[type(m).__name__ for m in model]} "
-              f"prompt_for={__import__('st_llm2vec.portable', fromlist=['prompt_for']).prompt_for(model, INSTRUCTION)!r}",
+              f"prompt_for={__import__('st_llm2vec.instructions', fromlist=['prompt_for']).prompt_for(model, INSTRUCTION)!r}",
               flush=True)
         for mode, instr in (("instructed", INSTRUCTION), ("plain", None)):
             t0 = time.perf_counter()
@@ -130,10 +130,11 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     from st_llm2vec import from_llm, load_model
-    from st_llm2vec.eval import devsets, tasks as eval_tasks
+    from st_llm2vec import devdata
+    from st_llm2vec.eval import tasks as eval_tasks
     from st_llm2vec.smollm2 import ensure_smollm2
 
-    if devsets.find_shared_data() is None:
+    if devdata.find_shared_data() is None:
         sys.exit("The benchmark needs the shared data folder (../shared/data or $ST_LLM2VEC_DATA).")
     # the STS dev sets as `st-llm2vec eval` scores them (st_llm2vec.eval.scores)
     evaluators = eval_tasks.dev_tasks(max_pairs=args.eval_pairs or None)

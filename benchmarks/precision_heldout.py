@@ -43,7 +43,7 @@ def _unique(texts) -> list[str]:
 
 def heldout_texts(split: str, per_source: int, phrases: int, seed: int = 0) -> dict[str, list[str]]:
     """Source name -> up to ``per_source`` distinct sentences of the ``split`` (seeded sample), plus short phrases."""
-    from st_llm2vec.eval.devsets import (MSR_DIR, SICK_DIR, STS_DIR, WANG_DIR, _require_data, read_msr, read_sick,
+    from st_llm2vec.devdata import (MSR_DIR, SICK_DIR, STS_DIR, WANG_DIR, _require_data, read_msr, read_sick,
                                          read_sts, read_wang)
 
     root = _require_data(None)

@@ -164,19 +164,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from st_llm2vec.eval import devsets, tasks as eval_tasks
+    from st_llm2vec import devdata
+    from st_llm2vec.eval import tasks as eval_tasks
     from st_llm2vec import quickstart as q
+    from st_llm2vec.runtime import choose_threads, quiet_libraries
     from st_llm2vec.eval.scores import evaluate as evaluate_with
     from st_llm2vec.smollm2 import ensure_smollm2
 
-    if devsets.find_shared_data(args.data_dir) is None:
+    if devdata.find_shared_data(args.data_dir) is None:
         sys.exit("The benchmark needs the shared data folder (../shared/data or $ST_LLM2VEC_DATA).")
     work.mkdir(parents=True, exist_ok=True)
     check_run(work, args)
     command = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
-    threads = q.choose_threads(args.threads)
+    threads = choose_threads(args.threads)
     torch.set_num_threads(threads)
-    q._quiet_libraries()
+    quiet_libraries()
     base = str(Path(args.model).expanduser()) if args.model else str(ensure_smollm2())
     started, t_start = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
     # the same mteb tasks and scoring as `st-llm2vec eval` (st_llm2vec.eval.scores)
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     sts_tasks = [t for t in dev if t.metadata.type == "STS"]
     print("dev sets: " + ", ".join(f"{t.metadata.name} ({eval_tasks.task_size(t)})" for t in dev)
           + f"; torch threads {threads}", flush=True)
-    sentences, corpus_desc = devsets.training_sentences(args.data_dir, args.corpus_size or None, seed=args.seed)
+    sentences, corpus_desc = devdata.training_sentences(args.data_dir, args.corpus_size or None, seed=args.seed)
     corpus = work / "sentences.txt"
     if not corpus.is_file():
         q.write_lines(corpus, sentences)
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         """Re-read the load before each stage ("auto"): other jobs on the machine come and go."""
         nonlocal threads
         if str(args.threads) == "auto":
-            threads = q.choose_threads("auto", own_load=torch.get_num_threads())
+            threads = choose_threads("auto", own_load=torch.get_num_threads())
             torch.set_num_threads(threads)
         return threads
 
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from st_llm2vec import from_llm
     from st_llm2vec import train_mntp, train_simcse, train_supervised
-    from st_llm2vec.train.pair_data import SHARED_INSTRUCTIONS, join_instruction
+    from st_llm2vec.recipe.pair_data import SHARED_INSTRUCTIONS, join_instruction
+    from st_llm2vec.recipe.presets import contrastive_config, mntp_config
 
     instruction = join_instruction(SHARED_INSTRUCTIONS["msr"])
 
@@ -280,18 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     if "bi" in stages:
         score("bi", lambda: from_llm(base, device=device), None, None)
     if any(s in stages for s in need_mntp | need_simcse):
-        t = train("mntp", train_mntp, q.mntp_config(
+        t = train("mntp", train_mntp, mntp_config(
             base, corpus, model_dir("mntp"), steps=args.mntp_steps, batch_size=args.mntp_batch_size,
             max_seq_length=args.mntp_seq_length, learning_rate=args.mntp_lr, **common))
         score("mntp", saved("mntp"), train_seconds("mntp", t), args.mntp_steps)
     if any(s in stages for s in need_simcse):
-        t = train("simcse", train_simcse, q.contrastive_config(
+        t = train("simcse", train_simcse, contrastive_config(
             "simcse", model_dir("mntp"), model_dir("simcse"), steps=args.simcse_steps,
             batch_size=args.simcse_batch_size, max_seq_length=args.train_seq_length, learning_rate=args.simcse_lr,
             dataset_file_path=corpus, **common))
         score("simcse", saved("simcse"), train_seconds("simcse", t), args.simcse_steps)
     if "supervised" in stages:
-        t = train("supervised", train_supervised, q.contrastive_config(
+        t = train("supervised", train_supervised, contrastive_config(
             "supervised", model_dir(args.supervised_from), model_dir("supervised"), steps=args.supervised_steps,
             batch_size=args.supervised_batch_size, max_seq_length=args.train_seq_length,
             learning_rate=args.supervised_lr, dataset_file_path=args.data_dir, **common))
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(work: Path) -> str:
-    from st_llm2vec.quickstart import format_table, score_columns
+    from st_llm2vec.eval.scores import markdown_table, score_columns
 
     run = load_json(work / "run.json")
     if run is None:
@@ -334,13 +337,13 @@ def report(work: Path) -> str:
     if plain:
         keys = [k for r in plain for k in r["scores"]]
         blocks += ["No instruction (every model encodes the raw texts):", "",
-                   format_table([row(r) for r in plain], [("stage", "model"), *score_columns(keys), *tail]), ""]
+                   markdown_table([row(r) for r in plain], [("stage", "model"), *score_columns(keys), *tail]), ""]
     if instructed:
         instr = instructed[0]["instruction"]
         keys = [k for r in instructed for k in r["scores"]]
         blocks += [f"STS with the instruction {instr!r} on both texts (how llm2vec evaluates; the supervised stage "
                    "trains MSR pairs with it):", "",
-                   format_table([row(r) for r in instructed], [("stage", "model"), *score_columns(keys), *tail[:1], tail[2]]), ""]
+                   markdown_table([row(r) for r in instructed], [("stage", "model"), *score_columns(keys), *tail[:1], tail[2]]), ""]
     total = sum((r.get("train_seconds") or 0) + r["eval_seconds"] for r in records)
     invocations = load_json(work / "invocations.json") or []
     first = records[0]

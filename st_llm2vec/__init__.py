@@ -22,15 +22,15 @@ _LAZY: dict[str, str] = {
     "from_llm": "build",
     "load_model": "build",
     "LLM2VecTransformer": "encoder",
-    "MNTPDataCollator": "train.mntp",
-    "MNTPEvaluator": "train.mntp",
-    "MNTPLoss": "train.mntp",
+    "MNTPDataCollator": "recipe.mntp_masking",
+    "MNTPEvaluator": "recipe.mntp_loss",
+    "MNTPLoss": "recipe.mntp_loss",
     "LLM2VecModel": "model",
     "LLM2VecPooling": "pooling",
     "PortableFormatError": "portable",
-    "train_mntp": "train.stage_mntp",
-    "train_simcse": "train.stage_contrastive",
-    "train_supervised": "train.stage_contrastive",
+    "train_mntp": "recipe.stage_mntp",
+    "train_simcse": "recipe.stage_contrastive",
+    "train_supervised": "recipe.stage_contrastive",
 }
 
 __all__ = [

@@ -15,12 +15,14 @@ import torch
 
 from .encoder import LLM2VecTransformer
 from .instructions import llm2vec_chat_template, llm2vec_text_suffix
-from .modes import check_tokenizer, from_stock, normalize_pooling_mode
+from .pooling_modes import check_tokenizer, from_stock, pooling_mode as canonical_mode
 from .model import LLM2VecModel
 from .pooling import LLM2VecPooling
-from .portable import AUTO as AUTO_FORMAT
-from .portable import EXACT, FORMATS, PORTABLE, PortableFormatError, make_portable
+from .instructions import AUTO as AUTO_FORMAT
+from .instructions import EXACT, FORMATS, PORTABLE
+from .portable import PortableFormatError, make_portable
 from .precision import DEFAULT_MIN_COSINE
+from .proof import foreign_modules, modules_of
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ def from_llm(
 
     precisions.resolve(precision, quantization)  # a bad value or combination fails before the weights load
     model_kwargs = {**model_kwargs, **lowbit.loading_kwargs(quantization)}
-    pooling_mode = normalize_pooling_mode(pooling_mode)
+    mode = canonical_mode(pooling_mode)  # a name or alias: made a PoolingMode once, here
     name = original_name_or_path(model_name_or_path)
     encoder = LLM2VecTransformer(
         model_name_or_path,
@@ -123,11 +125,11 @@ def from_llm(
         model_kwargs=model_kwargs,
     )
     if text_suffix == AUTO:
-        text_suffix = llm2vec_text_suffix(encoder.config.model_type, name, pooling_mode, encoder.tokenizer.eos_token)
+        text_suffix = llm2vec_text_suffix(encoder.config.model_type, name, mode, encoder.tokenizer.eos_token)
     encoder.text_suffix = text_suffix
-    check_tokenizer(pooling_mode, encoder.tokenizer, repr(model_name_or_path))
+    check_tokenizer(mode, encoder.tokenizer, repr(model_name_or_path))
 
-    pooling = LLM2VecPooling(encoder.get_embedding_dimension(), pooling_mode, skip_instruction)
+    pooling = LLM2VecPooling(encoder.get_embedding_dimension(), mode, skip_instruction)
     model = LLM2VecModel(
         modules=[encoder, pooling], prompts=prompts, default_prompt_name=default_prompt_name, device=device
     )
@@ -149,14 +151,12 @@ def read_portable_dir(path: str) -> dict[str, Any] | None:
 
     A portable dir is stock ``Transformer`` [+ ``WordWeights``] + ``Pooling`` (see ``portable.py``).
     """
-    modules_file = os.path.join(path, "modules.json")
-    if not os.path.isfile(modules_file):
+    if not os.path.isfile(os.path.join(path, "modules.json")):
         return None
-    with open(modules_file, encoding="utf-8") as f:
-        modules = json.load(f)
-    names = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
-    stock = all(m.get("type", "").startswith("sentence_transformers.") for m in modules)
-    if not stock or names not in (["Transformer", "Pooling"], ["Transformer", "WordWeights", "Pooling"]):
+    modules = modules_of(path)
+    types = [m.get("type", "") for m in modules]
+    names = [name.rsplit(".", 1)[-1] for name in types]
+    if foreign_modules(types) or names not in (["Transformer", "Pooling"], ["Transformer", "WordWeights", "Pooling"]):
         return None
     with open(os.path.join(path, modules[-1]["path"], "config.json"), encoding="utf-8") as f:
         pooling = json.load(f)
@@ -201,7 +201,6 @@ def load_model(path: str, format: str = AUTO_FORMAT, *, precision: str = "float3
     """
     from . import lowbit, precision as precisions
 
-    precisions.resolve(precision, quantization)
     extra = {"precision": precision, "precision_texts": precision_texts, "precision_min_cosine": precision_min_cosine}
     if format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -211,6 +210,7 @@ def load_model(path: str, format: str = AUTO_FORMAT, *, precision: str = "float3
         return from_llm(path, **settings, doc_max_length=None, text_suffix=None, chat_template=None,
                         format=PORTABLE if format == AUTO_FORMAT else format, quantization=quantization, **extra,
                         **kwargs)
+    precisions.resolve(precision, quantization)  # a bad value or combination fails before the weights load
     device = kwargs.pop("device", None)
     kwargs.update(lowbit.loading_kwargs(quantization))
     model = LLM2VecModel(path, device=device, model_kwargs=kwargs or None)

@@ -28,7 +28,7 @@ def usage_section(save_format: str, model_id: str | None, prompts: dict[str, str
     query = next((name for name, text in (prompts or {}).items() if text), None)
     prompt_arg = f', prompt_name="{query}"' if query else ""
     if save_format == "portable":
-        from .portable import describe_proof
+        from .portable_save import describe_proof
 
         proof = f"\n\nProven when saved: {describe_proof(report)}." if report else ""
         return "\n".join([

@@ -15,20 +15,22 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import UserError
+from .recipe.stages import STAGES
 
 # name -> (module, help). The module defines run_<name>(args) -> int, and its options with
-# add_arguments_<name>(parser) and/or parents_<name>() -> [argparse parsers to inherit from].
+# add_arguments_<name>(parser) and/or parents_<name>() -> [argparse parsers to inherit from]; an optional
+# EPILOG_<NAME> string (examples) ends its --help as written.
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("st_llm2vec.quickstart", "offline demo on SmolLM2-135M: baseline → bi → MNTP → SimCSE"),
-    "fetch-smollm2": ("st_llm2vec.quickstart", "convert the SmolLM2-135M-Instruct GGUF to a HF checkpoint (cached)"),
+    "fetch-smollm2": ("st_llm2vec.smollm2", "convert the SmolLM2-135M-Instruct GGUF to a HF checkpoint (cached)"),
     "convert": ("st_llm2vec.export.convert", "HF causal LM or llm2vec checkpoint stack → standalone ST model dir"),
-    "push": ("st_llm2vec.export.convert", "push an exported ST model dir to the Hugging Face Hub"),
-    "export": ("st_llm2vec.export.command", "portable model dir → + a proven ONNX graph or GGUF (--backend onnx|gguf)"),
+    "push": ("st_llm2vec.export.push", "push an exported ST model dir to the Hugging Face Hub"),
+    "export": ("st_llm2vec.export.command", "portable model dir → + its graph for another runtime (--backend), proven in it"),
     "fetch-gguf-converter": ("st_llm2vec.export.gguf", "put llama.cpp's GGUF converter (from the llama-cpp-python sdist) in the cache"),
-    "mntp": ("st_llm2vec.train.stage_mntp", "masked next-token prediction training from a JSON/YAML config"),
-    "simcse": ("st_llm2vec.train.stage_contrastive", "unsupervised SimCSE training from a JSON/YAML config"),
-    "supervised": ("st_llm2vec.train.stage_contrastive", "supervised contrastive training with hard negatives"),
+    **{stage.name: (stage.module, stage.help) for stage in STAGES.values()},  # the recipe's stage table
     "eval": ("st_llm2vec.eval.command", "models × tasks through mteb (mteb tasks, your files, llm2vec's instructions) → one table"),
+    "embed": ("st_llm2vec.embed.command", "embed a corpus into Parquet shards + manifest (resumable; --engine ray)"),
+    "search": ("st_llm2vec.embed.command", "the nearest rows of an embed output to a query"),
 }
 
 
@@ -114,7 +116,9 @@ def main(argv: list[str] | None = None, *, report_errors: bool | None = None) ->
     module = importlib.import_module(COMMANDS[name][0])
     attr = name.replace("-", "_")
     parents = getattr(module, f"parents_{attr}", list)()
-    parser = argparse.ArgumentParser(prog=f"st-llm2vec {name}", description=COMMANDS[name][1], parents=parents)
+    parser = argparse.ArgumentParser(prog=f"st-llm2vec {name}", description=COMMANDS[name][1], parents=parents,
+                                     epilog=getattr(module, f"EPILOG_{attr.upper()}", None),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     if hasattr(module, f"add_arguments_{attr}"):
         getattr(module, f"add_arguments_{attr}")(parser)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")

@@ -1,20 +1,25 @@
-"""Writing files so that nothing half-written is ever seen: atomic JSON, temp dirs beside their target that
-become it in one rename, the leftovers of killed processes, and the modes the umask gives.
+"""Writing files so that nothing half-written is ever seen and no two runs mix: atomic JSON, temp dirs beside
+their target that become it in one rename, the leftovers of killed processes, the modes the umask gives, and
+the lock that keeps one run per output dir.
 
-Everything st_llm2vec writes goes through these (model dirs, conversions, exports, run records, checkpoints).
+Everything st_llm2vec writes goes through these (model dirs, conversions, exports, run records, checkpoints,
+evaluation results).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
 import json
 import logging
 import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,7 @@ from .errors import InputError, OutputExistsError
 
 logger = logging.getLogger(__name__)
 
-# The training run's lock file (train/runs.py) keeps the modes its holder gave it.
+# The lock file of a run's output dir (:class:`OutputLock`) keeps the modes its holder gave it.
 LOCK_FILE = ".st_llm2vec.lock"
 
 
@@ -187,7 +192,6 @@ def publish(tmp: Path, output: Path, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-
 def move_into(source: Path, target: Path, stale: tuple[str, ...] = ()) -> None:
     """Move every entry of ``source`` into ``target`` (replacing same-named ones), after removing ``stale`` entries."""
     target.mkdir(parents=True, exist_ok=True)
@@ -204,3 +208,130 @@ def move_into(source: Path, target: Path, stale: tuple[str, ...] = ()) -> None:
         elif destination.exists() or destination.is_symlink():
             destination.unlink()
         os.replace(entry, destination)
+
+
+class RunError(InputError):
+    """A run (training, evaluation) that cannot go ahead as configured; the message says why and what to do."""
+
+
+class OutputDirLockedError(RunError):
+    """Another live run holds the output directory."""
+
+
+def timestamp() -> str:
+    """Now, local time with its offset, to the second (ISO 8601): what run records and locks write."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+class OutputLock:
+    """An exclusive ``flock`` on ``output_dir/.st_llm2vec.lock`` (creates ``output_dir``).
+
+    ``release`` removes the lock file, and ``output_dir`` itself if this lock created it and it is
+    still empty. Where ``fcntl`` is missing (Windows) no lock is taken. ``holder`` names what holds it and
+    ``mixes`` what two of them would mix, for the refusal's message (training runs; ``st-llm2vec eval``).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, holder: str = "training run",
+                 mixes: str = "their checkpoints and saved models") -> None:
+        self.holder, self.mixes = holder, mixes
+        self.dir = Path(output_dir)
+        self.path = self.dir / LOCK_FILE
+        self._fd: int | None = None
+        self._created_dir = False
+
+    def acquire(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            logger.warning("No fcntl on this platform: %s is not locked against a second run.", self.dir)
+            return self
+        if self.dir.exists() and not self.dir.is_dir():
+            raise RunError(f"output_dir {str(self.dir)!r} exists and is not a directory; remove it or choose another output_dir.")
+        if not self.dir.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._created_dir = True
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_fd(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+                self._cleanup_dir()
+                raise OutputDirLockedError(
+                    f"output_dir {str(self.dir)!r} is in use by another {self.holder} ({_describe_holder(holder)}). "
+                    f"Two of them in one output_dir would mix {self.mixes}: wait for that one "
+                    "to finish, or choose another output_dir."
+                ) from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file while we waited for it: lock the new one
+        else:  # pragma: no cover - only under constant contention
+            raise OutputDirLockedError(f"Could not lock {self.path}: it keeps being replaced by another run.")
+        previous = _read_fd(fd)
+        if previous.get("pid"):
+            same_host = previous.get("host") == socket.gethostname()
+            if not same_host or not pid_alive(int(previous["pid"])):
+                logger.warning("Taking over the stale lock of %s (%s): that run is no longer running.",
+                               self.dir, _describe_holder(previous))
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": timestamp(), "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(fd)
+        self._cleanup_dir()
+
+    def _cleanup_dir(self) -> None:
+        if self._created_dir:
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()  # only if empty: a run that failed before writing anything leaves no trace
+            self._created_dir = False
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _read_fd(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 65536, 0).decode("utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _describe_holder(holder: Mapping[str, Any]) -> str:
+    if not holder.get("pid"):
+        return "another process"
+    text = f"pid {holder['pid']} on host {holder.get('host', '?')}"
+    if holder.get("started"):
+        text += f", started {holder['started']}"
+    if holder.get("command"):
+        text += f": {holder['command']}"
+    return text

@@ -1,23 +1,32 @@
-"""llm2vec 0.2.3 prompt semantics: how an (instruction, text) pair becomes one string, and which tokens
-of it are pooled.
+"""How an (instruction, text) pair becomes one string, and which tokens of it are pooled, in each of the two
+formats: ``exact`` (llm2vec 0.2.3's semantics) and ``portable`` (stock sentence-transformers' prompts).
 
 llm2vec joins ``instruction.strip() + " " + text``, optionally wraps the whole string in an instruct
 model's chat format and appends an EOS suffix for ``eos_token`` pooling, and pools only the text part:
 the last N tokens, N being the length of the text part (with any wrapper suffix) tokenized alone.
-ST has no notion of this (its ``prompt_length`` counts from the left), so it is reproduced here.
+ST has no notion of this (its ``prompt_length`` counts from the left), so it is reproduced here. The portable
+format stores each instruction as a stock prompt (:func:`stored_prompt`) that stock code prepends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .pooling_modes import PoolingMode
 
 # llm2vec marks where the text starts with the separator "!@#$%^&*()" and splits on it afterwards,
 # which breaks on inputs that contain it. We split structurally instead (``format_text``); only a chat
 # template, which is opaque, is rendered once on a marker chosen absent from the instruction and the
 # text, and checked to come out exactly once.
 _MARKER_CANDIDATES = tuple(chr(c) for c in range(0xE000, 0xE040))
+
+# The two formats (``LLM2VecTransformer.format``; how ``save`` writes a model, see ``portable.py``) and "auto".
+PORTABLE, EXACT, AUTO = "portable", "exact", "auto"
+FORMATS = (AUTO, PORTABLE, EXACT)
 
 # llm2vec picks these wrappers by ``config.name_or_path`` (prepare_for_tokenization). They are kept
 # as chat templates so a user can also give their own.
@@ -45,6 +54,20 @@ TOKEN_WEIGHTS_SUM = "token_weights_sum"
 POOLING_FEATURES = (EMBED_MASK, TOKEN_WEIGHTS_SUM)
 
 
+def stored_prompt(instruction: str) -> str:
+    """An llm2vec instruction as a stock ST prompt: ``prompt + text`` == ``instruction.strip() + " " + text``."""
+    stripped = instruction.strip()
+    return f"{stripped} " if stripped else ""
+
+
+def prompt_for(model, instruction: str | None) -> str | None:
+    """What to pass as ``prompt=`` for an llm2vec ``instruction``: the stock prompt unless the model is ours
+    in the exact format (a stock-loaded model is portable)."""
+    if instruction and getattr(model[0], "format", PORTABLE) == PORTABLE:
+        return stored_prompt(instruction)
+    return instruction
+
+
 def stock_prompt_length(tokenizer, prompt: str, max_length: int | None = None) -> int:
     """How many leading tokens stock ST's ``Pooling(include_prompt=False)`` skips for ``prompt``: the prompt
     tokenized alone, less a trailing special token (``Transformer._get_prompt_length``)."""
@@ -59,12 +82,10 @@ def llm2vec_chat_template(name_or_path: str | None) -> str | None:
 
 
 def llm2vec_text_suffix(
-    model_type: str, name_or_path: str | None, pooling_mode: str, eos_token: str | None
+    model_type: str, name_or_path: str | None, mode: PoolingMode, eos_token: str | None
 ) -> str | None:
     """The suffix llm2vec appends for eos_token pooling; other models get their own EOS token."""
-    from .modes import MODES, normalize_pooling_mode
-
-    if not MODES[normalize_pooling_mode(pooling_mode)].eos_suffix:
+    if not mode.eos_suffix:
         return None
     if name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct":
         return None  # llm2vec returns early after the Llama-3 instruct wrapper

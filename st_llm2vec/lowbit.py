@@ -51,7 +51,7 @@ def keep_autograd(hf_model: Any) -> None:
 
     On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit layer's weights at its first forward pass in eval
     mode into a layout whose kernel (``gemv_4bit``) has no autograd: from then on, training passes no gradient
-    through the frozen weights (measured: the input's grad is None), so QLoRA would silently train wrong. The
+    through the frozen weights (the input's grad is None), so QLoRA would silently train wrong. The
     layer's ``support_avx512bf16_for_cpu`` switch turns the repacking off; inference then uses the standard
     4-bit kernel, which computes the same product.
     """

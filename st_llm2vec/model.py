@@ -3,7 +3,7 @@ encoder computes in.
 
 ST's ``save`` names each module's own class in modules.json; for a model in the portable format that
 would be our classes, which stock loaders cannot import. So ``save`` hands portable models to
-:func:`st_llm2vec.portable.save_portable` (stock modules, proven in a fresh process) and everything else
+:func:`st_llm2vec.portable_save.save_portable` (stock modules, proven in a fresh process) and everything else
 — the exact format, training checkpoints with an unmerged LoRA — to ST's own ``save``.
 """
 
@@ -17,7 +17,9 @@ from peft import PeftModel
 from sentence_transformers import SentenceTransformer
 
 from .cards import patch_card
-from .portable import EXACT, PORTABLE, PortableFormatError, save_portable, why_not_portable
+from .instructions import EXACT, PORTABLE
+from .portable import PortableFormatError, why_not_portable
+from .portable_save import save_portable
 from .files import normalize_permissions
 
 logger = logging.getLogger(__name__)

@@ -35,11 +35,12 @@ from typing import Any
 from .errors import InputError
 from .precision_apply import PrecisionError, apply_plan, decoder_layers, plan_of, remove_plan
 from .precision_search import calibration_texts, plan_precision
+from .runtime import cpu_has_bf16
 
 __all__ = [
     "PRECISIONS", "PLAN_FILE", "DEFAULT_MIN_COSINE", "DTYPES", "PrecisionError", "PrecisionPlan", "apply_plan",
     "remove_plan", "plan_of", "decoder_layers", "calibration_texts", "plan_precision", "full_precision", "resolve",
-    "cpu_has_bf16", "save_plan", "load_plan", "prepare",
+    "save_plan", "load_plan", "prepare",
 ]
 
 logger = logging.getLogger(__name__)
@@ -182,21 +183,6 @@ def resolve(precision: str | None, quantization: str | None = None) -> str:
 
         return "bf16-mixed" if torch.cuda.is_available() or cpu_has_bf16() else "float32"
     return precision
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 then runs faster than float32
-    (training autocast, the bf16-mixed precision plan); elsewhere bf16 is emulated and slower, so "auto" stays float32.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 def prepare(model: Any, precision: str | None, *, source: str | None = None, texts: Sequence[str] | None = None,

@@ -36,7 +36,7 @@ def calibration_texts(count: int = DEFAULT_CALIBRATION_TEXTS, seed: int = 0) -> 
     truncated sentence openings (where bf16 moves an embedding most)."""
     from .builtin_text import builtin_fragments, builtin_training_text
     from .calibration_text import openings, varied_text
-    from .portable import PROBE_TEXTS
+    from .proof import PROBE_TEXTS
 
     rng = random.Random(seed)
     sentences = builtin_training_text(count // 3, seed=seed + 7)
@@ -69,8 +69,9 @@ def cosines(reference: Any, other: Any) -> Any:
     """Per-row cosine of two embedding matrices (NaN counts as -1: a broken vector fails every threshold)."""
     import numpy as np
 
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1)
-    return np.nan_to_num((reference * other).sum(1) / np.maximum(norms, 1e-30), nan=-1.0)
+    from .proof import row_cosines
+
+    return np.nan_to_num(row_cosines(reference, other), nan=-1.0)
 
 
 def summarise(plan: Any, cosine: Any, choose: Sequence[int], check: Sequence[int]) -> Any:

@@ -10,9 +10,9 @@ or the project's own built-in pairs when the shared folder is absent):
 5. a short SimCSE run (:func:`st_llm2vec.train_simcse`, LoRA, merged) → the saved model;
 6. the saved dir is reloaded with ``SentenceTransformer(path)`` and must give the same embeddings.
 
-The training steps are tiny on purpose (a 135M model trains at ~100 tokens/s on two CPU cores); the
-longer, measured run is ``benchmarks/quality_smollm2.py``. The evaluation and config helpers here are
-shared with it.
+The training steps are tiny on purpose, so that the whole demo takes minutes on a CPU; the longer, measured
+run is ``benchmarks/quality_smollm2.py``, which shares the stage configs (:mod:`st_llm2vec.recipe.presets`) and
+the scores' tables (:mod:`st_llm2vec.eval.scores`).
 """
 
 from __future__ import annotations
@@ -20,63 +20,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .eval import devsets
-from .errors import InputError
+from . import devdata
+from .errors import InputError, MissingFileError
+from .quickstart_report import EXAMPLE_DOCS, EXAMPLE_QUERY, QuickstartResult, StageRow, render_report
+from .recipe.presets import contrastive_config, mntp_config
+from .runtime import choose_threads, quiet_libraries, resolve_bf16
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "st-llm2vec-quickstart"
-EXAMPLE_QUERY = "A man is playing a guitar on stage."
-EXAMPLE_DOCS = (
-    "A musician performs a song in front of an audience.",
-    "A man is slicing a tomato in the kitchen.",
-    "The central bank raised interest rates again.",
-)
-
-
-# --------------------------------------------------------------------------- threads
-
-
-def choose_threads(requested: int | str | None = "auto", *, own_load: float = 0.0) -> int:
-    """Torch intra-op threads: ``requested``, or for "auto" the cores not already busy (at least 1).
-
-    With OpenMP's default busy-waiting, two threads on two cores that other processes also use can run
-    several times slower than one thread; "auto" reads the 1-minute load average to avoid that
-    (``own_load``: the part of it this process caused, e.g. its threads when asked mid-run).
-    Results can differ in the last float bits between thread counts; pass a number to pin it.
-    """
-    cores = os.cpu_count() or 1
-    if requested not in (None, "auto"):
-        threads = int(requested)
-        if threads < 1:
-            raise InputError(f"threads must be a positive number or 'auto', got {requested!r}")
-        return threads
-    try:
-        load = max(0.0, os.getloadavg()[0] - own_load)
-    except (AttributeError, OSError):
-        return cores
-    return max(1, min(cores, cores - int(round(load))))
-
-
-def resolve_bf16(requested: bool | str | None = "auto") -> bool:
-    """bf16 autocast for training: True/False as given, "auto" → :func:`~st_llm2vec.precision.cpu_has_bf16`."""
-    from .precision import cpu_has_bf16
-
-    if requested in (None, "auto"):
-        return cpu_has_bf16()
-    if isinstance(requested, str):
-        return requested.lower() in ("1", "true", "yes", "on")
-    return bool(requested)
 
 
 # --------------------------------------------------------------------------- data and scores
@@ -90,140 +50,17 @@ def write_lines(path: str | Path, lines: Sequence[str]) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- stage configs
-
-
-def _run_settings(
-    model: str | Path, output_dir: str | Path, steps: int, seed: int, batch_size: int, max_seq_length: int,
-    learning_rate: float, lora_r: int, progress: bool,
-) -> dict[str, Any]:
-    """The settings every quick-start training stage shares: a short seeded CPU LoRA run, linear warm-up."""
-    return {
-        "model_name_or_path": str(model),
-        "output_dir": str(output_dir),
-        "max_steps": steps,
-        "seed": seed,
-        "data_seed": seed,
-        "per_device_train_batch_size": batch_size,
-        "max_seq_length": max_seq_length,
-        "learning_rate": learning_rate,
-        "warmup_steps": max(1, steps // 10),
-        "lr_scheduler_type": "linear",
-        "logging_steps": max(1, steps // 5),
-        "lora_r": lora_r,
-        "use_cpu": True,
-        "report_to": "none",
-        "disable_tqdm": not progress,
-        "dataloader_num_workers": 0,
-    }
-
-
-def mntp_config(
-    model: str | Path,
-    train_file: str | Path,
-    output_dir: str | Path,
-    *,
-    steps: int,
-    seed: int,
-    batch_size: int = 8,
-    max_seq_length: int = 32,
-    learning_rate: float = 3e-4,
-    lora_r: int = 16,
-    progress: bool = True,
-    save_steps: int | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """An llm2vec-style MNTP config for :func:`st_llm2vec.train_mntp` (CPU, LoRA, merged output).
-
-    ``save_steps`` set: checkpoints every that many steps and resume from them (``overwrite_output_dir``
-    False); unset: no checkpoints, any old output is overwritten.
-    """
-    config = _run_settings(model, output_dir, steps, seed, batch_size, max_seq_length, learning_rate, lora_r, progress)
-    config.update({
-        "train_file": str(train_file),
-        "validation_split_percentage": 0,
-        "mask_token_type": "blank",
-        "data_collator_type": "default",
-        "mlm_probability": 0.2,
-        "stop_after_n_steps": steps,
-        "do_train": True,
-        "do_eval": False,
-        "torch_dtype": "float32",
-        "attn_implementation": "sdpa",
-    })
-    config.update(_save_settings(save_steps))
-    config.update(extra)
-    return config
-
-
-def contrastive_config(
-    stage: str,
-    model: str | Path,
-    output_dir: str | Path,
-    *,
-    steps: int,
-    seed: int,
-    batch_size: int = 16,
-    max_seq_length: int = 32,
-    learning_rate: float = 3e-4,
-    lora_r: int = 16,
-    dataset_file_path: str | Path | None = None,
-    progress: bool = True,
-    save_steps: int | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """A config for :func:`st_llm2vec.train_simcse` (``stage="simcse"``: sentences from a text
-    file) or ``train_supervised`` (``"supervised"``: SICK triplets + MSR pairs from the shared data)."""
-    config = _run_settings(model, output_dir, steps, seed, batch_size, max_seq_length, learning_rate, lora_r, progress)
-    config.update({"loss_scale": 20.0, "evaluator": "none"})
-    if stage == "simcse":
-        config.update({"dataset_name": "Wiki1M", "dataset_file_path": str(dataset_file_path), "simcse_dropout": 0.3})
-    elif stage == "supervised":
-        config.update({"dataset_name": "shared", "shared_sets": ["sick", "msr"]})
-        if dataset_file_path is not None:
-            config["dataset_file_path"] = str(dataset_file_path)
-    else:
-        raise InputError(f"stage must be 'simcse' or 'supervised', not {stage!r}")
-    config.update(_save_settings(save_steps))
-    config.update(extra)
-    return config
-
-
-def _save_settings(save_steps: int | None) -> dict[str, Any]:
-    if save_steps:
-        return {"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1, "overwrite_output_dir": False}
-    return {"save_strategy": "no", "overwrite_output_dir": True}
-
-
-# --------------------------------------------------------------------------- the table
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], *, digits: int = 1) -> str:
-    """A markdown table: ``columns`` = (key, header); numbers rounded and right-aligned, missing cells "–"."""
-    def cell(value: Any) -> str:
-        if value is None:
-            return "–"
-        if isinstance(value, float):
-            return "nan" if math.isnan(value) else f"{value:.{digits}f}"
-        return str(value)
-
-    def numeric(key: str) -> bool:
-        values = [row.get(key) for row in rows if row.get(key) is not None]
-        return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-    header = "| " + " | ".join(h for _, h in columns) + " |"
-    rule = "|" + "|".join("---:" if numeric(k) else "---" for k, _ in columns) + "|"
-    body = ["| " + " | ".join(cell(row.get(k)) for k, _ in columns) + " |" for row in rows]
-    return "\n".join([header, rule, *body])
-
-
-def score_columns(score_keys: Sequence[str]) -> list[tuple[str, str]]:
-    """Table columns for the score keys present, in a fixed order."""
-    headers = {
-        "sts12": "STS12", "sts13": "STS13", "sick-trial": "SICK trial", "builtin-sts": "built-in STS",
-        "sts_mean": "STS mean", f"{devsets.WANG_DEV}_map": "wang MAP", f"{devsets.WANG_DEV}_mrr@10": "wang MRR@10",
-    }
-    return [(k, headers[k]) for k in headers if k in score_keys]
+def read_text_lines(path: str | Path) -> list[str]:
+    """A user's unlabeled text, one text per line (blank lines dropped), for MNTP and SimCSE."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such file (expected plain text, one sentence or passage per line)")
+    with open(path, encoding="utf-8-sig") as fh:
+        lines = [" ".join(line.split()) for line in fh]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise InputError(f"{path}: the file holds no text")
+    return lines
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -255,43 +92,6 @@ class QuickstartOptions:
     progress: bool = True
 
 
-@dataclass
-class StageRow:
-    stage: str
-    scores: dict[str, float]
-    seconds: float
-    note: str = ""
-
-    def as_row(self) -> dict[str, Any]:
-        return {"stage": self.stage, **self.scores, "time": f"{self.seconds:.0f} s", "note": self.note}
-
-
-@dataclass
-class QuickstartResult:
-    rows: list[StageRow]
-    output: str
-    model_path: str
-    seconds: float
-    threads: int
-    bf16: bool
-    eval_sets: dict[str, int]
-    corpus: str
-    reload_max_diff: float
-    example: list[tuple[str, float]]
-    setup_seconds: float = 0.0
-    eval_desc: str = ""
-    saved_format: str = ""
-    proof: str = ""
-
-    def table(self) -> str:
-        keys = [k for r in self.rows for k in r.scores]
-        columns = [("stage", "step"), *score_columns(keys), ("time", "time"), ("note", "notes")]
-        return format_table([r.as_row() for r in self.rows], columns)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def dev_sets(options: QuickstartOptions) -> tuple[list[Any], str]:
     """The tasks the quick start scores on (mteb tasks of :mod:`st_llm2vec.eval.tasks`, scored as ``st-llm2vec eval``
     scores them), and a line saying what they are."""
@@ -302,92 +102,32 @@ def dev_sets(options: QuickstartOptions) -> tuple[list[Any], str]:
         return [task], f"your scored pairs {options.dev_pairs} ({tasks.task_size(task)} pairs)"
     dev = tasks.dev_tasks(options.data_dir, options.eval_pairs)
     sizes = ", ".join(f"{t.metadata.name} ({tasks.task_size(t)} pairs)" for t in dev)
-    if devsets.find_shared_data(options.data_dir) is None:
+    if devdata.find_shared_data(options.data_dir) is None:
         return dev, (f"{sizes}, hand-written for this project (no shared data found: put it at "
-                     f"../shared/data, set {devsets.DATA_ENV}, or pass --dev-pairs FILE)")
-    return dev, f"{sizes}, public STS test sets from {devsets.find_shared_data(options.data_dir)}"
+                     f"../shared/data, set {devdata.DATA_ENV}, or pass --dev-pairs FILE)")
+    return dev, f"{sizes}, public STS test sets from {devdata.find_shared_data(options.data_dir)}"
 
 
 def training_text(options: QuickstartOptions) -> tuple[list[str], str]:
     """The sentences MNTP and SimCSE train on (at most ``corpus_size``, a seeded sample), and where they came from.
 
-    Without ``--train-file``: sentences generated for this project, with or without the shared data. Measured
-    (SmolLM2, seed 42, 30 MNTP + 60 SimCSE steps, 300 pairs of each dev set): STS mean 56.6 from the
-    generated text (57.2 at seed 43), 51.8 from 2,000 SICK+MSR train sentences; causal baseline 47.2.
+    Without ``--train-file``: sentences generated for this project (:mod:`st_llm2vec.builtin_text`), with or without
+    the shared data (the README's quick start says how they compare with real sentences).
     """
     import random
 
     from .builtin_text import builtin_training_text
 
     if options.train_file:
-        lines = devsets.read_text_lines(options.train_file)
+        lines = read_text_lines(options.train_file)
         sample = lines if len(lines) <= options.corpus_size else random.Random(options.seed).sample(lines, options.corpus_size)
         return sample, f"your text {options.train_file} ({len(sample)} of {len(lines)} lines)"
     sentences = builtin_training_text(options.corpus_size, seed=options.seed)
     return sentences, f"{len(sentences)} sentences generated for this project (scenes, news items, statements)"
 
 
-def spearman_noise(pairs: int, score: float) -> float:
-    """Half-width (×100) of the 95% interval of a Spearman correlation ``score`` (×100) measured on ``pairs``
-    pairs (Fisher z, standard error 1.06 / sqrt(n - 3)): what one dev score can move by chance."""
-    import math
-
-    if pairs <= 3:
-        return float("inf")
-    r = max(min(score / 100.0, 0.999), -0.999)
-    z = math.atanh(r)
-    half = 1.96 * 1.06 / math.sqrt(pairs - 3)
-    return 100.0 * (math.tanh(z + half) - math.tanh(z - half)) / 2.0
-
-
 def _say(message: str) -> None:
     print(message, flush=True)
-
-
-def _quiet_libraries(progress: bool = True) -> Callable[[], None]:
-    """Keep the console to our progress bars and table: no per-load HF warnings or trainer info spam;
-    ``progress=False``: no progress bar from any library either (weights, datasets, Hub, tqdm). Returns
-    what puts tqdm's default back."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    for name in ("sentence_transformers", "st_llm2vec", "datasets"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("mteb").setLevel(logging.ERROR)  # a line per prompt lookup and per task otherwise
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if progress:
-        return lambda: None
-    import datasets
-    import huggingface_hub.utils
-
-    hf_logging.disable_progress_bar()  # transformers: loading / writing weights
-    datasets.disable_progress_bars()
-    huggingface_hub.utils.disable_progress_bars()
-    return _tqdm_off_by_default()
-
-
-def _tqdm_off_by_default() -> Callable[[], None]:
-    """Every tqdm bar created from now on in this process starts disabled unless its caller asks for it;
-    returns what undoes that.
-
-    Some bars have no switch (ST's model card: "Computing widget examples"), and tqdm reads its
-    ``TQDM_DISABLE`` variable only when it is first imported, so the default is set on the class.
-    """
-    from functools import partialmethod
-
-    import tqdm
-
-    original = tqdm.tqdm.__init__
-    tqdm.tqdm.__init__ = partialmethod(original, disable=True)
-
-    def restore() -> None:
-        tqdm.tqdm.__init__ = original
-
-    return restore
 
 
 def run_pipeline(options: QuickstartOptions, *, say: Callable[[str], None] = _say) -> QuickstartResult:
@@ -416,8 +156,8 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
 
     from .build import from_llm
     from .eval.scores import evaluate
-    from .train.stage_contrastive import train_simcse
-    from .train.stage_mntp import train_mntp
+    from .recipe.stage_contrastive import train_simcse
+    from .recipe.stage_mntp import train_mntp
     from .smollm2 import ensure_smollm2
 
     output = Path(options.output).expanduser().resolve()
@@ -508,7 +248,8 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
             shutil.rmtree(work, ignore_errors=True)
 
     # 6. reload; what the dir is, is read from the dir itself
-    from .portable import describe_proof, saved_format
+    from .portable import saved_format
+    from .portable_save import describe_proof
 
     fmt = saved_format(output)
     say(f"[6/{total}] reload: SentenceTransformer({str(output)!r})  ({fmt} format)")
@@ -542,61 +283,6 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
         saved_format=fmt,
         proof=proof,
     )
-
-
-def noise_note(result: QuickstartResult) -> str:
-    """How far each dev score can move by chance, said plainly (a 40-pair set cannot show an improvement)."""
-    final = result.rows[-1].scores if result.rows else {}
-    parts = [f"{name} ±{spearman_noise(n, final.get(name, 0.0)):.0f}" for name, n in result.eval_sets.items()]
-    note = ("Chance alone moves a score by up to (95% interval, at the final row's scores): " + ", ".join(parts)
-            + " points; differences smaller than that show nothing.")
-    if min(result.eval_sets.values(), default=0) < 100:
-        note += (" Sets this small cannot show an improvement; score on more pairs (the shared data, or "
-                 "--dev-pairs FILE with a few hundred of your own).")
-    return note
-
-
-def render_report(result: QuickstartResult, options: QuickstartOptions) -> str:
-    """The results table, the example query and how to use the saved model."""
-    lines = [
-        "",
-        "Cosine Spearman ×100 on dev STS pairs ("
-        + ", ".join(f"{n}: {k} pairs" for n, k in result.eval_sets.items())
-        + f"); seed {options.seed}, {result.threads} torch thread(s), "
-        + ("bf16 autocast training" if result.bf16 else "float32 training"),
-        f"Trained on: {result.corpus}. Scored on: {result.eval_desc}.",
-        "",
-        result.table(),
-        "",
-        noise_note(result),
-        "",
-        f"Example similarity (reloaded model), query: {EXAMPLE_QUERY!r}",
-    ]
-    for doc, sim in sorted(result.example, key=lambda x: -x[1]):
-        lines.append(f"  {sim:+.3f}  {doc}")
-    lines += [
-        "",
-        f"Saved model: {result.output}  (reload check: max |Δ| {result.reload_max_diff:.1e})",
-    ]
-    if result.saved_format == "portable":
-        lines += [
-            f"  portable format (stock sentence-transformers modules): {result.proof}",
-            "  from sentence_transformers import SentenceTransformer  # no st_llm2vec needed",
-            f"  model = SentenceTransformer({result.output!r})",
-        ]
-    else:
-        lines += [
-            f"  exact format ({result.proof}): loading needs st-llm2vec installed",
-            "  import st_llm2vec  # registers its module classes",
-            "  from sentence_transformers import SentenceTransformer",
-            f"  model = SentenceTransformer({result.output!r})",
-        ]
-    lines += [
-        "",
-        f"Total wall time: {result.seconds:.0f} s ({result.seconds / 60:.1f} min). These are tiny demo runs;",
-        "see benchmarks/quality_smollm2.py for the measured recipe.",
-    ]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -653,23 +339,13 @@ def options_from_args(args: argparse.Namespace) -> QuickstartOptions:
     eval_pairs = args.eval_pairs if args.eval_pairs else None
     if args.quick and args.eval_pairs == d.eval_pairs:
         eval_pairs = 16
-    return QuickstartOptions(
-        output=args.output,
-        mntp_steps=args.mntp_steps if args.mntp_steps is not None else mntp_steps,
-        simcse_steps=args.simcse_steps if args.simcse_steps is not None else simcse_steps,
-        seed=args.seed,
-        eval_pairs=eval_pairs,
-        max_seq_length=args.max_seq_length,
-        data_dir=args.data_dir,
-        train_file=args.train_file,
-        dev_pairs=args.dev_pairs,
-        cache_dir=args.cache_dir,
-        model=args.model,
-        threads=args.threads,
-        bf16=args.bf16,
-        keep_intermediate=args.keep_intermediate,
-        progress=not args.no_progress,
-    )
+    # the options' dests are the QuickstartOptions fields they set; the rest is worked out above
+    given = {f.name: getattr(args, f.name) for f in fields(QuickstartOptions) if hasattr(args, f.name)}
+    return QuickstartOptions(**{
+        **given, "eval_pairs": eval_pairs, "progress": not args.no_progress,
+        "mntp_steps": args.mntp_steps if args.mntp_steps is not None else mntp_steps,
+        "simcse_steps": args.simcse_steps if args.simcse_steps is not None else simcse_steps,
+    })
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
@@ -677,7 +353,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     for name in ("mntp_steps", "simcse_steps"):
         if getattr(options, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-    restore = _quiet_libraries(options.progress)
+    restore = quiet_libraries(options.progress)
     try:
         result = run_pipeline(options)
     finally:
@@ -685,16 +361,4 @@ def run_quickstart(args: argparse.Namespace) -> int:
     print(render_report(result, options), flush=True)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"options": asdict(options), "result": result.to_dict()}, indent=2) + "\n")
-    return 0
-
-
-def add_arguments_fetch_smollm2(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", default=None, help="cache dir (default: $ST_LLM2VEC_CACHE, $XDG_CACHE_HOME/st_llm2vec or ~/.cache/st_llm2vec)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output; print only the path")
-
-
-def run_fetch_smollm2(args: argparse.Namespace) -> int:
-    from .smollm2 import ensure_smollm2
-
-    print(ensure_smollm2(args.cache_dir, progress=not args.quiet))
     return 0

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import MissingExtraError, MissingFileError
 
@@ -174,7 +175,7 @@ def _remove_stale_temps(cache_dir: Path) -> None:
 def ensure_smollm2(cache_dir: str | Path | None = None, *, progress: bool = True) -> Path:
     """Return a local float32 SmolLM2-135M-Instruct checkpoint dir, converting the shipped GGUF once.
 
-    The conversion (~30-60 s on CPU) writes into a temp dir next to the target and renames it into
+    The conversion (a one-time minute or so on CPU) writes into a temp dir next to the target and renames it into
     place, so an interrupted run never leaves a half-written model; later calls return at once.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -241,3 +242,16 @@ def _move_into_place(tmp: Path, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             return
         raise
+
+
+# -- st-llm2vec fetch-smollm2 ---------------------------------------------------------------------------
+
+
+def add_arguments_fetch_smollm2(parser: Any) -> None:
+    parser.add_argument("--cache-dir", default=None, help="cache dir (default: $ST_LLM2VEC_CACHE, $XDG_CACHE_HOME/st_llm2vec or ~/.cache/st_llm2vec)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output; print only the path")
+
+
+def run_fetch_smollm2(args: Any) -> int:
+    print(ensure_smollm2(args.cache_dir, progress=not args.quiet))
+    return 0

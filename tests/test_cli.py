@@ -11,8 +11,8 @@ import time
 import pytest
 
 from st_llm2vec.cli import COMMANDS
-from st_llm2vec.train.config import ConfigError
-from st_llm2vec.train.runs import OutputLock
+from st_llm2vec.recipe.config import ConfigError
+from st_llm2vec.files import OutputLock
 from conftest import mntp_config, simcse_config
 from conftest import run_python as _python
 

@@ -1,4 +1,4 @@
-"""st_llm2vec/encoder.py (LLM2VecTransformer): loading and its checks, llm2vec's tokenization (left padding, prompts,
+"""st_llm2vec/encoder/ (LLM2VecTransformer): loading and its checks, llm2vec's tokenization (left padding, prompts,
 chat templates, max_seq_length), save/load round trips, and bad input refused naming the file, the key or the fix."""
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ import pytest
 
 pytest.importorskip("mteb")
 
-from st_llm2vec.eval import devsets, scores, tasks  # noqa: E402
+from st_llm2vec import devdata as devsets  # noqa: E402
+from st_llm2vec.eval import scores, tasks  # noqa: E402
+from st_llm2vec.instructed_evaluator import InstructedSequentialEvaluator  # noqa: E402
 
 TOLERANCE = 0.01  # points (scores ×100)
 INSTRUCTION = "Retrieve semantically similar text:"
@@ -30,7 +32,7 @@ def st_scores(model, sts_evaluators, rerank_evaluators, instruction=None) -> dic
     """What Sentence Transformers' evaluators say, ×100, under the eval path's keys."""
     out = {}
     for evaluator in sts_evaluators:
-        metrics = scores.InstructedSequentialEvaluator([evaluator], instruction)(model)
+        metrics = InstructedSequentialEvaluator([evaluator], instruction)(model)
         out[evaluator.name] = 100 * metrics[evaluator.primary_metric]
     for evaluator in rerank_evaluators:
         metrics = evaluator(model)

@@ -14,8 +14,10 @@ pytest.importorskip("mteb")
 
 from st_llm2vec import cli  # noqa: E402
 from st_llm2vec.errors import OutputExistsError  # noqa: E402
-from st_llm2vec.eval import encoders, instructions, run, tasks  # noqa: E402
-from st_llm2vec.portable import stored_prompt  # noqa: E402
+from st_llm2vec.eval import instructions, tasks  # noqa: E402
+from st_llm2vec.eval import models as encoders  # noqa: E402
+from st_llm2vec.eval import runner as run  # noqa: E402
+from st_llm2vec.instructions import stored_prompt  # noqa: E402
 
 SENTENCES = [
     "A man is playing a guitar on the street.", "Two dogs are running through a field of grass.",

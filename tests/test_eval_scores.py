@@ -3,7 +3,8 @@ name them, an instruction applied and taken off afterwards; the training stages'
 
 from __future__ import annotations
 
-from st_llm2vec.eval import devsets
+from st_llm2vec import devdata as devsets
+from st_llm2vec.eval import scores
 from st_llm2vec.eval.scores import evaluate
 
 
@@ -27,7 +28,7 @@ def test_evaluate_reports_the_tasks_scores_under_the_table_keys(tiny_llm):
 
 def test_dev_evaluator_applies_the_eval_instruction_and_restores_prompts(tiny_llm):
     from st_llm2vec import from_llm
-    from st_llm2vec.eval.scores import InstructedSequentialEvaluator
+    from st_llm2vec.instructed_evaluator import InstructedSequentialEvaluator
 
     model = from_llm(str(tiny_llm()))
     sts = devsets.builtin_sts_evaluator()
@@ -39,3 +40,19 @@ def test_dev_evaluator_applies_the_eval_instruction_and_restores_prompts(tiny_ll
     assert set(seen) == {"Retrieve semantically similar text: "}  # portable model: the stock prompt form
     assert instructed["builtin-sts_spearman_cosine"] != plain["builtin-sts_spearman_cosine"]
     assert model.default_prompt_name is None and "st_llm2vec_eval" not in model.prompts
+
+
+def test_markdown_table_aligns_numbers_and_marks_missing():
+    rows = [{"stage": "a", "x": 12.345, "t": "3 s"}, {"stage": "b", "x": None, "t": "4 s"}]
+    table = scores.markdown_table(rows, [("stage", "step"), ("x", "X"), ("t", "time")])
+    assert table.splitlines() == [
+        "| step | X | time |",
+        "|---|---:|---|",
+        "| a | 12.3 | 3 s |",
+        "| b | – | 4 s |",
+    ]
+
+
+def test_score_columns_fixed_order():
+    keys = ["sts_mean", "wang-dev_map", "sts12", "unknown"]
+    assert [h for _, h in scores.score_columns(keys)] == ["STS12", "STS mean", "wang MAP"]

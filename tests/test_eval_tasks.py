@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("mteb")
 
 from st_llm2vec.errors import InputError, MissingFileError  # noqa: E402
-from st_llm2vec.eval import devsets, instructions, tasks  # noqa: E402
+from st_llm2vec import devdata as devsets  # noqa: E402
+from st_llm2vec.eval import instructions, tasks  # noqa: E402
 
 
 def write_beir(root, qrels_rows=("q0\td0\t1", "q1\td2\t1")):

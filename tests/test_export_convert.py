@@ -3,7 +3,7 @@ dtype, card), atomically — nothing is left of a failed or interrupted one —,
 
 Runs on the tiny llm2vec-style stack of conftest (``stack``: base + two LoRA adapters, the second with an
 llm2vec_config.json), so it needs no downloads and no shared fixtures. How the stack is found, checked and merged:
-tests/test_checkpoints.py.
+tests/test_llm2vec_checkpoints.py.
 """
 
 from __future__ import annotations

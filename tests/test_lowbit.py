@@ -66,7 +66,7 @@ def test_qlora_mntp_saves_the_adapter_merged_into_the_float32_start_weights(tiny
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from st_llm2vec.train.stage_mntp import train_mntp
+    from st_llm2vec.recipe.stage_mntp import train_mntp
 
     out = tmp_path / "qlora"
     result = train_mntp(mntp_recipe(tiny64, out, quantization="nf4", max_steps=3, stop_after_n_steps=3))
@@ -84,7 +84,7 @@ def test_qlora_mntp_saves_the_adapter_merged_into_the_float32_start_weights(tiny
 
 
 def test_qlora_with_an_unmerged_output_is_refused_before_training(tiny64, tmp_path):
-    from st_llm2vec.train.stage_mntp import train_mntp
+    from st_llm2vec.recipe.stage_mntp import train_mntp
 
     out = tmp_path / "unmerged"
     with pytest.raises(InputError, match="merge_lora: true"):
@@ -97,7 +97,7 @@ def test_qlora_simcse_trains_and_saves_a_float32_portable_model(tiny64, corpus, 
     from safetensors.torch import load_file
     from sentence_transformers import SentenceTransformer
 
-    from st_llm2vec.train.stage_contrastive import train_simcse
+    from st_llm2vec.recipe.stage_contrastive import train_simcse
 
     from conftest import simcse_config
 

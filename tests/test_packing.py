@@ -1,4 +1,5 @@
-"""st_llm2vec/packing.py: the packed (unpadded) path and token-budget batching give the padded path's embeddings.
+"""st_llm2vec/encoder/packing.py, layout.py: the packed (unpadded) path and token-budget batching give the padded
+path's embeddings.
 
 The packed path: one row per batch, positions restarting per text, attention kept inside each text, segment
 pooling. On CPU it runs with a document mask (sdpa / eager / flex_attention); with flash-attn 2 the same

@@ -1,5 +1,6 @@
-"""st_llm2vec/pooling.py with modes.py: every llm2vec pooling mode (its name, what it asks of the tokenizer, sums in
-float32, its saved config checked against the backbone), and the layout of token embeddings in and outside encode."""
+"""st_llm2vec/pooling.py with pooling_modes.py: every llm2vec pooling mode (its name, what it asks of the tokenizer,
+sums in float32, its saved config checked against the backbone), and the layout of token embeddings in and outside
+encode."""
 
 from __future__ import annotations
 

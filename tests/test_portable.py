@@ -1,4 +1,5 @@
-"""st_llm2vec/portable.py: the portable save format — stock sentence-transformers modules that load, bidirectional and equal,
+"""st_llm2vec/portable.py, portable_save.py: the portable save format — stock sentence-transformers modules that load,
+bidirectional and equal,
 in a process where st_llm2vec cannot be imported; the exact format where stock modules cannot express the model."""
 
 from __future__ import annotations
@@ -245,8 +246,8 @@ def test_exact_format_keeps_llm2vec_parity_for_pairs_and_documents_with_trust_re
 def test_a_trained_model_serves_the_query_embeddings_it_was_trained_and_evaluated_with(tiny_llm, tmp_path):
     """Train/serve consistency: supervised stage (instructions on queries, dev STS with an instruction) →
     saved portable → loaded by stock ST without st_llm2vec: the same query embeddings (≤ 1e-4)."""
-    from st_llm2vec.train.stage_contrastive import train_supervised
-    from st_llm2vec.portable import prompt_for, stored_prompt
+    from st_llm2vec.recipe.stage_contrastive import train_supervised
+    from st_llm2vec.instructions import prompt_for, stored_prompt
 
     folder = tmp_path / "e5"
     folder.mkdir()
@@ -324,7 +325,7 @@ def _refused_save(model, tmp_path, match):
 def test_the_proof_refuses_a_dir_whose_stock_pooling_differs(tiny_llm, tmp_path, monkeypatch):
     import dataclasses
 
-    from st_llm2vec import modes
+    from st_llm2vec import pooling_modes as modes
 
     model = st_llm2vec.from_llm(str(tiny_llm("llama")), format="portable")
     monkeypatch.setitem(modes.MODES, "mean", dataclasses.replace(modes.MODES["mean"], stock="max"))
@@ -340,7 +341,7 @@ def test_the_proof_refuses_a_dir_whose_stored_prompt_differs(tiny_llm, tmp_path,
 
 def test_the_proof_refuses_a_dir_whose_tokenizer_differs(tiny_llm, tmp_path, monkeypatch):
     """eos_token pooling needs the EOS suffix that the saved tokenizer's post-processor appends."""
-    from st_llm2vec import portable
+    from st_llm2vec import portable_save as portable
 
     model = st_llm2vec.from_llm(str(tiny_llm("llama")), pooling_mode="eos_token", format="portable")
     write = portable._write_module_dirs
@@ -359,7 +360,7 @@ def test_the_proof_refuses_a_dir_whose_tokenizer_differs(tiny_llm, tmp_path, mon
 @needs_fixtures
 def test_portable_queries_equal_llm2vecs_on_the_fixtures(tmp_path):
     """Instructions are left out of the mean in the portable format, as llm2vec leaves them out."""
-    from st_llm2vec.portable import stored_prompt
+    from st_llm2vec.instructions import stored_prompt
 
     for arch in ("llama", "mistral", "gemma"):
         out = _convert_fixture(arch, "mean", tmp_path / arch)

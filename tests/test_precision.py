@@ -172,7 +172,7 @@ def test_calibration_texts_are_many_distinct_and_none_is_a_public_sts_sentence()
     texts = precision_search.calibration_texts()
     assert len(texts) == precision_search.DEFAULT_CALIBRATION_TEXTS == len(set(texts))
     assert texts == precision_search.calibration_texts()  # deterministic
-    from st_llm2vec.eval.devsets import find_shared_data
+    from st_llm2vec.devdata import find_shared_data
 
     root = find_shared_data()
     if root is None:

@@ -13,7 +13,7 @@ import torch
 
 from st_llm2vec import cli, quickstart, smollm2
 
-from st_llm2vec.eval import devsets
+from st_llm2vec import devdata as devsets
 from st_llm2vec.errors import MissingExtraError
 from st_llm2vec.quickstart import QuickstartOptions
 
@@ -51,54 +51,15 @@ def _options(tmp_path: Path, name: str = "out", **kw) -> QuickstartOptions:
 # --------------------------------------------------------------------------- pieces
 
 
-def test_auto_threads_use_the_cores_the_load_average_leaves_free(monkeypatch):
-    monkeypatch.setattr(quickstart.os, "cpu_count", lambda: 4)
-    assert quickstart.choose_threads(3) == 3
-    assert quickstart.choose_threads("2") == 2
-    monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
-    assert quickstart.choose_threads("auto") == 4
-    monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (2.6, 0.0, 0.0))
-    assert quickstart.choose_threads(None) == 1
-    monkeypatch.setattr(quickstart.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
-    assert quickstart.choose_threads("auto") == 1
-
-
-def test_bf16_auto_follows_the_cpus_bf16_support(monkeypatch):
-    assert quickstart.resolve_bf16(True) is True and quickstart.resolve_bf16("off") is False
-    assert quickstart.resolve_bf16("on") is True
-    from st_llm2vec import precision
-
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
-    assert quickstart.resolve_bf16("auto") is False
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
-    assert quickstart.resolve_bf16(None) is True
-
-
-def test_format_table_aligns_numbers_and_marks_missing():
-    rows = [{"stage": "a", "x": 12.345, "t": "3 s"}, {"stage": "b", "x": None, "t": "4 s"}]
-    table = quickstart.format_table(rows, [("stage", "step"), ("x", "X"), ("t", "time")])
-    assert table.splitlines() == [
-        "| step | X | time |",
-        "|---|---:|---|",
-        "| a | 12.3 | 3 s |",
-        "| b | – | 4 s |",
-    ]
-
-
-def test_score_columns_fixed_order():
-    keys = ["sts_mean", "wang-dev_map", "sts12", "unknown"]
-    assert [h for _, h in quickstart.score_columns(keys)] == ["STS12", "STS mean", "wang MAP"]
-
-
 def test_write_lines_one_text_per_line(tmp_path):
     path = quickstart.write_lines(tmp_path / "d" / "s.txt", ["a  b", "c\nd"])
     assert path.read_text() == "a b\nc d\n"
 
 
 def test_configs_are_accepted_by_the_trainers(tmp_path):
-    from st_llm2vec.train.recipe import read_arguments
-    from st_llm2vec.train.stage_contrastive import ARGUMENTS
-    from st_llm2vec.train.stage_mntp import MNTPArguments
+    from st_llm2vec.recipe.arguments import read_arguments
+    from st_llm2vec.recipe.contrastive_arguments import ARGUMENTS
+    from st_llm2vec.recipe.stage_mntp import MNTPArguments
 
     cfg = quickstart.mntp_config("m", "t.txt", tmp_path / "o", steps=10, seed=1)
     built, training = read_arguments(MNTPArguments, cfg)

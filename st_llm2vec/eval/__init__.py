@@ -1,10 +1,12 @@
 """The evaluation wing: scoring any embedding model the standard way.
 
-``devsets`` (the shared dev data and small built-in sets as Sentence Transformers evaluators, which the training
-stages run), ``scores`` (the quick start's and the benchmarks' scores), and ``st-llm2vec eval``: ``tasks`` (mteb
-tasks, local ones from files), ``instructions`` (llm2vec's per-task instructions), ``encoders`` (models as mteb
-sees them, with an embedding cache), ``run`` (the runner), ``report`` (table, markdown, CSV, chart) and
-``command`` (the CLI). A new evaluation goes here.
+``st-llm2vec eval``: ``command`` (the CLI) → ``runner`` (models × tasks through ``mteb.evaluate``, resumable) with
+``tasks`` (mteb tasks, local ones from ``task_files``), ``instructions`` (llm2vec's per-task instructions),
+``models`` (which model a name means, how it loads, its prompts) and ``cached_encoder`` (the model as mteb calls
+it, with an embedding cache); ``results`` (what a run is) → ``report`` (table, markdown, CSV, chart). ``scores``:
+the quick start's and the benchmarks' scores and tables. The dev sets themselves are :mod:`st_llm2vec.devdata`,
+which the training stages read too. A new evaluation goes here: a task in ``tasks`` (and its file in
+``task_files``).
 """
 
 from __future__ import annotations

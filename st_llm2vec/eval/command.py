@@ -1,5 +1,5 @@
 """``st-llm2vec eval MODEL [MODEL ...] --tasks TASK [TASK ...]``: models side by side on mteb tasks and on your own
-data, with llm2vec's instructions, one table out (see :mod:`st_llm2vec.eval.run`).
+data, with llm2vec's instructions, one table out (see :mod:`st_llm2vec.eval.runner`).
 
 Options are declared here without importing torch, transformers, sentence-transformers or mteb, so ``--help``
 answers at once; the runner is imported when the command runs.
@@ -10,20 +10,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_OUTPUT = "st-llm2vec-eval"  # run.DEFAULT_OUTPUT, repeated so --help imports nothing heavy
+from .instructions import MODES
+from .results import DEFAULT_OUTPUT
+
 INTERRUPTED = "finished tasks are kept in the output dir; rerun the same command to resume"
-MODES = ("llm2vec", "model", "none")  # instructions.MODES, likewise
 SHARED = "sts12, sts13, sick-trial, wang-dev, wang-dev-retrieval"
 
 
+EPILOG_EVAL = (
+    "examples:\n"
+    "  st-llm2vec eval HuggingFaceTB/SmolLM2-135M-Instruct out/model sentence-transformers/all-MiniLM-L6-v2 --tasks dev\n"
+    "  st-llm2vec eval out/model --tasks STS12 SciFact my-pairs.tsv my-beir-dir/ reranking.jsonl\n\n"
+    "Results, embeddings and the summary (summary.md/.csv/.json/.png) go to --output; a rerun skips every task\n"
+    "already evaluated (an interrupted run resumes) and encodes no text twice.")
+
+
 def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = (
-        "examples:\n"
-        "  st-llm2vec eval HuggingFaceTB/SmolLM2-135M-Instruct out/model sentence-transformers/all-MiniLM-L6-v2 --tasks dev\n"
-        "  st-llm2vec eval out/model --tasks STS12 SciFact my-pairs.tsv my-beir-dir/ reranking.jsonl\n\n"
-        "Results, embeddings and the summary (summary.md/.csv/.json/.png) go to --output; a rerun skips every task\n"
-        "already evaluated (an interrupted run resumes) and encodes no text twice.")
     parser.add_argument("models", nargs="+", metavar="MODEL",
                         help="a Sentence Transformers model dir (st-llm2vec's portable or exact format, or any stock "
                              "one), a Hugging Face Hub id, or a decoder LLM checkpoint (evaluated as it is: causal "
@@ -36,7 +38,7 @@ def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
                              "(.jsonl: query, positive, negative); KIND:PATH (sts:, retrieval:, reranking:) forces a kind")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR",
                         help=f"where results, embeddings and the summary go (default: {DEFAULT_OUTPUT})")
-    parser.add_argument("--instructions", choices=MODES, default="llm2vec",
+    parser.add_argument("--instructions", choices=tuple(MODES), default="llm2vec",
                         help="llm2vec (default): llm2vec's per-task instruction on the queries (every text of "
                              "symmetric tasks such as STS), the model's own prompts where it has none; model: only "
                              "the prompts the model carries; none: no instruction at all")
@@ -65,17 +67,17 @@ def run_eval(args: argparse.Namespace) -> int:
     import logging
     import warnings
 
-    from ..quickstart import choose_threads
+    from ..runtime import choose_threads
     from . import require_mteb
 
     require_mteb()
     import torch
     from datasets.utils import logging as datasets_logging
 
-    from .encoders import LoadSettings
     from .instructions import parse_overrides
     from .report import format_table
-    from .run import EvalConfig, evaluate_models
+    from .results import EvalConfig, LoadSettings
+    from .runner import evaluate_models
 
     torch.set_num_threads(choose_threads(args.threads))
     warnings.filterwarnings("ignore", category=FutureWarning)  # mteb calls ST methods ST has renamed

@@ -20,7 +20,7 @@ from ..files import current_umask, write_json_atomic
 from . import INSTALL_HINT
 
 if TYPE_CHECKING:
-    from .run import EvalRun
+    from .results import EvalRun
 
 SUMMARY = "summary"
 

@@ -6,7 +6,7 @@ Every task is an mteb task, so mteb computes every metric: a local task is a sub
 data instead of the Hub. Files are parsed when the task is made, so a bad file is reported (file and
 line) before any model loads.
 
-The shared dev data (``../shared/data``, see :mod:`st_llm2vec.eval.devsets`) ships as ready local tasks
+The shared dev data (``../shared/data``, see :mod:`st_llm2vec.devdata`) ships as ready local tasks
 under the names the quick start's tables use: ``sts12``, ``sts13``, ``sick-trial`` (cosine Spearman),
 ``wang-dev`` (reranking each TREC-QA dev question's candidate answers) and ``wang-dev-retrieval``
 (retrieving them from the pool of all the dev questions' candidates).
@@ -14,19 +14,18 @@ under the names the quick start's tables use: ``sts12``, ``sts13``, ``sick-trial
 
 from __future__ import annotations
 
-import csv
 import difflib
 import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import devdata
 from ..errors import InputError, MissingFileError
-from ..files import jsonl_rows
-from . import devsets, require_mteb
+from . import require_mteb
+from .task_files import RerankingSample, looks_like_reranking, read_beir, read_reranking, read_scored_pairs
 
 require_mteb()
 
@@ -44,25 +43,16 @@ MAIN_SCORES = {STS: "cosine_spearman", RERANKING: "map_at_1000", RETRIEVAL: "ndc
 MTEB_TYPES = {STS: "STS", RERANKING: "Reranking", RETRIEVAL: "Retrieval"}
 
 # The shared dev sets as local tasks (name -> what it is); ``dev`` on the command line means all of them.
-WANG_RETRIEVAL = f"{devsets.WANG_DEV}-retrieval"
+WANG_RETRIEVAL = f"{devdata.WANG_DEV}-retrieval"
 SHARED_TASKS: dict[str, str] = {
     "sts12": "SemEval STS 2012 test (MSRpar, OnWN, SMTeuroparl, SMTnews), cosine Spearman",
     "sts13": "SemEval STS 2013 test (FNWN, headlines, OnWN), cosine Spearman",
     "sick-trial": "SICK 2014 trial relatedness, cosine Spearman",
-    devsets.WANG_DEV: "Wang TREC-QA dev: rerank each question's candidate answers (MAP)",
+    devdata.WANG_DEV: "Wang TREC-QA dev: rerank each question's candidate answers (MAP)",
     WANG_RETRIEVAL: "Wang TREC-QA dev: retrieve the answers from the pool of all dev candidates (nDCG@10)",
 }
 SHARED_GROUP = "dev"
 SHARED_SOURCE = "https://github.com/brmson/dataset-sts"  # where the shared data folder's sets were collected from
-
-
-@dataclass(frozen=True)
-class RerankingSample:
-    """One query with its candidate documents: those that answer it and those that do not."""
-
-    query: str
-    positives: tuple[str, ...]
-    negatives: tuple[str, ...]
 
 
 def content_revision(*parts: Any) -> str:
@@ -96,7 +86,7 @@ def _unload(task: AbsTask) -> None:
 class LocalSTSTask(AbsTaskSTS):
     """Scored sentence pairs as an mteb STS task (cosine Spearman and every other STS metric mteb computes)."""
 
-    def __init__(self, name: str, pairs: Sequence[devsets.StsPair], scale: tuple[float, float], description: str,
+    def __init__(self, name: str, pairs: Sequence[devdata.StsPair], scale: tuple[float, float], description: str,
                  reference: str | None = None) -> None:
         self.metadata = _metadata(name, STS, description, reference, content_revision(STS, list(pairs), scale))
         self.min_score, self.max_score = scale  # mteb maps the scores to 0..1 (Spearman reads only their order)
@@ -149,7 +139,7 @@ class LocalRetrievalTask(AbsTaskRetrieval):
 # --------------------------------------------------------------------------- building local tasks
 
 
-def sts_task(name: str, pairs: Sequence[devsets.StsPair], *, scale: tuple[float, float] | None = None,
+def sts_task(name: str, pairs: Sequence[devdata.StsPair], *, scale: tuple[float, float] | None = None,
              description: str = "", reference: str | None = None) -> AbsTask:
     """An mteb STS task over ``pairs``; ``scale`` (min, max) defaults to the pairs' own range."""
     if not pairs:
@@ -197,100 +187,9 @@ def retrieval_task(name: str, corpus: dict[str, tuple[str, str]], queries: dict[
                               description or f"{len(queries)} queries, {len(corpus)} documents", reference)
 
 
-# --------------------------------------------------------------------------- readers of a user's files
-
-
-def _texts(value: Any) -> tuple[str, ...] | None:
-    if isinstance(value, str):
-        return (value.strip(),) if value.strip() else ()
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(v.strip() for v in value if v.strip())
-    return None
-
-
-def read_reranking(path: str | Path) -> list[RerankingSample]:
-    """Reranking samples from JSONL, one query per line: ``{"query": ..., "positive": [...], "negative": [...]}``
-    (Sentence Transformers' RerankingEvaluator's fields; ``positives`` / ``negatives`` and single strings too)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such file (expected JSONL reranking samples: query, positive, negative)")
-    samples = []
-    for lineno, row in jsonl_rows(path):
-        query = row.get("query")
-        positives = _texts(row.get("positive", row.get("positives")))
-        negatives = _texts(row.get("negative", row.get("negatives", [])))
-        if not isinstance(query, str) or not query.strip() or positives is None or negatives is None:
-            raise InputError(f"{path}:{lineno}: expected {{\"query\": text, \"positive\": [texts], \"negative\": [texts]}}, "
-                             f"got keys {sorted(row)}")
-        samples.append(RerankingSample(query.strip(), positives, negatives))
-    if not samples:
-        raise InputError(f"{path}: no reranking samples in the file")
-    return samples
-
-
-def _qrels_file(directory: Path) -> Path:
-    """BEIR keeps judgements in ``qrels/<split>.tsv``: test, else dev, else the only one; or ``qrels.tsv``."""
-    folder = directory / "qrels"
-    for candidate in (folder / "test.tsv", folder / "dev.tsv", directory / "qrels.tsv"):
-        if candidate.is_file():
-            return candidate
-    found = sorted(folder.glob("*.tsv")) if folder.is_dir() else []
-    if len(found) == 1:
-        return found[0]
-    raise MissingFileError(f"{directory}: no relevance judgements: expected qrels/test.tsv (BEIR layout: query-id, "
-                           "corpus-id, score)" + (f"; found {[f.name for f in found]}, name one test.tsv" if found else ""))
-
-
-def read_beir(directory: str | Path) -> tuple[dict[str, tuple[str, str]], dict[str, str], dict[str, dict[str, int]]]:
-    """A BEIR retrieval dir: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``)
-    and ``qrels/test.tsv`` (``query-id``, ``corpus-id``, ``score``, with a header). Returns (corpus, queries, qrels)."""
-    directory = Path(directory).expanduser()
-    for name in ("corpus.jsonl", "queries.jsonl"):
-        if not (directory / name).is_file():
-            raise MissingFileError(f"{directory / name}: no such file (a BEIR retrieval dir holds corpus.jsonl, "
-                                   "queries.jsonl and qrels/test.tsv)")
-
-    def rows(name: str, with_title: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for lineno, row in jsonl_rows(directory / name):
-            rid, text = row.get("_id", row.get("id")), row.get("text")
-            if rid is None or not isinstance(text, str):
-                raise InputError(f"{directory / name}:{lineno}: expected \"_id\" and \"text\", got keys {sorted(row)}")
-            title = row.get("title") or ""
-            out[str(rid)] = (str(title), text) if with_title else text
-        if not out:
-            raise InputError(f"{directory / name}: the file is empty")
-        return out
-
-    corpus, queries = rows("corpus.jsonl", True), rows("queries.jsonl", False)
-    qrels_path = _qrels_file(directory)
-    qrels: dict[str, dict[str, int]] = {}
-    with open(qrels_path, encoding="utf-8-sig", newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not row or not any(c.strip() for c in row):
-                continue
-            if lineno == 1 and row[0].strip() in ("query-id", "query_id", "qid"):
-                continue
-            if len(row) < 3:
-                raise InputError(f"{qrels_path}:{lineno}: expected query-id, corpus-id, score (tab-separated), got {row!r}")
-            qid, did, score = row[0].strip(), row[1].strip(), row[-1].strip()
-            try:
-                grade = int(float(score))
-            except ValueError as exc:
-                raise InputError(f"{qrels_path}:{lineno}: score {score!r} is not a number") from exc
-            if qid not in queries:
-                raise InputError(f"{qrels_path}:{lineno}: query-id {qid!r} is not in queries.jsonl")
-            if did not in corpus:
-                raise InputError(f"{qrels_path}:{lineno}: corpus-id {did!r} is not in corpus.jsonl")
-            qrels.setdefault(qid, {})[did] = grade
-    if not qrels:
-        raise InputError(f"{qrels_path}: no relevance judgements in the file")
-    return corpus, {q: t for q, t in queries.items() if q in qrels}, qrels
-
-
 def local_task(spec: str) -> AbsTask:
     """A local task from ``[KIND:]PATH``: a BEIR dir (retrieval), a JSONL of reranking samples, or a file of scored
-    pairs (TSV/CSV/JSONL, :func:`~st_llm2vec.eval.devsets.read_scored_pairs`). Without KIND (``sts``, ``retrieval``,
+    pairs (TSV/CSV/JSONL, :func:`~st_llm2vec.eval.devdata.read_scored_pairs`). Without KIND (``sts``, ``retrieval``,
     ``reranking``) a dir is retrieval and a JSONL whose first object has ``query`` and ``positive(s)`` is
     reranking. The task is named after the file (its stem) or the dir."""
     kind, _, rest = spec.partition(":")
@@ -303,7 +202,7 @@ def local_task(spec: str) -> AbsTask:
     description = f"local {{}} task from {path.resolve()}"
     reference = path.resolve().as_uri()
     if not kind:
-        kind = RETRIEVAL if path.is_dir() else (RERANKING if _looks_like_reranking(path) else STS)
+        kind = RETRIEVAL if path.is_dir() else (RERANKING if looks_like_reranking(path) else STS)
     if kind == RETRIEVAL:
         if not path.is_dir():
             raise InputError(f"{path}: a retrieval task is a BEIR dir (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
@@ -315,15 +214,7 @@ def local_task(spec: str) -> AbsTask:
     if kind == RERANKING:
         return reranking_task(name, read_reranking(path), description=description.format(RERANKING),
                               reference=reference)
-    return sts_task(name, devsets.read_scored_pairs(path), description=description.format("STS"), reference=reference)
-
-
-def _looks_like_reranking(path: Path) -> bool:
-    if path.suffix != ".jsonl":
-        return False
-    for _, row in jsonl_rows(path):
-        return "query" in row and ("positive" in row or "positives" in row)
-    return False
+    return sts_task(name, read_scored_pairs(path), description=description.format("STS"), reference=reference)
 
 
 # --------------------------------------------------------------------------- the shared dev data
@@ -332,35 +223,35 @@ def _looks_like_reranking(path: Path) -> bool:
 def shared_task(name: str, data_dir: str | Path | None = None, *, max_pairs: int | None = None,
                 max_queries: int | None = None) -> AbsTask:
     """One of :data:`SHARED_TASKS` from the shared data folder (``max_pairs`` / ``max_queries``: the samples the
-    quick start and the benchmarks score, :func:`devsets.sts_evaluators`' and :func:`devsets.wang_samples`')."""
+    quick start and the benchmarks score, :func:`devdata.sts_evaluators`' and :func:`devdata.wang_samples`')."""
     if name not in SHARED_TASKS:
         raise InputError(f"{name!r} is not a shared dev task ({', '.join(SHARED_TASKS)})")
-    root = devsets.find_shared_data(data_dir)
+    root = devdata.find_shared_data(data_dir)
     if root is None:
         raise MissingFileError(
             f"task {name!r} reads the shared dev data folder, which is not here: put it at <repo>/../shared/data or set "
-            f"{devsets.DATA_ENV}=/path/to/data (it holds sts/, anssel/: SemEval STS, SICK, Wang TREC-QA). Without it, "
+            f"{devdata.DATA_ENV}=/path/to/data (it holds sts/, anssel/: SemEval STS, SICK, Wang TREC-QA). Without it, "
             "evaluate on your own files (--tasks pairs.tsv, a BEIR dir, reranking.jsonl) or on mteb tasks (--tasks STS12).")
     reference = SHARED_SOURCE
     description = f"{SHARED_TASKS[name]}; read from {root}"
-    if name in devsets.STS_YEARS:
-        pairs = devsets.read_sts(root / devsets.STS_DIR / devsets.STS_YEARS[name], split="test")
-        return sts_task(name, devsets._subsample(pairs, max_pairs), scale=(0.0, 5.0),
+    if name in devdata.STS_YEARS:
+        pairs = devdata.read_sts(root / devdata.STS_DIR / devdata.STS_YEARS[name], split="test")
+        return sts_task(name, devdata.subsample(pairs, max_pairs), scale=(0.0, 5.0),
                         description=description, reference=reference)
     if name == "sick-trial":
-        sick = [devsets.StsPair(p.sentence_a, p.sentence_b, p.relatedness)
-                for p in devsets.read_sick(root / devsets.SICK_DIR / "SICK_trial.txt")]
-        return sts_task(name, devsets._subsample(sick, max_pairs), scale=(1.0, 5.0),
+        sick = [devdata.StsPair(p.sentence_a, p.sentence_b, p.relatedness)
+                for p in devdata.read_sick(root / devdata.SICK_DIR / "SICK_trial.txt")]
+        return sts_task(name, devdata.subsample(sick, max_pairs), scale=(1.0, 5.0),
                         description=description, reference=reference)
     samples = [RerankingSample(s["query"], tuple(s["positive"]), tuple(s["negative"]))
-               for s in devsets.wang_samples(root, "dev", max_queries)]
+               for s in devdata.wang_samples(root, "dev", max_queries)]
     return reranking_task(name, samples, description=description, reference=reference,
                           retrieval=name == WANG_RETRIEVAL)
 
 
 def builtin_task() -> AbsTask:
     """The project's hand-written STS pairs (``builtin-sts``), scored when the shared data is absent."""
-    pairs = [devsets.StsPair(*p) for p in devsets.builtin_sts_pairs()]
+    pairs = [devdata.StsPair(*p) for p in devdata.builtin_sts_pairs()]
     return sts_task("builtin-sts", pairs, scale=(0.0, 5.0),
                     description="40 STS pairs hand-written for st-llm2vec (0-5 scale)")
 
@@ -368,13 +259,13 @@ def builtin_task() -> AbsTask:
 def dev_tasks(data_dir: str | Path | None = None, max_pairs: int | None = None, *,
               wang_queries: int | None = 0) -> list[AbsTask]:
     """The dev sets the quick start and the benchmarks score, as mteb tasks (the same samples as
-    :func:`devsets.dev_evaluators`): STS 2012 / 2013 / SICK trial, then Wang reranking over ``wang_queries``
+    :func:`devdata.dev_evaluators`): STS 2012 / 2013 / SICK trial, then Wang reranking over ``wang_queries``
     questions (None: all, 0: left out); :func:`builtin_task` alone without the shared data."""
-    if devsets.find_shared_data(data_dir) is None:
+    if devdata.find_shared_data(data_dir) is None:
         return [builtin_task()]
     tasks = [shared_task(name, data_dir, max_pairs=max_pairs) for name in ("sts12", "sts13", "sick-trial")]
     if wang_queries != 0:
-        tasks.append(shared_task(devsets.WANG_DEV, data_dir, max_queries=wang_queries))
+        tasks.append(shared_task(devdata.WANG_DEV, data_dir, max_queries=wang_queries))
     return tasks
 
 

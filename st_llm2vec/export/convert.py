@@ -1,4 +1,4 @@
-"""``convert`` / ``push``: an HF causal LM or an llm2vec checkpoint stack to a standalone ST model dir, and to the Hub.
+"""``st-llm2vec convert``: an HF causal LM or an llm2vec checkpoint stack to a standalone ST model dir.
 
 The output is an ordinary Sentence-Transformers directory: merged safetensors weights with
 ``is_causal: false`` in config.json, our two module configs, prompts in
@@ -14,6 +14,7 @@ causal and reproduces a causal llm2vec Qwen2 checkpoint's embeddings.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import re
@@ -25,15 +26,17 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from ..cards import usage_section
-from ..errors import InputError, MissingFileError, NotPermittedError, OutputExistsError
+from ..errors import InputError, OutputExistsError
 from ..files import atomic_dir, check_output, normalize_permissions
-from ..modes import ALIASES, POOLING_MODES
-from ..portable import EXACT, FORMATS, PORTABLE, PortableFormatError
+from ..pooling_modes import ALIASES, POOLING_MODES
+from ..instructions import EXACT, FORMATS, PORTABLE
+from ..portable import PortableFormatError
+from .push import check_push_target, push_dir
 
 if TYPE_CHECKING:  # the command's options load without torch / sentence-transformers; its work imports them
     from sentence_transformers import SentenceTransformer
 
-    from ..checkpoints import CheckpointStack
+    from ..llm2vec_checkpoints import CheckpointStack
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +84,8 @@ def convert(
     when possible, else exact, saying why. What was written is in ``convert.last_report``.
     """
     from ..build import from_llm, model_kwargs
-    from ..checkpoints import merge_adapters, resolve_stack
+    from ..adapter_merge import merge_adapters
+    from ..llm2vec_checkpoints import resolve_stack
     from ..portable import switch_if_faithful
 
     if format not in FORMATS:
@@ -89,7 +93,7 @@ def convert(
     output = Path(output).expanduser().absolute()
     check_output(output, overwrite)
     if push_to_hub:
-        _check_push_target(push_to_hub)
+        check_push_target(push_to_hub)
     stack = resolve_stack(source, tuple(adapters), pooling_mode, allow_pickle=allow_pickle)
     _check_not_an_input(output, stack)
     settings = stack.settings
@@ -127,7 +131,7 @@ def convert(
     convert.last_report = saved
     logger.info("Saved %s (%s format)", output, saved["format"])
     if push_to_hub:
-        _push_dir(output, push_to_hub, private=private, model=model)
+        push_dir(output, push_to_hub, private=private, model=model)
     return output
 
 
@@ -263,95 +267,6 @@ def format_line(saved: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-# -- push -----------------------------------------------------------------------------------------
-
-
-def _check_repo_id(repo_id: str) -> None:
-    """A repo id the Hub accepts (huggingface_hub's rules), with its namespace written out: without one,
-    the upload would land under whichever account the token belongs to."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    expected = f"Hub repo id {repo_id!r} must look like 'user-or-org/model-name'"
-    if not isinstance(repo_id, str) or "/" not in repo_id:
-        raise InputError(f"{expected}.")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise InputError(f"{expected}: {exc}") from None
-
-
-def _check_push_target(repo_id: str) -> None:
-    """Fail before a long conversion when the repo id is malformed or no Hub token is available."""
-    from huggingface_hub import get_token
-
-    _check_repo_id(repo_id)
-    if not get_token():
-        raise NotPermittedError(
-            "No Hugging Face token found: run `hf auth login` or set HF_TOKEN, then push again."
-        )
-
-
-def _check_model_dir(directory: Path) -> None:
-    """A dir worth pushing: an ST model (modules.json) whose weights are readable safetensors."""
-    if not (directory / "modules.json").is_file():
-        raise MissingFileError(f"{directory} is not a Sentence-Transformers model dir (no modules.json); run `st-llm2vec convert` first.")
-    from ..checkpoints import CheckpointError, check_safetensors
-
-    weights = sorted(directory.rglob("*.safetensors"))
-    if not weights:
-        raise CheckpointError(f"{directory} holds no safetensors weights; re-run `st-llm2vec convert`.")
-    for file in weights:
-        check_safetensors(file)
-
-
-def push(
-    directory: str | os.PathLike,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    token: str | None = None,
-    commit_message: str | None = None,
-) -> str:
-    """Upload an exported model dir as-is with ST's ``push_to_hub``; returns the commit URL.
-
-    The dir is loaded (on CPU) first, so a broken export is never uploaded. The token comes from
-    ``token``, else HF_TOKEN / ``hf auth login``; it is never logged or written.
-    """
-    directory = Path(directory).expanduser().absolute()
-    _check_model_dir(directory)
-    if token is None:
-        _check_push_target(repo_id)
-    else:
-        _check_repo_id(repo_id)
-    return _push_dir(directory, repo_id, private=private, token=token, commit_message=commit_message)
-
-
-def _push_dir(
-    directory: Path,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    token: str | None = None,
-    commit_message: str | None = None,
-    model: SentenceTransformer | None = None,
-) -> str:
-    # With local_model_path, push_to_hub uploads that folder verbatim (the model object only supplies
-    # card data). Loading the dir first proves it is a working model before anything is uploaded.
-    from sentence_transformers import SentenceTransformer
-
-    model = model if model is not None else SentenceTransformer(str(directory), device="cpu")
-    url = model.push_to_hub(
-        repo_id,
-        token=token,
-        private=private,
-        local_model_path=str(directory),
-        exist_ok=True,
-        commit_message=commit_message or f"Upload {directory.name} (st-llm2vec export)",
-    )
-    logger.info("Pushed %s to %s", directory, repo_id)
-    return url
-
-
 # -- CLI ------------------------------------------------------------------------------------------
 
 
@@ -365,7 +280,8 @@ def _prompt(value: str) -> tuple[str, str]:
 def add_arguments_convert(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SOURCE", help="base model dir / Hub id, or an llm2vec LoRA adapter dir")
     parser.add_argument("output", metavar="OUTPUT", help="directory to write the Sentence-Transformers model to")
-    parser.add_argument("--adapter", action="append", default=[], metavar="DIR", help="LoRA adapter to merge; repeat, merged in the order given")
+    parser.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="DIR",
+                        help="LoRA adapter to merge; repeat, merged in the order given")
     parser.add_argument("--pooling-mode", choices=POOLING_MODES + tuple(ALIASES), help="override llm2vec_config.json's pooling_mode")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT (only once the new one is complete)")
     parser.add_argument("--keep-adapters", action="store_true", help="also copy the source adapters into OUTPUT/adapters/")
@@ -376,7 +292,7 @@ def add_arguments_convert(parser: argparse.ArgumentParser) -> None:
                         help="portable: stock ST modules, loads anywhere (refused if impossible); exact: llm2vec's "
                              "exact semantics, needs st-llm2vec; auto (default): portable when possible")
     parser.add_argument("--causal", action="store_true", help="keep causal attention (reproduces llm2vec's Qwen2 models)")
-    parser.add_argument("--prompt", action="append", type=_prompt, default=None, metavar="NAME=TEXT",
+    parser.add_argument("--prompt", dest="prompts", action="append", type=_prompt, default=None, metavar="NAME=TEXT",
                         help="named instruction (repeat); replaces the default 'query' retrieval instruction")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the result to this Hub repo")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
@@ -387,41 +303,16 @@ INTERRUPTED = "nothing was written"
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    output = convert(
-        args.source,
-        args.output,
-        adapters=args.adapter,
-        pooling_mode=args.pooling_mode,
-        overwrite=args.overwrite,
-        keep_adapters=args.keep_adapters,
-        dtype=args.dtype,
-        attn_implementation=args.attn_implementation,
-        allow_pickle=args.allow_pickle,
-        push_to_hub=args.push_to_hub,
-        prompts=dict(args.prompt) if args.prompt is not None else None,
-        causal=args.causal,
-        private=args.private or None,
-        format=args.format,
-    )
+    # the options' dests are convert()'s parameter names
+    kwargs = {name: getattr(args, name) for name in inspect.signature(convert).parameters if hasattr(args, name)}
+    kwargs.update(prompts=dict(args.prompts) if args.prompts is not None else None, private=args.private or None)
+    output = convert(**kwargs)
     print(f"Saved Sentence-Transformers model to {output}")
     print(f"Format: {format_line(convert.last_report)}")
     if convert.last_report.get("proof"):
-        from ..portable import describe_proof
+        from ..portable_save import describe_proof
 
         print(f"Proof: {describe_proof(convert.last_report['proof'])}")
     if args.push_to_hub:
         print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
-    return 0
-
-
-def add_arguments_push(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", metavar="DIR", help="a model dir written by `st-llm2vec convert`")
-    parser.add_argument("repo_id", metavar="REPO_ID", help="Hub repo, 'user-or-org/name' (created if missing)")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--commit-message", help="commit message for the upload")
-
-
-def run_push(args: argparse.Namespace) -> int:
-    url = push(args.directory, args.repo_id, private=args.private or None, commit_message=args.commit_message)
-    print(f"Pushed {args.directory} to {url}")
     return 0

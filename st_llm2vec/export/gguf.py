@@ -186,15 +186,10 @@ def write_gguf(model_dir: Path, out: Path, quantize: str, pooling: str, converte
 
 # -- the proof, through llama.cpp ---------------------------------------------------------------------
 
-# Runs in a fresh interpreter (llama.cpp aborts the process on some bad batch settings) without st_llm2vec:
+# Runs in a fresh interpreter (llama.cpp aborts the process on some bad batch settings) without st_llm2vec
+# (:func:`~st_llm2vec.proof.run_without_st_llm2vec`):
 # the file as a user gets it, its own pooling key, llama.cpp's default (F16) KV cache.
 _PROOF_SCRIPT = r"""
-import json, sys
-class _Blocked:
-    def find_spec(self, name, path=None, target=None):
-        if name == "st_llm2vec" or name.startswith("st_llm2vec."):
-            raise ImportError("st_llm2vec is blocked: the GGUF must run without it")
-sys.meta_path.insert(0, _Blocked())
 import numpy as np
 import llama_cpp
 import llama_cpp.llama
@@ -219,8 +214,8 @@ result["embeddings"] = [list(map(float, llm.embed(t, normalize=False))) for t in
 del llm
 tokens = load(llama_cpp.LLAMA_POOLING_TYPE_NONE)
 a, b = (np.asarray(tokens.embed(t, normalize=False), dtype=np.float64) for t in args["probe"])
-result["first_token_shift"] = float(np.linalg.norm(a[1] - b[1]) / max(np.linalg.norm(a[1]), 1e-12))
-print("PROOF" + json.dumps(result))
+result["first_token_shift"] = first_token_shift(a, b)
+report(result)
 """
 
 
@@ -231,7 +226,7 @@ def prove_gguf(model: Any, path: Path, texts: list[str], *, threads: int | None 
     import numpy as np
     import torch
 
-    from ..portable import BIDIRECTIONAL_PROBE
+    from ..proof import BIDIRECTIONAL_PROBE, first_token_shift, row_cosines
 
     longest = max(len(model.tokenizer(t)["input_ids"]) for t in [*texts, *BIDIRECTIONAL_PROBE])
     n_ctx = max(512, 64 * (longest // 64 + 2))  # non-causal: one ubatch must hold a whole text (llama.cpp aborts otherwise)
@@ -249,19 +244,17 @@ def prove_gguf(model: Any, path: Path, texts: list[str], *, threads: int | None 
                        "runs with --no-repack, which the proof used and the report records", path.name)
     ours = np.asarray(ran["embeddings"], dtype=np.float64)
     reference = model.encode(texts, batch_size=8, convert_to_numpy=True, show_progress_bar=False).astype(np.float64)
-    norms = np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1)
-    cosine = (ours * reference).sum(1) / np.maximum(norms, 1e-30)
+    cosine = row_cosines(ours, reference)
     probe = model.preprocess(list(BIDIRECTIONAL_PROBE))
     with torch.no_grad():
         states = model[0].model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).last_hidden_state
     lengths = probe["attention_mask"].sum(1)
     first = [int(probe["attention_mask"].shape[1] - n) for n in lengths]  # left padding
-    a, b = states[0, first[0] + 1], states[1, first[1] + 1]
     worst = int(np.nan_to_num(cosine, nan=-1.0).argmin())
     return {
         "finite": bool(np.isfinite(ours).all()),
         "first_token_shift": ran["first_token_shift"],
-        "torch_first_token_shift": float((a - b).norm() / a.norm().clamp_min(1e-12)),
+        "torch_first_token_shift": first_token_shift(states[0, first[0]:].numpy(), states[1, first[1]:].numpy()),
         "min_cosine": float(np.nan_to_num(cosine, nan=-1.0).min()),
         "mean_cosine": float(np.nan_to_num(cosine, nan=-1.0).mean()),
         "worst_text": texts[worst],
@@ -275,15 +268,15 @@ def prove_gguf(model: Any, path: Path, texts: list[str], *, threads: int | None 
 
 def _run_proof(payload: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
     """(what the proof script measured, or None; whether llama.cpp crashed on a signal). Other failures raise."""
-    proc = subprocess.run([sys.executable, "-c", _PROOF_SCRIPT], input=json.dumps(payload), capture_output=True,
-                          text=True, env=dict(os.environ, OMP_NUM_THREADS=str(payload["threads"])))
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PROOF")), None)
-    if line is not None and proc.returncode == 0:
-        return json.loads(line[len("PROOF"):]), False
+    from ..proof import last_line, run_without_st_llm2vec
+
+    ran, proc = run_without_st_llm2vec(_PROOF_SCRIPT, payload, why="the GGUF must run without it",
+                                       env=dict(os.environ, OMP_NUM_THREADS=str(payload["threads"])))
+    if ran is not None:
+        return ran, False
     if proc.returncode < 0:
         return None, True
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-    raise GGUFExportError(f"llama.cpp could not run the GGUF: {tail[0]}")
+    raise GGUFExportError(f"llama.cpp could not run the GGUF: {last_line(proc)}")
 
 
 def _card_section(report: dict[str, Any]) -> str:
@@ -323,7 +316,7 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: st
     """Write ``source`` (a portable dir) plus its proven GGUF (``gguf/model-<quantize>.gguf``) to ``output``;
     returns the report. Built in a temp dir beside ``output``, moved into place only once proven."""
     from ..files import atomic_dir, check_output
-    from .command import DEFAULT_MIN_COSINE, HELD_TEXTS, check_proof, copy_model_dir, finish, portable_source
+    from .pipeline import DEFAULT_MIN_COSINE, HELD_TEXTS, check_proof, copy_model_dir, finish, portable_source
 
     if quantize not in QUANTIZE:
         raise GGUFExportError(f"unknown GGUF type {quantize!r}; choose one of {', '.join(QUANTIZE)}")
@@ -360,6 +353,22 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: st
         }
         finish(tmp, GGUF_DIR, report, _card_section(report))
     return report
+
+
+def run(args: Any) -> int:
+    """``st-llm2vec export --backend gguf``, its options checked: export and say what was proven and how to serve it."""
+    report = export(args.model, args.output, quantize=args.quantize or DEFAULT_QUANTIZE, min_cosine=args.min_cosine,
+                    force=args.force, overwrite=args.overwrite, converter=args.converter)
+    proof = report["proof"]
+    path = f"{args.output}/{GGUF_DIR}/{report['file']}"
+    print(f"Exported {args.model} to {path} ({report['quantize']}, pooling {report['pooling']}, "
+          f"{report['bytes'] / 1e6:.1f} MB, {report['seconds']} s)")
+    print(f"Proof through llama.cpp: finite; first-token shift {proof['first_token_shift']:.2e} (torch "
+          f"{proof['torch_first_token_shift']:.2e}); min cosine vs fp32 torch {proof['min_cosine']:.6f} "
+          f"(mean {proof['mean_cosine']:.6f}) over {proof['texts']} texts")
+    no_repack = "" if proof["repack"] else " --no-repack  (llama.cpp's weight repacking crashed on this CPU)"
+    print(f"Serve with: llama-server -m {path} --embeddings -ub 8192 -b 8192{no_repack}")
+    return 0
 
 
 def _pooling_dir(source: Path) -> str:

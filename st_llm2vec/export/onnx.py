@@ -16,13 +16,11 @@ pipeline running on the graph and on the fp32 torch backbone, over held texts (a
 prompt). Below ``min_cosine`` (default 0.99) the export is refused unless forced. The figures go into
 the model card and ``onnx/export_report.json``.
 
-Loading (latest releases checked: optimum 2.3.0, optimum-onnx 0.1.0, optimum-intel 2.2.0): stock
-sentence-transformers' ``backend="onnx"`` needs Optimum's ``optimum.onnxruntime``; every release of it
-(optimum <= 1.27, optimum-onnx <= 0.1.0) caps ``transformers < 4.58`` and fails to import on
-transformers 5 (``cannot import name 'is_offline_mode' from 'transformers.utils'``). The dir is laid out the way that backend reads it (``onnx/model.onnx``,
-inputs ``input_ids``/``attention_mask``), so it will load with ``SentenceTransformer(path,
-backend="onnx")`` once Optimum supports transformers 5; until then :func:`load_onnx` runs it (stock
-modules, the graph in ONNX Runtime), or use onnxruntime directly.
+Loading: stock sentence-transformers' ``backend="onnx"`` needs Optimum's ``optimum.onnxruntime``, which does not
+import on transformers 5 (:data:`OPTIMUM_NOTE`). The dir is laid out the way that backend reads it
+(``onnx/model.onnx``, inputs ``input_ids``/``attention_mask``), so it will load with ``SentenceTransformer(path,
+backend="onnx")`` once Optimum supports transformers 5; until then :func:`~.onnx_runtime.load_onnx` runs it (stock
+modules, the graph in ONNX Runtime), or use onnxruntime directly. Choosing what int8 quantizes: :mod:`.onnx_int8`.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -41,36 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError, MissingExtraError, MissingFileError
-from ..portable import BIDIRECTIONAL_PROBE
-from .command import (
-    DEFAULT_MIN_COSINE,
-    HELD_TEXTS,
-    OPSET,
-    check_proof,
-    copy_model_dir,
-    finish,
-    portable_source,
-)
+from ..errors import InputError
+from ..proof import BIDIRECTIONAL_PROBE, first_token_shift
+from .backends import BACKENDS, OPSET
+from .onnx_int8 import choose_int8
+from .onnx_runtime import ONNX_DATA, ONNX_DIR, ONNX_FILE, OnnxBackbone, pipeline_cosines, prompt_names, require_onnx
+from .onnx_runtime import load_onnx  # noqa: F401  (the import path the model card and the command name)
+from .pipeline import DEFAULT_MIN_COSINE, HELD_TEXTS, check_proof, copy_model_dir, finish, portable_source
 
 logger = logging.getLogger(__name__)
 
-QUANTIZE = ("int8",)
-ONNX_DIR, ONNX_FILE, ONNX_DATA = "onnx", "model.onnx", "model.onnx_data"
-# For choosing which MatMuls int8 keeps in fp32; disjoint from HELD_TEXTS, on which the export is proven.
-CALIBRATION_TEXTS = [
-    "Two dogs are running through a field of grass.",
-    "The children are building a sand castle at the beach.",
-    "A woman is slicing tomatoes in the kitchen.",
-    "Nobody is riding the bicycle down the hill.",
-    "The cat sleeps on a warm windowsill in the afternoon.",
-    "Retrieve semantically similar text: query passage document instruction.",
-    "The committee postponed its decision until the full report on water quality is published next spring.",
-    "Why is the sky blue?",
-    "import numpy as np; x = np.arange(10).reshape(2, 5)",
-    "La vie est belle.",
-]
-_INSTALL_HINT = 'pip install -e ".[onnx]"  (from the st-llm2vec clone: onnx, onnxruntime, onnxscript; changes no other package)'
+QUANTIZE = BACKENDS["onnx"].quantize
 OPTIMUM_NOTE = (
     "stock sentence-transformers' backend='onnx' needs optimum.onnxruntime, and no released Optimum "
     "(optimum <= 1.27, optimum-onnx <= 0.1.0: transformers < 4.58) imports on transformers 5"
@@ -79,16 +57,6 @@ OPTIMUM_NOTE = (
 
 class OnnxExportError(InputError):
     """The export cannot be made or failed its proof; the message says why."""
-
-
-def require_onnx() -> tuple[Any, Any]:
-    """``(onnx, onnxruntime)``, or an :class:`ImportError` that says how to install them."""
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingExtraError(f"ONNX export needs the onnx extra ({exc.name or exc} is missing): {_INSTALL_HINT}") from exc
-    return onnx, onnxruntime
 
 
 # -- the graph ------------------------------------------------------------------------------------
@@ -165,172 +133,7 @@ def export_graph(model: Any, path: Path, *, opset: int = OPSET) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def quantize_int8(source: Path, target: Path, *, exclude: list[str] | tuple[str, ...] = ()) -> None:
-    """Dynamic int8 quantization (ONNX Runtime) of the MatMuls with a weight, except the nodes in ``exclude``.
-
-    Int8 weights per output channel with ``reduce_range`` (7-bit weights: no int16 saturation on CPUs
-    without VNNI, e.g. AVX2); activations are quantized per tensor at run time.
-    """
-    require_onnx()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    large = (source.parent / ONNX_DATA).exists()
-    quiet = _RootWarningFilter("pre-processing before quantization")
-    logging.getLogger().addFilter(quiet)
-    try:
-        quantize_dynamic(str(source), str(target), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=list(exclude),
-                         use_external_data_format=large)
-    finally:
-        logging.getLogger().removeFilter(quiet)
-
-
-class _RootWarningFilter(logging.Filter):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
-
-
-def activation_outliers(model: Any, texts: list[str]) -> dict[str, float]:
-    """Per ``nn.Linear`` of the backbone: (max - min) / rms of its input over the real tokens of ``texts``.
-
-    Dynamic int8 quantizes a MatMul's input per tensor, so its error relative to the typical value grows
-    with this ratio: decoder LLMs have a few layers (mostly ``down_proj``) with massive activation
-    outliers (ratios of 100-200 where most are 10-40), and those are the ones that break int8.
-    """
-    backbone = model[0].model
-    features = model.preprocess(texts)
-    real = features["attention_mask"].bool()
-    stats: dict[str, list[float]] = {}
-
-    def hook(name: str):
-        def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach().float()[real]
-            entry = stats.setdefault(name, [0.0, 0.0, 0.0])
-            entry[0] = max(entry[0], float(x.max().clamp(min=0) - x.min().clamp(max=0)))
-            entry[1] += float((x * x).sum())
-            entry[2] += x.numel()
-        return record
-
-    handles = [module.register_forward_pre_hook(hook(name)) for name, module in backbone.named_modules()
-               if isinstance(module, torch.nn.Linear)]
-    try:
-        with torch.no_grad():
-            backbone(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: spread / max((total / max(count, 1)) ** 0.5, 1e-12) for name, (spread, total, count) in stats.items()}
-
-
-def matmul_nodes(graph: Path) -> dict[str, str]:
-    """Backbone ``nn.Linear`` name -> its MatMul/Gemm node in ``graph`` (the TorchScript exporter's scope names)."""
-    onnx, _ = require_onnx()
-    found = {}
-    for node in onnx.load(str(graph), load_external_data=False).graph.node:
-        match = re.match(r"^/backbone/(.+)/(MatMul|Gemm)$", node.name)
-        if node.op_type in ("MatMul", "Gemm") and match:
-            found[match.group(1).replace("/", ".")] = node.name
-    return found
-
-
-def exclusion_schedule(count: int) -> list[int]:
-    """How many of the worst-ranked MatMuls to keep in fp32 at each try: 0, 1, 2, 4, ... (at most a quarter)."""
-    steps, k = [0], 1
-    while k <= max(1, count // 4):
-        steps.append(k)
-        k *= 2
-    return steps
-
-
-def choose_int8(model: Any, fp32: Path, target_path: Path, *, target: float,
-                texts: list[str] | None = None) -> dict[str, Any]:
-    """Quantize ``fp32`` to ``target_path``, keeping in fp32 the fewest MatMuls (worst activation outliers
-    first, see :func:`activation_outliers`) for which the calibration texts' min cosine vs the torch model
-    reaches ``target``. Calibration texts are not the proof's held texts. Returns what was chosen."""
-    texts = list(texts or CALIBRATION_TEXTS)
-    nodes = matmul_nodes(fp32)
-    ratios = activation_outliers(model, texts)
-    ranked = [name for name in sorted(ratios, key=ratios.get, reverse=True) if name in nodes]
-    tries = []
-    for keep in exclusion_schedule(len(ranked)):
-        quantize_int8(fp32, target_path, exclude=[nodes[name] for name in ranked[:keep]])
-        backbone = OnnxBackbone(target_path, model[0].model.config, threads=torch.get_num_threads())
-        cosines, finite = pipeline_cosines(model, backbone, texts)
-        worst = float(np.nan_to_num(np.concatenate(list(cosines.values())), nan=-1.0).min()) if finite else -1.0
-        tries.append({"fp32_matmuls": keep, "calibration_min_cosine": worst})
-        logger.info("int8 with %d MatMuls kept in fp32: calibration min cosine %.5f", keep, worst)
-        if worst >= target:
-            break
-    return {"matmuls": len(nodes), "fp32_matmuls": ranked[:keep], "target": target, "tries": tries,
-            "outlier_ratio": {name: round(ratios[name], 1) for name in ranked[:max(keep, 8)]}}
-
-
-# -- running the graph inside the stock pipeline --------------------------------------------------
-
-
-class OnnxBackbone(torch.nn.Module):
-    """Stands in for the HF backbone of a stock ``Transformer`` module: runs the ONNX graph in ONNX Runtime."""
-
-    def __init__(self, path: str | os.PathLike, config: Any = None, *, threads: int | None = None,
-                 providers: list[str] | None = None):
-        super().__init__()
-        _, ort = require_onnx()
-        self.config = config  # the stock module reads its backbone's config (model_type, hidden size)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.path = str(path)
-        self.session = ort.InferenceSession(self.path, options, providers=providers or ["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        from transformers.modeling_outputs import BaseModelOutput
-
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        feeds = {"input_ids": input_ids.cpu().numpy().astype(np.int64),
-                 "attention_mask": attention_mask.cpu().numpy().astype(np.int64)}
-        hidden = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
-        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
-
-
-def _swap_in(model: Any, backbone: OnnxBackbone) -> None:
-    module = model[0]
-    module.model = backbone
-    module.backend = "onnx"  # never flatten/unpad: the graph takes padded batches
-    module.unpad_inputs = False
-
-
-def load_onnx(path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None,
-              file_name: str = ONNX_FILE) -> Any:
-    """A dir written by ``st-llm2vec export`` as a ``SentenceTransformer`` whose backbone runs in ONNX Runtime.
-
-    The modules are the dir's stock ones (tokenizer, WordWeights, Pooling, prompts); only the backbone
-    is the exported graph. For use until stock ``backend="onnx"`` works on transformers 5 (see the
-    module doc). The torch weights are read once (stock loading) and then dropped.
-    """
-    from sentence_transformers import SentenceTransformer
-
-    path = Path(path)
-    graph = path / ONNX_DIR / file_name
-    if not graph.is_file():
-        raise MissingFileError(f"{graph} not found: export the model first (st-llm2vec export {path} OUT)")
-    model = SentenceTransformer(str(path), device="cpu", model_kwargs={"dtype": torch.float32})
-    _swap_in(model, OnnxBackbone(graph, model[0].model.config, threads=threads, providers=providers))
-    return model
-
-
 # -- proof ----------------------------------------------------------------------------------------
-
-
-def _first_token_shift(hidden: np.ndarray | torch.Tensor) -> float:
-    a, b = np.asarray(hidden[0][1], dtype=np.float64), np.asarray(hidden[1][1], dtype=np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
 
 
 def prove_graph(model: Any, graph: Path, *, texts: list[str] | None = None, threads: int | None = None) -> dict[str, Any]:
@@ -356,38 +159,14 @@ def prove_graph(model: Any, graph: Path, *, texts: list[str] | None = None, thre
     every = np.concatenate(list(cosines.values()))
     return {
         "finite": finite,
-        "first_token_shift": _first_token_shift(graph_probe),
-        "torch_first_token_shift": _first_token_shift(torch_probe.numpy()),
+        "first_token_shift": first_token_shift(graph_probe[0], graph_probe[1]),
+        "torch_first_token_shift": first_token_shift(torch_probe[0].numpy(), torch_probe[1].numpy()),
         "min_cosine": float(np.nan_to_num(every, nan=-1.0).min()),
         "mean_cosine": float(np.nan_to_num(every, nan=-1.0).mean()),
         "per_input_min_cosine": {k: float(np.nan_to_num(v, nan=-1.0).min()) for k, v in cosines.items()},
         "texts": len(texts),
-        "prompts": _prompt_names(model),
+        "prompts": prompt_names(model),
     }
-
-
-def _prompt_names(model: Any) -> list[str]:
-    return sorted(name for name, text in (model.prompts or {}).items() if text)
-
-
-def pipeline_cosines(model: Any, backbone: OnnxBackbone, texts: list[str]) -> tuple[dict[str, np.ndarray], bool]:
-    """Per input kind (documents, each stored prompt): the cosines between the stock pipeline's embeddings
-    with ``backbone`` and with the model's own torch backbone; and whether all of the former are finite."""
-    runs = [("documents", {})] + [(f"prompt {n!r}", {"prompt_name": n}) for n in _prompt_names(model)]
-    reference = {key: model.encode(texts, batch_size=8, convert_to_numpy=True, **kw) for key, kw in runs}
-    original = model[0].model, model[0].backend, model[0].unpad_inputs
-    _swap_in(model, backbone)
-    try:
-        ours = {key: model.encode(texts, batch_size=8, convert_to_numpy=True, **kw) for key, kw in runs}
-    finally:
-        model[0].model, model[0].backend = original[:2]
-        model[0].unpad_inputs = original[2]
-    cosines, finite = {}, True
-    for key in reference:
-        a, b = reference[key].astype(np.float64), ours[key].astype(np.float64)
-        finite = finite and bool(np.isfinite(b).all())
-        cosines[key] = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-    return cosines, finite
 
 
 def _card_section(report: dict[str, Any]) -> str:
@@ -460,3 +239,16 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: st
         }
         finish(tmp, ONNX_DIR, report, _card_section(report))
     return report
+
+
+def run(args: Any) -> int:
+    """``st-llm2vec export --backend onnx``, its options checked: export and say what was proven."""
+    report = export(args.model, args.output, quantize=args.quantize, min_cosine=args.min_cosine,
+                    force=args.force, overwrite=args.overwrite, opset=args.opset)
+    proof = report["proof"]
+    print(f"Exported {args.model} to {args.output}/{ONNX_DIR}/{ONNX_FILE} "
+          f"({report['quantize'] or 'fp32'}, {report['graph_bytes'] / 1e6:.1f} MB, {report['seconds']} s)")
+    print(f"Proof: finite; first-token shift {proof['first_token_shift']:.2e} (torch {proof['torch_first_token_shift']:.2e}); "
+          f"min cosine vs fp32 torch {proof['min_cosine']:.6f} over {proof['texts']} texts")
+    print(f"Load with: from st_llm2vec.export.onnx import load_onnx; load_onnx({args.output!r}). Note: {OPTIMUM_NOTE}.")
+    return 0

@@ -1,0 +1,105 @@
+"""How a command runs on this machine: how many torch threads to use, whether the CPU computes bf16 natively, and
+a console kept to the command's own output.
+
+Every command that runs a model reads these (the quick start, ``st-llm2vec eval``, training's bf16 autocast,
+the precision plan's "auto"), so that they all decide the same way on the same machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from .errors import InputError
+
+
+def choose_threads(requested: int | str | None = "auto", *, own_load: float = 0.0) -> int:
+    """Torch intra-op threads: ``requested``, or for "auto" the cores not already busy (at least 1).
+
+    With OpenMP's default busy-waiting, two threads on two cores that other processes also use can run
+    several times slower than one thread; "auto" reads the 1-minute load average to avoid that
+    (``own_load``: the part of it this process caused, e.g. its threads when asked mid-run).
+    Results can differ in the last float bits between thread counts; pass a number to pin it.
+    """
+    cores = os.cpu_count() or 1
+    if requested not in (None, "auto"):
+        threads = int(requested)
+        if threads < 1:
+            raise InputError(f"threads must be a positive number or 'auto', got {requested!r}")
+        return threads
+    try:
+        load = max(0.0, os.getloadavg()[0] - own_load)
+    except (AttributeError, OSError):
+        return cores
+    return max(1, min(cores, cores - int(round(load))))
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 then runs faster than float32
+    (training autocast, the bf16-mixed precision plan); elsewhere bf16 is emulated and slower, so "auto" stays float32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_bf16(requested: bool | str | None = "auto") -> bool:
+    """bf16 autocast for training: True/False as given ("on" / "off" and the like too), "auto" → :func:`cpu_has_bf16`."""
+    if requested in (None, "auto"):
+        return cpu_has_bf16()
+    if isinstance(requested, str):
+        return requested.lower() in ("1", "true", "yes", "on")
+    return bool(requested)
+
+
+def quiet_libraries(progress: bool = True) -> Callable[[], None]:
+    """Keep the console to our progress bars and table: no per-load HF warnings or trainer info spam;
+    ``progress=False``: no progress bar from any library either (weights, datasets, Hub, tqdm). Returns
+    what puts tqdm's default back."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    for name in ("sentence_transformers", "st_llm2vec", "datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mteb").setLevel(logging.ERROR)  # a line per prompt lookup and per task otherwise
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if progress:
+        return lambda: None
+    import datasets
+    import huggingface_hub.utils
+
+    hf_logging.disable_progress_bar()  # transformers: loading / writing weights
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    return _tqdm_off_by_default()
+
+
+def _tqdm_off_by_default() -> Callable[[], None]:
+    """Every tqdm bar created from now on in this process starts disabled unless its caller asks for it;
+    returns what undoes that.
+
+    Some bars have no switch (ST's model card: "Computing widget examples"), and tqdm reads its
+    ``TQDM_DISABLE`` variable only when it is first imported, so the default is set on the class.
+    """
+    from functools import partialmethod
+
+    import tqdm
+
+    original = tqdm.tqdm.__init__
+    tqdm.tqdm.__init__ = partialmethod(original, disable=True)
+
+    def restore() -> None:
+        tqdm.tqdm.__init__ = original
+
+    return restore
