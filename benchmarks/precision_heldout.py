@@ -9,7 +9,8 @@ package's own texts only), then encodes held-out public sentences from ``../shar
 (the same model, ``full_precision``) and reports per source: texts, min / 5th-percentile cosine, texts below the
 threshold, the worst text; and over all of them the min and a 95% upper bound on the share of texts below the
 threshold (``3/n`` with 0 failures among ``n`` texts, the "rule of three"; the exact Clopper-Pearson bound otherwise),
-a statement about texts like these, not about every text.
+a statement about texts like these, not about every text. Then the speed: the plan vs the same model in float32
+on 512 of those texts, ``--rounds`` alternating rounds in this process, the median ratio.
 
 Two disjoint splits of the public data (no calibration text is one of these sentences, tests/test_precision.py):
 
@@ -94,6 +95,41 @@ def upper_bound(failures: int, n: int, confidence: float = 0.95) -> float:
     return float(beta.ppf(confidence, failures + 1, n - failures))
 
 
+def time_rounds(model, texts: list[str], args) -> dict:
+    """Plan vs float32 (``full_precision``) encode of the same held-out texts, alternating, in this process: the
+    median of the per-round ratios (a round's two timings are taken back to back, so load beside them cancels)."""
+    import os
+    import statistics
+    import time
+
+    from st_llm2vec.precision import full_precision
+
+    sample = random.Random(1).sample(texts, min(args.time_texts, len(texts)))
+
+    def timed() -> float:
+        start = time.perf_counter()
+        model.encode(sample, batch_size=args.batch_size, show_progress_bar=False)
+        return time.perf_counter() - start
+
+    timed()  # warm-up of both paths
+    with full_precision(model):
+        timed()
+    ratios, plan_s, fp32_s = [], [], []
+    for _ in range(args.rounds):
+        with full_precision(model):
+            fp32_s.append(timed())
+        plan_s.append(timed())
+        ratios.append(fp32_s[-1] / plan_s[-1])
+    speed = {"texts": len(sample), "rounds": args.rounds, "ratio_vs_float32": statistics.median(ratios),
+             "ratios": [round(r, 3) for r in ratios], "plan_texts_per_s": len(sample) / statistics.median(plan_s),
+             "float32_texts_per_s": len(sample) / statistics.median(fp32_s), "loadavg": os.getloadavg()[0]}
+    print(f"\nspeed ({len(sample)} held-out texts, batch {args.batch_size}, {args.threads} threads, load "
+          f"{speed['loadavg']:.1f}): plan {speed['plan_texts_per_s']:.1f} texts/s, float32 "
+          f"{speed['float32_texts_per_s']:.1f} texts/s, plan = {speed['ratio_vs_float32']:.2f}x our float32 "
+          f"(median of {args.rounds} alternating rounds: {speed['ratios']})", flush=True)
+    return speed
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="causal-LM checkpoint or saved dir (default: SmolLM2-135M-Instruct)")
@@ -103,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--min-cosine", type=float, default=0.99, help="the plan's threshold (precision_min_cosine)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds, plan vs float32 (0: none)")
+    ap.add_argument("--time-texts", type=int, default=512, help="held-out texts each timing round encodes")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     import time
@@ -156,8 +194,10 @@ def main(argv=None) -> int:
               f"{r['worst_text'][:60]!r} |")
     print(f"| **all** | {total['texts']} | {total['min_cosine']:.5f} | | {failures} | 95% upper bound on the share "
           f"below: {total['upper_bound_95_share_below']:.2%} |")
+    speed = time_rounds(model, [t for texts in groups.values() for t in texts], args) if args.rounds else None
     summary = {"cpu": cpu_flags(), "threads": args.threads, "model": model_path, "split": args.split,
-               "plan": plan.describe(), "planning_seconds": round(planning, 1), "sources": rows, "all": total}
+               "plan": plan.describe(), "planning_seconds": round(planning, 1), "sources": rows, "all": total,
+               "speed": speed}
     print(json.dumps(summary))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))

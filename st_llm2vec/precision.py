@@ -169,7 +169,7 @@ def full_precision(model: Any) -> Iterator[None]:
 
 def resolve(precision: str | None, quantization: str | None = None) -> str:
     """``precision`` checked against ``quantization``; "auto" is bf16-mixed where bf16 is native (a CUDA device, or
-    AVX512-BF16 / AMX) and the weights are not quantized, else float32."""
+    AVX512-BF16 / AMX with torch's AVX-512 kernels) and the weights are not quantized, else float32."""
     precision = precision or "float32"
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -181,7 +181,10 @@ def resolve(precision: str | None, quantization: str | None = None) -> str:
             return "float32"
         import torch
 
-        return "bf16-mixed" if torch.cuda.is_available() or cpu_has_bf16() else "float32"
+        # the CPU's flags and the kernels torch runs: under ATEN_CPU_CAPABILITY=avx2 (or default) torch emulates
+        # bf16 even on an AVX512-BF16 CPU, and the plan would be slower than float32
+        native = cpu_has_bf16() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        return "bf16-mixed" if torch.cuda.is_available() or native else "float32"
     return precision
 
 

@@ -83,6 +83,19 @@ def test_quantized_weights_and_a_plan_are_refused_together_before_any_weight_loa
     assert resolve("auto", "nf4") == "float32"  # auto never plans over quantized weights
 
 
+@pytest.mark.parametrize("capability, flags, expected", [
+    ("AVX512", True, "bf16-mixed"), ("AVX2", True, "float32"), ("DEFAULT", True, "float32"), ("AVX512", False, "float32"),
+])
+def test_auto_plans_only_where_torch_runs_native_bf16_kernels(monkeypatch, capability, flags, expected):
+    """ATEN_CPU_CAPABILITY=avx2 on an AVX512-BF16 CPU emulates bf16: "auto" must not make that CPU slower."""
+    from st_llm2vec import precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: flags)
+    assert resolve("auto") == expected
+
+
 def test_a_plan_over_weights_that_are_not_float32_is_refused(tiny_llm):
     with pytest.raises(PrecisionError, match="float32 projection weights.*bfloat16"):
         st_llm2vec.from_llm(str(tiny_llm()), precision="bf16-mixed", precision_texts=TEXTS, dtype=torch.bfloat16)
