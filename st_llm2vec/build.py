@@ -121,7 +121,7 @@ def from_llm(
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     from . import lowbit, precision as precisions
 
-    precisions.resolve(precision)  # a bad value fails before the weights load
+    precisions.resolve(precision, quantization)  # a bad value or combination fails before the weights load
     model_kwargs = {**model_kwargs, **lowbit.loading_kwargs(quantization)}
     mode = canonical_mode(pooling_mode)  # a name or alias: made a PoolingMode once, here
     name = original_name_or_path(model_name_or_path)
@@ -237,7 +237,7 @@ def load_model(path: str, format: str = AUTO_FORMAT, *, precision: str = "float3
         return from_llm(path, **settings, doc_max_length=None, text_suffix=None, chat_template=None,
                         format=PORTABLE if format == AUTO_FORMAT else format, quantization=quantization, **extra,
                         **kwargs)
-    precisions.resolve(precision)  # a bad value fails before the weights load (from_llm checks its own)
+    precisions.resolve(precision, quantization)  # a bad value or combination fails before the weights load
     device = kwargs.pop("device", None)
     kwargs.update(lowbit.loading_kwargs(quantization))
     model = LLM2VecModel(path, device=device, model_kwargs=kwargs or None)

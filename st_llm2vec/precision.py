@@ -1,22 +1,23 @@
 """A measured precision plan: bf16 where it does not move the embeddings, float32 where it does, proven against
 the float32 model on calibration texts before it is used.
 
-Where bf16 breaks these vectors (measured on SmolLM2-135M, see ``benchmarks/encode_quantized.py``): not in the
-pooling (float32 already) nor in any one projection type, but in (1) the residual stream, which carries the
-first tokens' massive activations (a bf16 stream alone: min cosine 0.95–0.98 whatever else is float32), and (2)
-the first decoder layers, where those activations form (bf16 matmuls everywhere: 0.92; the first three layers
-float32: 0.9989). So the ``bf16-mixed`` mode keeps the weights, the residual stream, the norms, the attention
-softmax and the pooling in float32 and runs only the projections (``nn.Linear``) of the later decoder layers in
-bf16 (inputs rounded to bf16, products accumulated and returned in float32); :func:`plan_precision` picks how
-many leading layers stay float32 by growing that prefix until the calibration texts' minimum cosine to the
-float32 model reaches the threshold (default 0.99), and refuses the mode when that takes more than half of the
-layers. Nothing in torch, transformers or sentence-transformers selects per-layer precision by measurement
-(autocast converts every matmul, ``keep_in_fp32_modules`` is fixed per model class), hence this module.
+Where bf16 breaks these vectors (measured on SmolLM2-135M made bidirectional, see the README's precision section):
+the first decoder layers feed a layer that turns a few tokens' states into massive activations (one hidden
+dimension grows from ~50 to ~10000), and how large it makes them is so steep a function of its input that bf16's
+rounding in any earlier layer — of the weights alone, of the activations alone, in attention or in the MLP alone —
+moves some texts' vectors to cosine 0.93-0.97. The layers after it take bf16 without a measurable change. So the
+``bf16-mixed`` mode keeps a prefix of decoder layers in float32 and computes the attention and MLP blocks of the
+rest in bf16 (:mod:`st_llm2vec.precision_apply`); the residual stream, the norms and the pooling stay float32. How
+many layers stay float32 is measured (:mod:`st_llm2vec.precision_search`): chosen on calibration texts with a
+margin below the threshold, checked on calibration texts the choice did not see, refused when that takes more
+than half of the layers. Nothing in torch, transformers or sentence-transformers selects per-layer precision by
+measurement (autocast converts every matmul, ``keep_in_fp32_modules`` is fixed per model class), hence these
+modules.
 
 The plan acts at inference only (``encode``: inference mode / no grad); training and saving see the float32
 weights, which stay the model's truth. A saved dir gets the plan as ``st_llm2vec_precision.json`` beside the
 stock files: stock sentence-transformers cannot express per-layer precision and loads the model in float32
-(exact); ``st_llm2vec.load_model(path, precision="saved")`` applies the plan again.
+(exact); ``st_llm2vec.load_model(path, precision="saved")`` applies the plan again and re-measures it.
 """
 
 from __future__ import annotations
@@ -24,29 +25,35 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .precision_apply import PrecisionError, apply_plan, decoder_layers, plan_of, remove_plan
+from .precision_search import calibration_texts, plan_precision
 from .runtime import cpu_has_bf16
+
+__all__ = [
+    "PRECISIONS", "PLAN_FILE", "DEFAULT_MIN_COSINE", "DTYPES", "PrecisionError", "PrecisionPlan", "apply_plan",
+    "remove_plan", "plan_of", "decoder_layers", "calibration_texts", "plan_precision", "full_precision", "resolve",
+    "save_plan", "load_plan", "prepare",
+]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("float32", "bf16-mixed", "auto", "saved")
 PLAN_FILE = "st_llm2vec_precision.json"
 DEFAULT_MIN_COSINE = 0.99
-
-
-class PrecisionError(InputError):
-    """No precision plan meets the threshold (or the one asked for cannot be applied); the message says what to use."""
+DTYPES = ("bfloat16",)  # the low precision a plan may name (the only one measured)
 
 
 @dataclass
 class PrecisionPlan:
-    """Which decoder layers stay float32 while the others' projections run in ``dtype``, and what that measured."""
+    """Which decoder layers stay float32 while the others' blocks run in ``dtype``, and what that measured."""
 
     dtype: str = "bfloat16"
     float32_layers: list[int] = field(default_factory=list)
@@ -56,94 +63,92 @@ class PrecisionPlan:
     mean_cosine: float = 1.0
     texts: int = 0
     threshold: float = DEFAULT_MIN_COSINE
+    target: float = DEFAULT_MIN_COSINE  # what the plan had to reach: the threshold with its margin
+    check_texts: int = 0
+    check_min_cosine: float | None = None
+    check_used: bool = False  # the checking texts raised the float32 prefix (they were not only a check then)
 
     def describe(self) -> str:
         """One line: what runs in which precision and what it measured."""
         keep = f"layers {self.float32_layers[0]}-{self.float32_layers[-1]}" if self.float32_layers else "no layer"
-        return (f"{self.dtype} projections in {self.layers - len(self.float32_layers)} of {self.layers} decoder layers "
-                f"({keep} float32; residual stream, norms, attention and pooling float32): min cosine "
+        line = (f"{self.dtype} attention and MLP in {self.layers - len(self.float32_layers)} of {self.layers} decoder "
+                f"layers ({keep} float32; residual stream, norms and pooling float32): min cosine "
                 f"{self.min_cosine:.5f} (5th percentile {self.p05_cosine:.5f}, mean {self.mean_cosine:.6f}) vs "
-                f"float32 over {self.texts} calibration texts (threshold {self.threshold})")
+                f"float32 over {self.texts} calibration texts (target {self.target:.4f} for threshold {self.threshold})")
+        if self.check_texts:
+            how = "also used to choose the plan" if self.check_used else "not used to choose it"
+            line += f"; {self.check_min_cosine:.5f} over {self.check_texts} more ({how})"
+        return line
 
 
-def calibration_texts(count: int = 240, seed: int = 0) -> list[str]:
-    """Texts of mixed length and kind for planning (no download), all written for this project: the portable
-    probe texts, short lowercase phrases (where bf16 moves an embedding most: a 3-token gloss fell to cosine 0.92
-    with every layer bf16), sentences, and passages of a few sentences joined (longer inputs)."""
-    import random
+def _plan_from_json(data: Any, path: Path, layers: int | None) -> PrecisionPlan:
+    """Every field of a plan file checked (type, range, allowed values): an InputError naming the file and field."""
 
-    from .builtin_text import builtin_fragments, builtin_training_text
-    from .proof import PROBE_TEXTS
+    def bad(name: str, why: str) -> InputError:
+        return InputError(f"{path}: field {name!r} {why}; delete the file or re-save the model")
 
-    sentences = builtin_training_text(count // 2, seed=seed + 7)
-    rng = random.Random(seed)
-    passages = [" ".join(rng.sample(sentences, k)) for k in (3, 5, 8, 12) for _ in range(4)]
-    fragments = builtin_fragments(count - len(sentences), seed=seed + 11)
-    return list(PROBE_TEXTS) + fragments + sentences[: len(sentences) - len(passages)] + passages
-
-
-# -- applying a plan ----------------------------------------------------------------------------------
-
-
-def decoder_layers(hf_model: Any) -> Sequence[Any]:
-    """The decoder layers of an HF base model (``model.layers`` in every architecture st_llm2vec supports)."""
-    base = getattr(hf_model, "get_base_model", lambda: hf_model)()
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise PrecisionError(f"{type(base).__name__} has no .layers list of decoder layers: use precision='float32'")
-    return layers
-
-
-def _low_precision_forward(linear: Any, dtype: Any) -> Any:
-    """``linear``'s forward with its weights in ``dtype`` at inference (float32 output), float32 otherwise."""
-    import torch
-    import torch.nn.functional as F
-
-    full = linear.forward
-
-    def forward(x):
-        if torch.is_grad_enabled():
-            return full(x)
-        return F.linear(x.to(dtype), linear.weight_lowp, linear.bias_lowp).to(x.dtype)
-
-    return forward
-
-
-def apply_plan(hf_model: Any, plan: PrecisionPlan) -> None:
-    """Run the projections of every decoder layer outside ``plan.float32_layers`` in ``plan.dtype`` at inference.
-
-    Each such ``nn.Linear`` gets a non-persistent ``dtype`` copy of its weights (state dicts and saves keep the
-    float32 ones) and a forward that uses it when no gradient is asked for. Replaces an earlier plan.
-    """
-    import torch
-
-    remove_plan(hf_model)
-    dtype = getattr(torch, plan.dtype)
-    keep = set(plan.float32_layers)
-    for index, layer in enumerate(decoder_layers(hf_model)):
-        if index in keep:
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a precision plan (a JSON object); delete it or re-save the model")
+    data = dict(data)
+    if data.pop("precision", "bf16-mixed") != "bf16-mixed":
+        raise bad("precision", "must be 'bf16-mixed'")
+    known = {f.name for f in fields(PrecisionPlan)}
+    for name in data:
+        if name not in known:
+            raise bad(name, f"is not a plan field (known: {', '.join(sorted(known))})")
+    data.setdefault("target", data.get("threshold", DEFAULT_MIN_COSINE))  # files written before the margin
+    plan = PrecisionPlan(**data)
+    if plan.dtype not in DTYPES:
+        raise bad("dtype", f"is {plan.dtype!r}, allowed: {', '.join(DTYPES)}")
+    if not isinstance(plan.layers, int) or isinstance(plan.layers, bool) or plan.layers < 1:
+        raise bad("layers", f"must be a positive int, got {plan.layers!r}")
+    if layers is not None and plan.layers != layers:
+        raise bad("layers", f"is {plan.layers} but the model has {layers} decoder layers")
+    kept = plan.float32_layers
+    if not isinstance(kept, list) or any(not isinstance(i, int) or isinstance(i, bool) for i in kept):
+        raise bad("float32_layers", f"must be a list of layer indices, got {kept!r}")
+    if any(not 0 <= i < plan.layers for i in kept) or len(set(kept)) != len(kept):
+        raise bad("float32_layers", f"must hold distinct indices in 0..{plan.layers - 1}, got {kept!r}")
+    for name in ("min_cosine", "p05_cosine", "mean_cosine", "threshold", "target", "check_min_cosine"):
+        value = getattr(plan, name)
+        if value is None and name == "check_min_cosine":
             continue
-        for module in layer.modules():
-            if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.float32:
-                module.register_buffer("weight_lowp", module.weight.detach().to(dtype), persistent=False)
-                module.register_buffer("bias_lowp", None if module.bias is None else module.bias.detach().to(dtype),
-                                       persistent=False)
-                module.forward = _low_precision_forward(module, dtype)
-    hf_model.st_llm2vec_precision = plan
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or \
+                not -1.0 <= value <= 1.0:
+            raise bad(name, f"must be a cosine in [-1, 1], got {value!r}")
+    if not 0.0 < plan.threshold or plan.target < plan.threshold:
+        raise bad("target", f"must be at least the threshold {plan.threshold} (and that above 0), got {plan.target}")
+    for name in ("texts", "check_texts"):
+        value = getattr(plan, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad(name, f"must be a count (int >= 0), got {value!r}")
+    if not isinstance(plan.check_used, bool):
+        raise bad("check_used", f"must be true or false, got {plan.check_used!r}")
+    return plan
 
 
-def remove_plan(hf_model: Any) -> None:
-    """Back to float32 everywhere (the low-precision copies dropped)."""
-    for module in hf_model.modules():
-        if "weight_lowp" in module._buffers:
-            del module._buffers["weight_lowp"], module._buffers["bias_lowp"]
-            module.__dict__.pop("forward", None)
-    hf_model.__dict__.pop("st_llm2vec_precision", None)
+def save_plan(directory: str | os.PathLike, plan: PrecisionPlan | None) -> None:
+    """``st_llm2vec_precision.json`` in a saved dir (removed when there is no plan)."""
+    path = Path(directory) / PLAN_FILE
+    if plan is None:
+        path.unlink(missing_ok=True)
+        return
+    path.write_text(json.dumps({"precision": "bf16-mixed", **asdict(plan)}, indent=2), encoding="utf-8")
 
 
-def plan_of(hf_model: Any) -> PrecisionPlan | None:
-    """The plan applied to ``hf_model``, if any."""
-    return getattr(hf_model, "st_llm2vec_precision", None)
+def load_plan(directory: str | os.PathLike, layers: int | None = None) -> PrecisionPlan | None:
+    """The plan a saved dir carries, if any, every field validated (``layers``: the model's decoder layer count)."""
+    path = Path(directory) / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not a precision plan ({exc}); delete it or re-save the model") from exc
+    try:
+        return _plan_from_json(data, path, layers)
+    except TypeError as exc:  # a required field of the wrong shape reached the dataclass
+        raise InputError(f"{path} is not a precision plan ({exc}); delete it or re-save the model") from exc
 
 
 @contextlib.contextmanager
@@ -162,141 +167,43 @@ def full_precision(model: Any) -> Iterator[None]:
         apply_plan(hf_model, plan)
 
 
-# -- planning -----------------------------------------------------------------------------------------
-
-
-def _encode(model: Any, texts: Sequence[str], batch_size: int = 32) -> Any:
-    import numpy as np
-
-    return np.asarray(model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False),
-                      dtype=np.float64)
-
-
-def _measure(model: Any, plan: PrecisionPlan, reference: Any, texts: Sequence[str], batch_size: int = 32) -> PrecisionPlan:
-    """``plan`` applied to ``model`` and its cosines to the float32 ``reference`` embeddings of ``texts`` recorded."""
-    apply_plan(model[0].model, plan)
-    plan.min_cosine, plan.p05_cosine, plan.mean_cosine = _cosines(reference, _encode(model, texts, batch_size))
-    plan.texts = len(texts)
-    return plan
-
-
-def _cosines(reference: Any, other: Any) -> tuple[float, float, float]:
-    import numpy as np
-
-    from .proof import row_cosines
-
-    cosine = np.nan_to_num(row_cosines(reference, other), nan=-1.0)
-    return float(cosine.min()), float(np.percentile(cosine, 5)), float(cosine.mean())
-
-
-def plan_precision(
-    model: Any,
-    texts: Sequence[str] | None = None,
-    *,
-    min_cosine: float = DEFAULT_MIN_COSINE,
-    dtype: str = "bfloat16",
-    max_float32_share: float = 0.5,
-    batch_size: int = 32,
-) -> PrecisionPlan:
-    """Measure and apply the cheapest plan whose calibration texts' min cosine to the float32 model is at least
-    ``min_cosine``: the first k decoder layers float32, the smallest such k found by bisection (more float32
-    layers move the vectors less). A :class:`PrecisionError` when that needs more than ``max_float32_share`` of
-    the layers (the mode would gain little), the model then float32."""
-    hf_model = model[0].model
-    remove_plan(hf_model)
-    texts = list(texts or calibration_texts())
-    if not texts:
-        raise PrecisionError("plan_precision needs calibration texts")
-    reference = _encode(model, texts, batch_size)
-    count = len(decoder_layers(hf_model))
-    measured: dict[int, PrecisionPlan] = {}
-
-    def measure(k: int) -> PrecisionPlan:
-        if k not in measured:
-            plan = PrecisionPlan(dtype=dtype, float32_layers=list(range(k)), layers=count, threshold=min_cosine)
-            measured[k] = _measure(model, plan, reference, texts, batch_size)
-        return measured[k]
-
-    # the smallest float32 prefix that meets the threshold, by bisection (each try encodes every text once);
-    # the plan returned is the one measured, applied last
-    low, high = 0, int(count * max_float32_share)
-    if measure(high).min_cosine >= min_cosine:
-        while low < high:
-            middle = (low + high) // 2
-            if measure(middle).min_cosine >= min_cosine:
-                high = middle
-            else:
-                low = middle + 1
-        plan = measure(high)
-        apply_plan(hf_model, plan)
-        logger.info("Precision plan: %s", plan.describe())
-        return plan
-    tried = [f"{k}: {measured[k].min_cosine:.5f}" for k in sorted(measured)]
-    remove_plan(hf_model)
-    raise PrecisionError(
-        f"bf16-mixed cannot reach min cosine {min_cosine} vs float32 on {len(texts)} calibration texts with at most "
-        f"{int(count * max_float32_share)} of {count} layers in float32 (min cosine by float32 layers: "
-        f"{', '.join(tried)}); use precision='float32', or lower precision_min_cosine if that loss is acceptable."
-    )
-
-
-def resolve(precision: str | None) -> str:
-    """``precision`` checked; "auto" is bf16-mixed where bf16 is native (a CUDA device, or AVX512-BF16 / AMX)."""
+def resolve(precision: str | None, quantization: str | None = None) -> str:
+    """``precision`` checked against ``quantization``; "auto" is bf16-mixed where bf16 is native (a CUDA device, or
+    AVX512-BF16 / AMX with torch's AVX-512 kernels) and the weights are not quantized, else float32."""
     precision = precision or "float32"
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if quantization is not None and precision in ("bf16-mixed", "saved"):
+        raise InputError(f"precision={precision!r} cannot be combined with quantization={quantization!r}: the plan "
+                         "computes float32 weights in bf16 and quantized weights have none; pass one of the two")
     if precision == "auto":
+        if quantization is not None:
+            return "float32"
         import torch
 
-        return "bf16-mixed" if torch.cuda.is_available() or cpu_has_bf16() else "float32"
+        # the CPU's flags and the kernels torch runs: under ATEN_CPU_CAPABILITY=avx2 (or default) torch emulates
+        # bf16 even on an AVX512-BF16 CPU, and the plan would be slower than float32
+        native = cpu_has_bf16() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        return "bf16-mixed" if torch.cuda.is_available() or native else "float32"
     return precision
-
-
-def save_plan(directory: str | os.PathLike, plan: PrecisionPlan | None) -> None:
-    """``st_llm2vec_precision.json`` in a saved dir (removed when there is no plan)."""
-    path = Path(directory) / PLAN_FILE
-    if plan is None:
-        path.unlink(missing_ok=True)
-        return
-    path.write_text(json.dumps({"precision": "bf16-mixed", **asdict(plan)}, indent=2), encoding="utf-8")
-
-
-def load_plan(directory: str | os.PathLike) -> PrecisionPlan | None:
-    """The plan a saved dir carries, if any (InputError naming the file when it does not parse)."""
-    path = Path(directory) / PLAN_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data.pop("precision", None)
-        return PrecisionPlan(**data)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{path} is not a precision plan ({exc}); delete it or re-save the model") from exc
 
 
 def prepare(model: Any, precision: str | None, *, source: str | None = None, texts: Sequence[str] | None = None,
             min_cosine: float = DEFAULT_MIN_COSINE) -> PrecisionPlan | None:
     """What ``from_llm`` / ``load_model`` do with their ``precision``: nothing (float32), plan anew (bf16-mixed),
     or re-apply and re-measure the plan saved in ``source`` ("saved")."""
-    precision = resolve(precision)
+    from .lowbit import is_quantized
+    from .precision_search import reprove
+
+    precision = resolve(precision, "bitsandbytes" if is_quantized(model[0].model) else None)
     if precision == "float32":
         return None
+    if not isinstance(min_cosine, (int, float)) or isinstance(min_cosine, bool) or not 0.0 < min_cosine <= 1.0:
+        raise InputError(f"precision_min_cosine must be a cosine in (0, 1], got {min_cosine!r}")
     if precision == "saved":
-        saved = load_plan(source) if source else None
+        layers = len(decoder_layers(model[0].model))
+        saved = load_plan(source, layers) if source else None
         if saved is None:
             raise PrecisionError(f"{source} carries no precision plan ({PLAN_FILE}); use precision='bf16-mixed'")
-        return _reprove(model, saved, texts)
+        return reprove(model, saved, texts)
     return plan_precision(model, texts, min_cosine=min_cosine)
-
-
-def _reprove(model: Any, plan: PrecisionPlan, texts: Sequence[str] | None) -> PrecisionPlan:
-    """A saved plan applied again and measured on this machine (another CPU computes bf16 otherwise)."""
-    hf_model = model[0].model
-    texts = list(texts or calibration_texts())
-    remove_plan(hf_model)
-    _measure(model, plan, _encode(model, texts), texts)
-    if plan.min_cosine < plan.threshold:
-        remove_plan(hf_model)
-        raise PrecisionError(f"the saved precision plan gives min cosine {plan.min_cosine:.5f} < {plan.threshold} on "
-                             "this machine; plan anew with precision='bf16-mixed' or use float32")
-    return plan
