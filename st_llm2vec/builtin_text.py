@@ -1,5 +1,6 @@
-"""Text written for this project: a small STS set scored by hand (evaluation without the shared data) and a seeded
-generator of plain English sentences (training text of the quick start, calibration text of the precision plan).
+"""Text written for this project: a small STS set scored by hand (evaluation without the shared data), a seeded
+generator of plain English sentences (training text of the quick start, calibration text of the precision plan) and
+a seeded generator of scored sentence pairs held out from that training text (the quick start's held-out score).
 
 The quick start has to train without downloads and without the shared data folder. Sixty-four fixed
 sentences were too few for MNTP and SimCSE to improve on the causal baseline on real STS data, so this
@@ -11,6 +12,7 @@ built-in evaluation pairs (:func:`builtin_sts_pairs`).
 from __future__ import annotations
 
 import random
+from collections.abc import Collection, Sequence
 
 _PEOPLE = (
     "a man", "a woman", "a young boy", "a little girl", "an old man", "an elderly woman", "two children",
@@ -134,16 +136,114 @@ def _statement(rng: random.Random) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def builtin_training_text(count: int, seed: int = 0) -> list[str]:
-    """``count`` distinct generated sentences (scenes, news items, statements), deterministic for ``seed``."""
+def builtin_training_text(count: int, seed: int = 0, exclude: Collection[str] = ()) -> list[str]:
+    """``count`` distinct generated sentences (scenes, news items, statements), deterministic for ``seed``; none of
+    them is in ``exclude`` (the quick start passes :func:`heldout_sentences`)."""
     rng = random.Random(seed)
     makers = (_scene, _scene, _scene, _news, _statement)
+    excluded = set(exclude)
     seen: dict[str, None] = {}
     attempts = 0
     while len(seen) < count and attempts < count * 50:
         attempts += 1
-        seen.setdefault(rng.choice(makers)(rng), None)
+        sentence = rng.choice(makers)(rng)
+        if sentence not in excluded:
+            seen.setdefault(sentence, None)
     return list(seen)
+
+
+# --------------------------------------------------------------------------- held-out scored pairs
+#
+# A pair is two renderings of two scenes; its score (0-5, the SemEval scale) is 5 x the weight of the slots the two
+# scenes share (who, doing what, to what, where), whatever the wording: "A man is cutting an onion in the kitchen."
+# and "In the kitchen, a man is cutting an onion." score 5, a changed place costs its weight. The fronted-place
+# wording is never produced by the training generator. Sentences of another kind (news, statements) score 0.
+
+HELDOUT_PAIRS = 200  # how many pairs the quick start holds out of its training text
+HELDOUT_SEED = 2029  # fixed: the held-out set is the same whatever seed a run trains with
+_PERSON_WEIGHTS = {"subject": 0.25, "verb": 0.25, "object": 0.3, "place": 0.2}
+_ANIMAL_WEIGHTS = {"subject": 0.45, "verb": 0.35, "place": 0.2}
+_STATEMENT_WEIGHTS = {"subject": 0.45, "verb": 0.45, "place": 0.1}  # thing, quality, reason
+
+
+def _other(rng: random.Random, choices: Sequence[str], current: str) -> str:
+    return rng.choice([c for c in choices if c != current])
+
+
+def _render_person(s: dict[str, str], form: int) -> str:
+    subject, verb = s["subject"], _agree(s["subject"], s["verb"])
+    if form == 0:
+        text = f"{subject} {verb} {s['object']} {s['place']}"
+    elif form == 1:
+        there = "there are" if subject.startswith(("two ", "three ")) else "there is"
+        text = f"{there} {subject} who {verb} {s['object']} {s['place']}"
+    else:
+        text = f"{s['place']}, {subject} {verb} {s['object']}"
+    return text[0].upper() + text[1:] + "."
+
+
+def _render_animal(s: dict[str, str], form: int) -> str:
+    verb = _agree(s["subject"], s["verb"])
+    text = f"{s['place']}, {s['subject']} {verb}" if form == 2 else f"{s['subject']} {verb} {s['place']}"
+    return text[0].upper() + text[1:] + "."
+
+
+def _render_statement(s: dict[str, str], form: int) -> str:
+    text = f"{s['place']}, {s['subject']} {s['verb']}" if form == 2 else f"{s['subject']} {s['verb']} {s['place']}"
+    return text[0].upper() + text[1:] + "."
+
+
+def _scored_pair(rng: random.Random) -> tuple[str, str, float]:
+    roll = rng.random()
+    if roll < 0.1:  # unrelated kinds: a scene and a news item
+        return _scene(rng), _news(rng), 0.0
+    if roll < 0.65:
+        verb, objects = rng.choice(_ACTIONS)
+        a = {"subject": rng.choice(_PEOPLE), "verb": verb, "object": rng.choice(objects), "place": rng.choice(_PLACES)}
+        weights, render = _PERSON_WEIGHTS, _render_person
+    elif roll < 0.85:
+        a = {"subject": rng.choice(_ANIMALS), "verb": rng.choice(_MOTIONS), "place": rng.choice(_PLACES)}
+        weights, render = _ANIMAL_WEIGHTS, _render_animal
+    else:
+        a = {"subject": rng.choice(_THINGS), "verb": rng.choice(_QUALITIES), "place": rng.choice(_REASONS)}
+        weights, render = _STATEMENT_WEIGHTS, _render_statement
+    b = dict(a)
+    changed = rng.sample(list(weights), rng.randint(0, len(weights)))  # 0 slots: same meaning … all: unrelated scenes
+    for slot in weights:
+        if slot not in changed:
+            continue
+        if render is _render_person and slot == "verb":
+            verb, objects = rng.choice([(v, o) for v, o in _ACTIONS if v != a["verb"]])
+            b["verb"], b["object"] = verb, rng.choice(objects)
+        elif render is _render_person and slot == "object":
+            if b["verb"] == a["verb"]:
+                b["object"] = _other(rng, dict(_ACTIONS)[a["verb"]], a["object"])
+        else:
+            pool = {"subject": {_render_person: _PEOPLE, _render_animal: _ANIMALS, _render_statement: _THINGS},
+                    "verb": {_render_animal: _MOTIONS, _render_statement: _QUALITIES},
+                    "place": {_render_person: _PLACES, _render_animal: _PLACES, _render_statement: _REASONS}}[slot][render]
+            b[slot] = _other(rng, pool, a[slot])
+    score = 5.0 * sum(w for slot, w in weights.items() if a[slot] == b[slot])
+    form_a, form_b = rng.sample(range(3), 2)  # never the same wording twice
+    return render(a, form_a), render(b, form_b), round(score, 2)
+
+
+def builtin_heldout_pairs(count: int = HELDOUT_PAIRS, seed: int = HELDOUT_SEED) -> list[tuple[str, str, float]]:
+    """``count`` scored pairs (0-5) generated from the training generator's word lists, deterministic for ``seed``;
+    no two pairs alike. The quick start trains on text without any of their sentences (:func:`heldout_sentences`)."""
+    rng = random.Random(seed)
+    pairs: dict[tuple[str, str], float] = {}
+    attempts = 0
+    while len(pairs) < count and attempts < count * 50:
+        attempts += 1
+        first, second, score = _scored_pair(rng)
+        pairs.setdefault((first, second), score)
+    return [(a, b, s) for (a, b), s in pairs.items()]
+
+
+def heldout_sentences(pairs: Sequence[tuple[str, str, float]] | None = None) -> set[str]:
+    """Every sentence of the held-out pairs (default :func:`builtin_heldout_pairs`): text the quick start never trains on."""
+    return {text for a, b, _ in (builtin_heldout_pairs() if pairs is None else pairs) for text in (a, b)}
 
 
 def builtin_fragments(count: int, seed: int = 0) -> list[str]:

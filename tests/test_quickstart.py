@@ -95,9 +95,9 @@ def test_pipeline_on_tiny_model(tmp_path, fake_smollm2, no_shared_data):
     assert torch.get_num_threads() == threads  # restored
     assert [r.stage for r in result.rows] == ["causal baseline", "bidirectional", "+ MNTP", "+ SimCSE"]
     for row in result.rows:
-        assert set(row.scores) == {"builtin-sts", "sts_mean"} and row.seconds >= 0
+        assert set(row.scores) == {"heldout", "handwritten"} and row.seconds >= 0
     # causal and bidirectional differ (same weights, other attention)
-    assert result.rows[0].scores["builtin-sts"] != result.rows[1].scores["builtin-sts"]
+    assert result.rows[0].scores["handwritten"] != result.rows[1].scores["handwritten"]
     assert [m[:5] for m in messages if m.startswith("[")] == ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"]
 
     # the output is an ordinary ST model dir, bidirectional, reloading to the same embeddings
@@ -110,7 +110,8 @@ def test_pipeline_on_tiny_model(tmp_path, fake_smollm2, no_shared_data):
     assert not list(tmp_path.glob(".out.work-*"))  # intermediate files removed
 
     table = result.table()
-    assert "| causal baseline |" in table and "| + SimCSE |" in table and "built-in STS" in table
+    assert table.startswith("| step | held-out generated | hand-written | time | notes |")
+    assert "| causal baseline |" in table and "| + SimCSE |" in table and result.public_table() == ""
     report = quickstart.render_report(result, options)
     assert "SentenceTransformer(" in report and quickstart.EXAMPLE_QUERY in report
 
@@ -246,8 +247,11 @@ def test_the_report_says_what_it_trained_and_scored_on_and_what_the_saved_dir_is
     result = quickstart.run_pipeline(options, say=lambda _: None)
     report = quickstart.render_report(result, options)
     assert "your text" in report and "mine.txt (30 of 30 lines)" in report
-    assert "your scored pairs" in report and "(12 pairs)" in report and "cannot show an improvement" in report
-    assert list(result.eval_sets) == ["pairs"]
+    assert "your scored pairs" in report and "(12 pairs)" in report
+    assert list(result.eval_sets) == ["heldout", "handwritten", "pairs"]
+    assert "| step | pairs |" in report  # the user's pairs: the second table
+    verdicts = [line for line in report.splitlines() if line.startswith("- ")]
+    assert [v.split(" (")[0] for v in verdicts] == ["- held-out generated", "- hand-written", "- pairs"]
     fmt = saved_format(result.output)
     assert fmt == result.saved_format == "portable"
     assert "portable format (stock sentence-transformers modules): loaded by stock sentence-transformers" in report

@@ -181,6 +181,7 @@ def _prepare(arguments: ContrastiveArguments, training: dict[str, Any], callback
         data_collator=collator,
         callbacks=[*callbacks, *stop_callbacks(arguments)],
     )
+    trainer.st_llm2vec_stage = arguments.TITLE
     return Stage(arguments, training, data, model, start, trainer, resume, restore, run=run, options=options)
 
 

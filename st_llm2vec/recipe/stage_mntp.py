@@ -218,6 +218,7 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
 
     trainer = LLM2VecTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss,
                              evaluator=evaluator, data_collator=collator, callbacks=stop_callbacks(arguments))
+    trainer.st_llm2vec_stage = MNTPArguments.TITLE
     metrics: dict[str, Any] = {}
     adapter_dir = None
     run.start(trainer)
