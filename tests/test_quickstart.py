@@ -109,6 +109,15 @@ def test_pipeline_on_tiny_model(tmp_path, fake_smollm2, no_shared_data):
     assert len(result.example) == len(quickstart.EXAMPLE_DOCS)
     assert not list(tmp_path.glob(".out.work-*"))  # intermediate files removed
 
+    # the card and recipe name the start model and text as the user knows them: never the MNTP temp dir
+    recipe = json.loads((out / "st_llm2vec_recipe.json").read_text())
+    assert recipe["start_model"] == quickstart.SMOLLM2_LABEL
+    assert [s["stage"] for s in recipe["stages"]] == ["mntp", "simcse"]
+    assert all(s["data"].startswith("2000 sentences generated for this project") for s in recipe["stages"])
+    card = (out / "README.md").read_text()
+    assert "## How this model was made" in card and ".out.work-" not in card + json.dumps(recipe)
+    assert "the simcse dataset" not in card
+
     table = result.table()
     assert table.startswith("| step | held-out generated | hand-written | time | notes |")
     assert "| causal baseline |" in table and "| + SimCSE |" in table and result.public_table() == ""

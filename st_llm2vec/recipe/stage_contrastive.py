@@ -241,7 +241,8 @@ def _run(stage: Stage) -> StageResult:
         "save_mode": arguments.save_mode, "instructions": data.prompts() or None,
         "matryoshka_dims": arguments.matryoshka_dims, "hard_negatives": getattr(arguments, "hard_negatives", None),
         "teacher": getattr(arguments, "teacher", None),
-    })
+    }, {"steps": trainer.state.global_step, "batch_size": args.per_device_train_batch_size * args.world_size,
+        "learning_rate": args.learning_rate})
     result = StageResult(
         stage=stage.name,
         output_dir=str(args.output_dir),

@@ -239,7 +239,9 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
             if arguments.merge_lora:
                 merge_trained_lora(model, arguments)
         describe_in_card(model, arguments, start, {"mlm_probability": arguments.mlm_probability,
-                                                   "mask_token_type": arguments.mask_token_type})
+                                                   "mask_token_type": arguments.mask_token_type},
+                         {"steps": trainer.state.global_step, "batch_size": args.per_device_train_batch_size,
+                          "learning_rate": args.learning_rate})
         model.save(output_dir)
         write_result(output_dir, "mntp_config.json", {**dataclasses.asdict(arguments), **jsonable(training)})
         write_result(output_dir, MNTPArguments.RESULT_FILE, {"metrics": metrics, "data": dataclasses.asdict(stats)})
