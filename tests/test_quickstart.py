@@ -264,3 +264,31 @@ def test_the_report_says_what_it_trained_and_scored_on_and_what_the_saved_dir_is
     fmt = saved_format(result.output)
     assert fmt == result.saved_format == "portable"
     assert "portable format (stock sentence-transformers modules): loaded by stock sentence-transformers" in report
+
+
+_PROBE = """
+import sys
+from st_llm2vec import cli
+rc = cli.main(sys.argv[1:], report_errors=True)
+print(rc, [m for m in ("torch", "transformers", "sentence_transformers", "mteb") if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-file", "/nonexistent/mine.txt"], "/nonexistent/mine.txt: no such file"),
+    (["--dev-pairs", "/nonexistent/pairs.tsv"], "/nonexistent/pairs.tsv: no such file"),
+    (["--model", "/nonexistent/llm"], "--model /nonexistent/llm: no such directory"),
+    (["--eval-pairs", "-3"], "--eval-pairs must be 0 (all) or more"),
+    (["--mntp-steps", "0"], "--mntp-steps must be at least 1"),
+])
+def test_bad_options_are_one_line_before_anything_heavy_is_imported(argv, message, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, "quickstart", "--output", str(tmp_path / "q"), *argv],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout.strip() == "2 []"  # exit status 2, and neither torch nor a model library was imported
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"st-llm2vec quickstart: error: {message}")
+    assert not (tmp_path / "q").exists()
