@@ -292,3 +292,53 @@ def test_bad_options_are_one_line_before_anything_heavy_is_imported(argv, messag
     [line] = proc.stderr.splitlines()
     assert line.startswith(f"st-llm2vec quickstart: error: {message}")
     assert not (tmp_path / "q").exists()
+
+
+# --------------------------------------------------------------------------- held-out pairs and verdicts
+
+
+def test_the_held_out_pairs_are_fixed_graded_and_never_in_the_training_text():
+    from st_llm2vec.builtin_text import builtin_heldout_pairs, heldout_sentences
+
+    pairs = builtin_heldout_pairs()
+    assert len(pairs) == 200 and pairs == builtin_heldout_pairs()  # the same set whatever seed a run trains with
+    scores = [score for _, _, score in pairs]
+    assert min(scores) == 0.0 and max(scores) == 5.0 and len(set(scores)) >= 8
+    assert all(a != b for a, b, _ in pairs)  # a same-meaning pair is worded differently
+    options = QuickstartOptions(seed=42)
+    sentences, _ = quickstart.training_text(options)
+    assert len(sentences) == options.corpus_size and not set(sentences) & heldout_sentences()
+
+
+def test_the_verdict_claims_a_win_only_when_the_whole_interval_is_above_zero():
+    import numpy as np
+
+    from st_llm2vec.quickstart_scores import PairSet, compare
+
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, 120)
+    pairs = PairSet("set", "my set", tuple((f"a{i}", f"b{i}", float(g)) for i, g in enumerate(gold)))
+    noisy = {"set": gold + rng.normal(0, 3, 120)}
+    better = {"set": gold + rng.normal(0, 0.3, 120)}
+    [win] = compare([pairs], noisy, better)
+    assert win.low > 0 and win.verdict("+ SimCSE").endswith(": the final model beats the causal baseline.")
+    [same] = compare([pairs], noisy, noisy)
+    assert same.low <= 0 <= same.high
+    assert same.verdict("+ SimCSE").endswith("this run does not show that the final model beats the causal baseline.")
+    [worse] = compare([pairs], better, noisy)
+    assert worse.verdict("+ SimCSE").endswith(": the final model is worse than the causal baseline.")
+
+
+def test_the_quick_start_scores_are_st_llm2vec_evals(tiny_llm):
+    """The quick start computes cosine Spearman itself (its verdicts need per-pair cosines); it is mteb's figure."""
+    from st_llm2vec import from_llm
+    from st_llm2vec.eval import tasks
+    from st_llm2vec.eval.scores import evaluate
+    from st_llm2vec.builtin_text import builtin_sts_pairs
+    from st_llm2vec.quickstart_scores import HANDWRITTEN, PairSet, pair_cosines, scores
+
+    model = from_llm(str(tiny_llm("llama")), max_seq_length=32, device="cpu")
+    handwritten = PairSet(HANDWRITTEN, "hand-written", tuple(builtin_sts_pairs()))
+    ours = scores([handwritten], pair_cosines(model, [handwritten]))[HANDWRITTEN]
+    mteb_score = evaluate(model, [tasks.builtin_task()], progress=False)["builtin-sts"]
+    assert abs(ours - mteb_score) < 0.01
