@@ -7,8 +7,8 @@ the verdict needs the per-pair cosines of two models, which mteb's results do no
 
 The sets (:func:`pair_sets`):
 
-- ``heldout``: :func:`~st_llm2vec.builtin_text.builtin_heldout_pairs`, 200 pairs generated from the training
-  text's word lists, none of whose sentences the quick start trains on;
+- ``heldout``: :func:`~st_llm2vec.builtin_text.builtin_heldout_pairs`, 200 pairs generated like the training text
+  (half of their phrases in words it never uses), none of whose sentences the quick start trains on;
 - ``handwritten``: the 40 pairs written by hand for this project (:func:`~st_llm2vec.builtin_text.builtin_sts_pairs`);
 - the public STS sets of the shared data folder (STS12, STS13, SICK trial; a fixed sample each) when it is found,
   or the user's own scored pairs (``--dev-pairs``) instead.
@@ -44,8 +44,9 @@ def pair_sets(data_dir: str | Path | None = None, eval_pairs: int | None = 60,
     ``dev_pairs`` file or ``data_dir`` is an error here, before any model loads)."""
     sets = [PairSet(HELDOUT, "held-out generated", tuple(builtin_heldout_pairs())),
             PairSet(HANDWRITTEN, "hand-written", tuple(builtin_sts_pairs()))]
-    desc = (f"{len(sets[0].pairs)} generated pairs held out of the training text (same word lists, none of their "
-            f"sentences trained on) and the {len(sets[1].pairs)} pairs hand-written for this project")
+    desc = (f"{len(sets[0].pairs)} generated pairs held out of the training text (scenes like it, half of their "
+            f"phrases in other words; none of their sentences trained on) and the {len(sets[1].pairs)} pairs "
+            "hand-written for this project")
     if dev_pairs:
         from .eval.task_files import read_scored_pairs
 
