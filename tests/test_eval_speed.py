@@ -98,6 +98,7 @@ def test_the_precision_is_recorded_and_its_results_and_embeddings_kept_apart_fro
     assert record["precision"] == "bf16-mixed" and "calibration texts" in record["plan"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["config"]["load"]["precision"] == "bf16-mixed" and summary["scores"][0]["instruction"]["plan"]
+    assert "Precision: bf16-mixed" in (tmp_path / "out" / "summary.md").read_text()
     embeddings = sorted(p.name for p in (tmp_path / "out" / "embeddings").glob("*/*/*"))
     assert len(embeddings) == 2 and any("-plan-bfloat16-" in name for name in embeddings), embeddings
     again = run.evaluate_models([str(models["ours"])], pairs,

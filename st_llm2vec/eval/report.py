@@ -85,7 +85,9 @@ def markdown(run: EvalRun) -> str:
     lines += ["", "Main score ×100 of each task: " + ", ".join(f"{t}: {metrics.get(t, '?')}" for t in run.tasks)
               + (" (mean: of these)" if len(run.tasks) > 1 else "") + f". Instructions: {run.config.instructions}."
               + (f" Embeddings cut to their first {run.config.load.truncate_dim} dimensions."
-                 if run.config.load.truncate_dim else ""),
+                 if run.config.load.truncate_dim else "")
+              + (f" Precision: {run.config.load.precision} (each task's plan is in summary.json)."
+                 if run.config.load.precision != "float32" else ""),
               "", "| task | instruction | from | applied to |", "|---|---|---|---|"]
     for task, item in _instructions(run).items():
         text = item.get("instruction")
