@@ -159,7 +159,8 @@ def test_a_model_path_that_does_not_exist_is_named_before_any_task_complaint(tmp
 ])
 def test_bad_options_are_one_line_before_torch_or_mteb_is_imported(tmp_path, options, message):
     code = ("import json, sys\nfrom st_llm2vec import cli\n"
-            f"code = cli.main(['eval', {str(tmp_path / 'nope')!r}, '--tasks', 'sts12', *{options!r}], report_errors=True)\n"
+            f"argv = ['eval', {str(tmp_path / 'nope')!r}, '--tasks', 'sts12', *{options!r}]\n"
+            "code = cli.main(argv, report_errors=True)\n"
             "print(json.dumps([code, 'torch' in sys.modules, 'mteb' in sys.modules]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     code_, torch_loaded, mteb_loaded = json.loads(done.stdout.strip().splitlines()[-1])

@@ -58,11 +58,12 @@ def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
                         help="weights dtype (default: each model's loader default)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="st-llm2vec models and decoder LLMs: float32 (default); bf16-mixed: the measured precision "
-                             "plan (bf16 where it keeps every calibration vector at cosine >= 0.99 to float32, refused "
-                             "otherwise); auto: bf16-mixed where the CPU or GPU computes bf16 natively, else float32; "
-                             "saved: the plan the model dir carries. Stock models stay float32 (auto) or are refused. "
-                             "Recorded with the results; embeddings of another precision are never reused")
+                        help="st-llm2vec models and decoder LLMs: float32 (default); bf16-mixed: the measured "
+                             "precision plan (bf16 where it keeps every calibration vector at cosine >= 0.99 to "
+                             "float32, refused otherwise); auto: bf16-mixed where the CPU or GPU computes bf16 "
+                             "natively, else float32; saved: the plan the model dir carries. Stock models stay float32 "
+                             "(auto) or are refused. Recorded with the results; embeddings of another precision are "
+                             "never reused")
     parser.add_argument("--threads", default="auto",
                         help="torch CPU threads: a number, or auto (the cores not busy; default)")
     parser.add_argument("--data-dir", default=None,

@@ -53,8 +53,8 @@ class EvalConfig:
         if self.load.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.load.precision!r}")
         if self.load.precision != "float32" and self.load.dtype not in (None, "auto", "float32"):
-            raise InputError(f"--precision {self.load.precision} plans bf16 over float32 weights; it cannot be combined "
-                             f"with --dtype {self.load.dtype}: drop one of the two")
+            raise InputError(f"--precision {self.load.precision} plans bf16 over float32 weights; it cannot be "
+                             f"combined with --dtype {self.load.dtype}: drop one of the two")
         for name in ("max_seq_length", "max_batch_tokens", "truncate_dim"):
             value = getattr(self.load, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
