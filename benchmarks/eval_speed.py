@@ -1,6 +1,7 @@
 """Wall time of ``st-llm2vec eval`` vs plain ``mteb.evaluate(SentenceTransformer(path), same tasks)``, same scores.
 
-    python benchmarks/eval_speed.py [--quick] [--rounds 2] [--threads 1] [--model PORTABLE_DIR] [--work-dir DIR]
+    python benchmarks/eval_speed.py [--quick] [--rounds 2] [--threads 1] [--precision float32] [--model DIR]
+                                    [--work-dir DIR]
 
 The model (default: SmolLM2-135M-Instruct as ``from_llm`` makes it, untrained, bidirectional, mean pooling, saved
 portable into the work dir) is evaluated with llm2vec's instructions, in float32, batch size 32, on the shared
@@ -15,6 +16,10 @@ order (round 0 ours first, round 1 plain first, ...), so a change in the machine
 - plain mteb: ``SentenceTransformer(MODEL)`` with the same prompts under mteb's task-type keys (``STS``,
   ``Reranking-query``, ``Retrieval-query``: mteb drops prompt keys naming tasks it does not know) and
   ``mteb.evaluate(model, the same tasks)``, no cache.
+
+``--precision auto`` (or bf16-mixed) runs ours under the precision plan, measured at load; plain mteb stays
+float32 (stock sentence-transformers has no per-layer precision), so the score differences then show what the
+plan moves rather than an equality check.
 
 Prints a row per run (whole run and encode step: the seconds mteb waited for embeddings, summed over its
 ``encode`` calls), the ratios plain / ours over all rounds (and the range per round), the largest score
@@ -109,9 +114,10 @@ real = runner.evaluate_models
 runner.evaluate_models = lambda models, _tasks, config: real(models, quick_tasks(sys.argv[4] == "1"), config)
 from st_llm2vec import cli
 code = cli.main(["eval", sys.argv[1], "--tasks", "dev", "--output", sys.argv[3], "--threads", sys.argv[2],
-                 "--no-progress", "--no-chart", "--batch-size", "32", "--precision", "float32"])
+                 "--no-progress", "--no-chart", "--batch-size", "32", "--precision", sys.argv[5]])
 summary = json.loads((Path(sys.argv[3]) / "summary.json").read_text())
-json.dump({"scores": {s["task"]: s["value"] for s in summary["scores"]}, "encode_seconds": ENCODE[0]},
+json.dump({"scores": {s["task"]: s["value"] for s in summary["scores"]}, "encode_seconds": ENCODE[0],
+           "plan": summary["scores"][0]["instruction"].get("plan")},
           open(Path(sys.argv[3]) / "timing.json", "w"), indent=2)
 sys.exit(code)
 """
@@ -149,6 +155,8 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None, help="where the model, outputs and eval_speed.json go")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both sides (default: 1)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of both runs, order alternating (default: 2)")
+    parser.add_argument("--precision", default="float32", choices=("float32", "auto", "bf16-mixed"),
+                        help="ours only (plain mteb stays float32; default: float32, scores then equal)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK['max_pairs']} pairs per STS set and {QUICK['max_queries']} Wang questions")
     args = parser.parse_args()
@@ -175,10 +183,12 @@ def main() -> None:
             if which == "ours":
                 out = work / f"eval-out-{round_}"  # fresh: no cached result, no cached embedding
                 if args.quick:
-                    command = [sys.executable, "-c", OURS, str(model), str(args.threads), str(out), quick]
+                    command = [sys.executable, "-c", OURS, str(model), str(args.threads), str(out), quick,
+                               args.precision]
                 else:
                     command = [sys.executable, "-m", "st_llm2vec.cli", "eval", str(model), "--tasks", "dev",
-                               "--output", str(out), "--threads", str(args.threads), "--no-progress", "--no-chart"]
+                               "--output", str(out), "--threads", str(args.threads), "--no-progress", "--no-chart",
+                               "--precision", args.precision]
                 seconds = timed(command, env)
                 timing = json.loads((out / "timing.json").read_text()) if args.quick else {
                     "scores": {s["task"]: s["value"] for s in json.loads((out / "summary.json").read_text())["scores"]},
@@ -189,7 +199,7 @@ def main() -> None:
                 seconds = timed(command, env)
                 timing = json.loads(result_file.read_text())
             runs.append({"run": which, "round": round_, "seconds": seconds, "encode_seconds": timing["encode_seconds"],
-                         "scores": timing["scores"]})
+                         "scores": timing["scores"], "plan": timing.get("plan")})
             load.append(os.getloadavg()[0])
             encode = timing["encode_seconds"]
             print(f"round {round_} {which}: {seconds:.1f} s" + (f" (encode {encode:.1f} s)" if encode else ""),
@@ -207,7 +217,8 @@ def main() -> None:
     per_round = {key: [ratio(key, [p], [o]) for p, o in zip(plain, ours)] for key in ("seconds", "encode_seconds")}
     tasks = list(ours[0]["scores"])
     diffs = {t: max(abs(o["scores"][t] - p["scores"][t]) for o in ours for p in plain) for t in tasks}
-    report = {"model": str(model), "threads": args.threads, "quick": args.quick, "rounds": args.rounds, "runs": runs,
+    report = {"model": str(model), "threads": args.threads, "quick": args.quick, "rounds": args.rounds,
+              "precision_ours": args.precision, "runs": runs,
               "ratio_whole_run": whole, "ratio_encode_step": encode, "per_round": per_round,
               "max_score_diff": diffs, "loadavg_1min": load, "cpu": cpu_description(), "python": sys.version.split()[0]}
     (work / "eval_speed.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -223,7 +234,9 @@ def main() -> None:
         name = "st-llm2vec eval" if r["run"] == "ours" else "plain mteb.evaluate"
         step = "–" if r["encode_seconds"] is None else f"{r['encode_seconds']:.1f}"
         print(f"| {r['round']} | {name} | {r['seconds']:.1f} | {step} |")
-    print(f"\nplain / st-llm2vec eval: whole run {fmt(whole)}{span(per_round['seconds'])}, encode step "
+    plan = ours[0].get("plan")
+    print(f"\nours in precision {args.precision}{f' ({plan})' if plan else ''}, plain mteb in float32")
+    print(f"plain / st-llm2vec eval: whole run {fmt(whole)}{span(per_round['seconds'])}, encode step "
           f"{fmt(encode)}{span(per_round['encode_seconds'])} (target >= 1.3x)")
     print("\n| task | st-llm2vec eval | plain mteb | max difference |\n|---|---:|---:|---:|")
     for t in tasks:
