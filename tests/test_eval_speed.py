@@ -167,3 +167,22 @@ def test_bad_options_are_one_line_before_torch_or_mteb_is_imported(tmp_path, opt
     err = done.stderr.strip()
     assert code_ == 2 and "\n" not in err and message in err, err
     assert not torch_loaded and not mteb_loaded
+
+
+def test_a_missing_model_dir_that_could_be_a_hub_id_is_named_as_neither_before_any_task(tmp_path, capsys,
+                                                                                         monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def not_cached(*args, **kwargs):
+        raise LocalEntryNotFoundError("not cached")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", not_cached)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    code = cli.main(["eval", "out/model", "--tasks", "no-such-pairs.tsv", "--output", "o"], report_errors=True)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "'out/model' is no directory here" in err and "no-such-pairs" not in err

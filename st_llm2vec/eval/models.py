@@ -169,7 +169,8 @@ def _download_snapshot(repo_id: str) -> Path:
         raise MissingFileError(f"{repo_id!r} is neither a local directory nor a model on the Hugging Face Hub.") from None
     except Exception as exc:  # offline, no network: huggingface_hub raises several kinds
         raise MissingFileError(
-            f"{repo_id!r} is not in the Hugging Face cache and the Hub cannot be reached ({type(exc).__name__}). "
+            f"{repo_id!r} is no directory here ({os.getcwd()!r}), and as a Hub id it is not in the Hugging Face "
+            f"cache and the Hub cannot be reached ({type(exc).__name__}). "
             f"Download it where there is network (python -c \"from sentence_transformers import SentenceTransformer; "
             f"SentenceTransformer('{repo_id}')\") and copy the cache (~/.cache/huggingface), or pass a local dir."
         ) from exc
