@@ -12,6 +12,23 @@ import os
 from .errors import InputError
 
 
+def parse_threads(requested: int | str | None) -> int | None:
+    """``requested`` as a thread count (None for "auto" / None); anything else than a positive whole number is an
+    :class:`~st_llm2vec.errors.InputError` in one line (``--threads abc`` is the user's typo, not a bug)."""
+    if requested in (None, "auto"):
+        return None
+    if isinstance(requested, bool):
+        threads = None
+    elif isinstance(requested, int):
+        threads = requested
+    else:
+        text = str(requested).strip()
+        threads = int(text) if text.isdigit() else None
+    if threads is None or threads < 1:
+        raise InputError(f"--threads must be a positive whole number or 'auto', got {requested!r}")
+    return threads
+
+
 def choose_threads(requested: int | str | None = "auto", *, own_load: float = 0.0) -> int:
     """Torch intra-op threads: ``requested``, or for "auto" the cores not already busy (at least 1).
 
@@ -22,9 +39,8 @@ def choose_threads(requested: int | str | None = "auto", *, own_load: float = 0.
     """
     cores = os.cpu_count() or 1
     if requested not in (None, "auto"):
-        threads = int(requested)
-        if threads < 1:
-            raise InputError(f"threads must be a positive number or 'auto', got {requested!r}")
+        threads = parse_threads(requested)
+        assert threads is not None
         return threads
     try:
         load = max(0.0, os.getloadavg()[0] - own_load)
