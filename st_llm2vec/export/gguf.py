@@ -172,14 +172,18 @@ def _card_section(report: dict[str, Any]) -> str:
         "",
         f"llm = Llama('{GGUF_DIR}/{name}', embedding=True, n_ctx=512, n_batch=512, n_ubatch=512)",
         "vectors = llm.embed([t.strip() for t in texts])",
+        "",
+        "from langchain_community.embeddings import LlamaCppEmbeddings  # the same call underneath",
+        "",
+        f"embeddings = LlamaCppEmbeddings(model_path='{GGUF_DIR}/{name}', n_ctx=512, n_batch=512)",
         "```", "",
         "```bash",
         f"llama-server -m {GGUF_DIR}/{name} --embeddings -c 8192 -b 8192 -ub 8192{no_repack}",
         "```", "",
         *([] if proof["repack"] else [
             f"`--no-repack`: on the CPU this was exported on, llama.cpp's weight repacking for this type crashed "
-            f"({proof['crash']}); without it the file runs, and the figures above were measured so (in Python: "
-            "`Llama(..., use_extra_bufts=False)` is not exposed; set it through `llama_model_default_params`).", ""]),
+            f"({proof['crash']}); without it the file runs, and the figures above were measured so (llama-cpp-python has "
+            "no argument for it: its model params' `use_extra_bufts = False`).", ""]),
         "llama.cpp applies no prompt: pass an instruction as text before the query; its tokens are then pooled with "
         "the text's (sentence-transformers leaves them out). A non-causal batch must fit one ubatch "
         "(`n_ubatch` >= the longest input, else llama.cpp stops); `embed()` cuts texts longer than `n_batch` tokens.", "",
