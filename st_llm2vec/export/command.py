@@ -31,6 +31,8 @@ def add_arguments_export(parser: argparse.ArgumentParser) -> None:
                         help=f"refuse the export below this min cosine vs the fp32 torch model (default {DEFAULT_MIN_COSINE})")
     parser.add_argument("--force", action="store_true", help="write the export even below --min-cosine (other checks stay)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT (only once the new one is proven)")
+    parser.add_argument("--verbose", action="store_true", help="show the runtime's own log (llama.cpp's converter, "
+                        "quantizer and loader for --backend gguf)")
     for backend in BACKENDS.values():
         for flags, settings in backend.options:
             parser.add_argument(*flags, **settings)

@@ -1,14 +1,13 @@
 """``st-llm2vec export MODEL OUT --backend gguf``: a portable model dir as a GGUF file that llama.cpp (llama-server,
-llama-cpp-python, Ollama, LM Studio) runs bidirectionally with the right pooling, proven through llama.cpp.
+llama-cpp-python, LangChain, Ollama, LM Studio) runs bidirectionally with the right pooling, proven as users run it.
 
 What llama.cpp's own tools do, they do: its converter (``convert_hf_to_gguf.py``, which ships in the
-llama-cpp-python sdist, not in its wheel: :func:`fetch_converter` puts it in the cache once) turns the
-dir's checkpoint into GGUF and writes ``attention.causal = false`` from ``is_causal: false``; gguf-py's
-``copy_with_new_metadata`` rewrites the file; llama.cpp's ``llama_model_quantize`` makes the k-quants.
-Written here is only what they lack: the pooling key (the converter writes none for ``LlamaModel``), and
-the proof, which loads the file in a fresh process through llama-cpp-python as a user would: finite
-outputs, the bidirectionality probe on token states, and per-text min cosine vs the fp32 torch model,
-refused below ``--min-cosine`` unless ``--force``.
+llama-cpp-python sdist, not in its wheel: :func:`fetch_converter` puts it in the cache once) writes the file, as its
+``llama-embed`` architecture (non-causal, no KV cache) for a Llama; llama.cpp's quantizer makes the quantized types,
+per-tensor types included (:mod:`.gguf_write`). The proof (:mod:`.gguf_proof`) runs the file through
+llama-cpp-python as users do (one ``embed()`` of a list of ~200 varied texts) and refuses it below ``--min-cosine``
+vs the float32 torch model unless ``--force``; the report and the model card give each file's size, speed and
+min cosine.
 """
 
 from __future__ import annotations
@@ -28,17 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, MissingExtraError
+from .gguf_write import CONVERTER_TYPES, LLAMA_POOLING, LLAMA_QUANTS, parse_type, write_gguf  # noqa: F401 (API)
 
 logger = logging.getLogger(__name__)
 
 GGUF_DIR = "gguf"
-# --quantize: the converter's own output types, then llama.cpp's quantizations of an F16 file
-CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
-LLAMA_QUANTS = ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
-QUANTIZE = CONVERTER_TYPES + LLAMA_QUANTS
+# --quantize: the converter's types, llama.cpp's quantizations, and mixed types whose per-tensor choice was measured
+# (benchmarks/gguf_files.py; the Python API takes any type gguf_write.parse_type reads, and keep={regex: type})
+# On SmolLM2-135M: F16 blocks cost 0.983 on the shortest texts, mostly from block 0 (block 0 at F32: 0.998), and a
+# Q8_0 token embedding costs nothing (1.00000 with F32 blocks); Q8_0 blocks cost 0.75-0.84 whichever blocks stay F16.
+MIXED = ("q8_0:blocks-f16:blk0-0-f32", "q8_0:blocks-f16")
+QUANTIZE = CONVERTER_TYPES + LLAMA_QUANTS + MIXED
 DEFAULT_QUANTIZE = "f16"
-# llama.cpp's pooling types by the stock Pooling name of the portable dir (llama.h: LLAMA_POOLING_TYPE_*)
-LLAMA_POOLING = {"mean": 1, "cls": 2, "lasttoken": 3}
 CONVERTER = "convert_hf_to_gguf.py"
 INSTALL_HINT = 'pip install -e ".[gguf]"  (from the st-llm2vec clone: llama-cpp-python is built from source, minutes)'
 
@@ -88,23 +88,33 @@ def find_converter(explicit: str | os.PathLike | None = None) -> Path:
 def fetch_converter(*, quiet: bool = False) -> Path:
     """Put llama.cpp's converter (``convert_hf_to_gguf.py``, ``conversion/``, ``gguf-py/``, its licence) from the
     installed llama-cpp-python's sdist into the cache; returns the script's path. pip downloads the sdist (from its
-    own cache when the package was built from it, which is how llama-cpp-python installs)."""
+    own cache when the package was built from it, which is how llama-cpp-python installs). Says what it does on
+    stderr unless ``quiet`` (a download of ~75 MB can take a minute)."""
     from ..files import temp_dir_beside
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(f"st-llm2vec: {message}", file=sys.stderr, flush=True)
 
     version = llama_cpp_version()
     target = converter_dir(version)
     if (target / CONVERTER).is_file():
+        say(f"llama.cpp's converter for llama-cpp-python {version} is already in the cache")
         return target / CONVERTER
     work = Path(tempfile.mkdtemp(prefix="st-llm2vec-sdist-"))
     try:
+        say(f"getting the llama-cpp-python {version} sdist with pip (from its cache, else PyPI: ~75 MB)")
+        started = time.perf_counter()
         cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps", "--no-binary",
-               ":all:", "-d", str(work)] + (["-q"] if quiet else [])
+               ":all:", "-d", str(work), "-q"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         archives = sorted(work.glob("llama_cpp_python-*.tar.gz"))
         if proc.returncode != 0 or not archives:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise MissingExtraError(f"pip could not get the llama-cpp-python {version} sdist ({tail[0]}); pass "
                                     f"--converter PATH to a llama.cpp checkout's {CONVERTER} instead")
+        say(f"got {archives[0].name} ({archives[0].stat().st_size / 1e6:.0f} MB, {time.perf_counter() - started:.0f} s);"
+            f" extracting vendor/llama.cpp/{CONVERTER} and its gguf-py to {target}")
         prefix = f"{archives[0].name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
         keep = (CONVERTER, "conversion/", "gguf-py/", "LICENSE")
         tmp = temp_dir_beside(target)
@@ -134,192 +144,82 @@ def run_fetch_gguf_converter(args: Any) -> int:
     return 0
 
 
-# -- writing the GGUF ---------------------------------------------------------------------------------
-
-
-def _run_converter(converter: Path, model_dir: Path, out: Path, outtype: str) -> None:
-    """llama.cpp's converter on the dir's checkpoint (in a subprocess: it is a script, with its own gguf-py)."""
-    cmd = [sys.executable, str(converter), str(model_dir), "--outfile", str(out), "--outtype", outtype]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    if proc.returncode != 0 or not out.is_file():
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        raise GGUFExportError(f"llama.cpp's converter failed on {model_dir}:\n{tail}")
-
-
-def _with_pooling(source: Path, target: Path, pooling_type: int) -> None:
-    """``source`` copied to ``target`` with ``{arch}.pooling_type`` set (gguf-py's own metadata copy)."""
-    import gguf
-    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
-
-    reader = gguf.GGUFReader(str(source), "r")
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    writer = gguf.GGUFWriter(str(target), arch=arch, endianess=reader.endianess)
-    key = gguf.Keys.LLM.POOLING_TYPE.format(arch=arch)
-    copy_with_new_metadata(reader, writer, {key: MetadataDetails(gguf.GGUFValueType.UINT32, pooling_type)}, [])
-
-
-def _quantize(source: Path, target: Path, quant: str) -> None:
-    """llama.cpp's own quantizer (``llama_model_quantize``) from an F16/F32 GGUF."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
-    params.nthread = max(1, (os.cpu_count() or 1))
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
-    if status != 0 or not target.is_file():
-        raise GGUFExportError(f"llama.cpp could not quantize to {quant} (status {status})")
-
-
-def write_gguf(model_dir: Path, out: Path, quantize: str, pooling: str, converter: Path) -> None:
-    """The dir's checkpoint as one GGUF at ``out``: converted, its pooling key written, quantized if asked."""
-    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
-    try:
-        converted = work / "converted.gguf"
-        _run_converter(converter, model_dir, converted, quantize if quantize in CONVERTER_TYPES else "f16")
-        pooled = out if quantize in CONVERTER_TYPES else work / "pooled.gguf"
-        _with_pooling(converted, pooled, LLAMA_POOLING[pooling])
-        if quantize not in CONVERTER_TYPES:
-            _quantize(pooled, out, quantize)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-# -- the proof, through llama.cpp ---------------------------------------------------------------------
-
-# Runs in a fresh interpreter (llama.cpp aborts the process on some bad batch settings) without st_llm2vec
-# (:func:`~st_llm2vec.proof.run_without_st_llm2vec`):
-# the file as a user gets it, its own pooling key, llama.cpp's default (F16) KV cache.
-_PROOF_SCRIPT = r"""
-import numpy as np
-import llama_cpp
-import llama_cpp.llama
-args = json.loads(sys.stdin.read())
-if not args["repack"]:  # what llama-server's --no-repack does: no weight repacking into extra buffer types
-    default_params = llama_cpp.llama_model_default_params
-    def without_repack():
-        params = default_params()
-        params.use_extra_bufts = False
-        return params
-    llama_cpp.llama.llama_cpp.llama_model_default_params = without_repack
-def load(pooling=None):
-    kwargs = dict(embedding=True, n_ctx=args["n_ctx"], n_batch=args["n_ctx"], n_ubatch=args["n_ctx"],
-                  n_threads=args["threads"], verbose=False)
-    if pooling is not None:
-        kwargs["pooling_type"] = pooling
-    return llama_cpp.Llama(args["path"], **kwargs)
-llm = load()
-result = {"pooling_type": int(llm.pooling_type()) if hasattr(llm, "pooling_type") else None}
-result["tokens"] = [len(llm.tokenize(t.encode(), add_bos=True, special=False)) for t in args["texts"]]
-result["embeddings"] = [list(map(float, llm.embed(t, normalize=False))) for t in args["texts"]]
-del llm
-tokens = load(llama_cpp.LLAMA_POOLING_TYPE_NONE)
-a, b = (np.asarray(tokens.embed(t, normalize=False), dtype=np.float64) for t in args["probe"])
-result["first_token_shift"] = first_token_shift(a, b)
-report(result)
-"""
-
-
-def prove_gguf(model: Any, path: Path, texts: list[str], *, threads: int | None = None) -> dict[str, Any]:
-    """Load the GGUF through llama-cpp-python in a fresh process and hold it against the fp32 torch ``model``
-    (the stock-loaded portable dir, documents without instructions): finite, bidirectional on token states,
-    per-text min / mean cosine."""
-    import numpy as np
-    import torch
-
-    from ..proof import BIDIRECTIONAL_PROBE, first_token_shift, row_cosines
-
-    longest = max(len(model.tokenizer(t)["input_ids"]) for t in [*texts, *BIDIRECTIONAL_PROBE])
-    n_ctx = max(512, 64 * (longest // 64 + 2))  # non-causal: one ubatch must hold a whole text (llama.cpp aborts otherwise)
-    payload = {"path": str(path), "texts": texts, "probe": list(BIDIRECTIONAL_PROBE), "n_ctx": n_ctx,
-               "threads": threads or torch.get_num_threads(), "repack": True}
-    ran, crashed = _run_proof(payload)
-    if ran is None and crashed:
-        # llama.cpp's weight repacking for quantized types (AMX / AVX-512 buffers) crashed on this CPU (measured:
-        # SIGSEGV for Q8_0 / Q4_K_M on a Sapphire Rapids Xeon); users then need --no-repack: prove that setting
-        payload["repack"] = False
-        ran, crashed = _run_proof(payload)
-        if ran is None:
-            raise GGUFExportError(f"llama.cpp crashed running {path.name}, with and without weight repacking")
-        logger.warning("llama.cpp crashed running %s with weight repacking (this CPU's extra buffer types); it "
-                       "runs with --no-repack, which the proof used and the report records", path.name)
-    ours = np.asarray(ran["embeddings"], dtype=np.float64)
-    reference = model.encode(texts, batch_size=8, convert_to_numpy=True, show_progress_bar=False).astype(np.float64)
-    cosine = row_cosines(ours, reference)
-    probe = model.preprocess(list(BIDIRECTIONAL_PROBE))
-    with torch.no_grad():
-        states = model[0].model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).last_hidden_state
-    lengths = probe["attention_mask"].sum(1)
-    first = [int(probe["attention_mask"].shape[1] - n) for n in lengths]  # left padding
-    worst = int(np.nan_to_num(cosine, nan=-1.0).argmin())
-    return {
-        "finite": bool(np.isfinite(ours).all()),
-        "first_token_shift": ran["first_token_shift"],
-        "torch_first_token_shift": first_token_shift(states[0, first[0]:].numpy(), states[1, first[1]:].numpy()),
-        "min_cosine": float(np.nan_to_num(cosine, nan=-1.0).min()),
-        "mean_cosine": float(np.nan_to_num(cosine, nan=-1.0).mean()),
-        "worst_text": texts[worst],
-        "texts": len(texts),
-        "pooling_type": ran["pooling_type"],
-        "n_ctx": n_ctx,
-        "kv_cache": "f16 (llama.cpp's default)",
-        "repack": payload["repack"],
-    }
-
-
-def _run_proof(payload: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-    """(what the proof script measured, or None; whether llama.cpp crashed on a signal). Other failures raise."""
-    from ..proof import last_line, run_without_st_llm2vec
-
-    ran, proc = run_without_st_llm2vec(_PROOF_SCRIPT, payload, why="the GGUF must run without it",
-                                       env=dict(os.environ, OMP_NUM_THREADS=str(payload["threads"])))
-    if ran is not None:
-        return ran, False
-    if proc.returncode < 0:
-        return None, True
-    raise GGUFExportError(f"llama.cpp could not run the GGUF: {last_line(proc)}")
+# -- the export ---------------------------------------------------------------------------------------
 
 
 def _card_section(report: dict[str, Any]) -> str:
     proof = report["proof"]
     name = report["file"]
     no_repack = "" if proof["repack"] else " --no-repack"
+    speed = proof["gguf_texts_per_s"] / max(proof["torch_texts_per_s"], 1e-9)
     lines = [
         "", "## GGUF (llama.cpp)", "",
-        f"`{GGUF_DIR}/{name}`: this model for llama.cpp ({report['quantize']}), converted by llama.cpp's own "
-        f"`convert_hf_to_gguf.py` (llama-cpp-python {report['llama_cpp_python']}), with `attention.causal = false` "
-        f"and pooling `{report['pooling']}` written in the file.", "",
-        f"Proven when exported, through llama.cpp with its default F16 KV cache: outputs finite; token 1's state moved "
-        f"by {proof['first_token_shift']:.2e} when only the last word changed (torch: {proof['torch_first_token_shift']:.2e}); "
-        f"min cosine vs the fp32 torch model {proof['min_cosine']:.6f} (mean {proof['mean_cosine']:.6f}) over "
-        f"{proof['texts']} held texts.", "",
+        f"`{GGUF_DIR}/{name}` ({report['bytes'] / 1e6:.1f} MB): this model for llama.cpp ({report['quantize']}), "
+        f"converted by llama.cpp's own `convert_hf_to_gguf.py` (llama-cpp-python {report['llama_cpp_python']}) as its "
+        f"`{proof['architecture']}` architecture (non-causal attention, no KV cache), pooling `{report['pooling']}` "
+        "written in the file.", "",
+        f"Proven when exported, as users run it: llama-cpp-python `Llama(path, embedding=True, n_ctx={proof['n_ctx']}, "
+        f"n_batch={proof['n_ctx']}, n_ubatch={proof['n_ctx']}).embed(texts)` with {proof['texts']} varied texts in one "
+        f"list: min cosine vs the float32 torch model {proof['min_cosine']:.5f} (mean {proof['mean_cosine']:.6f}); "
+        f"texts embedded alone vs in the list: min cosine {proof['alone_min_cosine']:.5f}; token 1's state moved by "
+        f"{proof['first_token_shift']:.2e} when only the last word changed (torch: {proof['torch_first_token_shift']:.2e}); "
+        f"{proof['gguf_texts_per_s']:.1f} texts/s vs {proof['torch_texts_per_s']:.1f} in torch float32 ({speed:.2f}x, "
+        f"{proof['threads']} thread(s), one round on the exporting machine).", "",
+        "Strip your texts (`text.strip()`) before embedding them: sentence-transformers strips them, llama.cpp does "
+        "not, and a trailing space gives other token ids and another vector.", "",
+        "```python",
+        "from llama_cpp import Llama",
+        "",
+        f"llm = Llama('{GGUF_DIR}/{name}', embedding=True, n_ctx=512, n_batch=512, n_ubatch=512)",
+        "vectors = llm.embed([t.strip() for t in texts])",
+        "",
+        "from langchain_community.embeddings import LlamaCppEmbeddings  # the same call underneath",
+        "",
+        f"embeddings = LlamaCppEmbeddings(model_path='{GGUF_DIR}/{name}', n_ctx=512, n_batch=512)",
+        "```", "",
         "```bash",
         f"llama-server -m {GGUF_DIR}/{name} --embeddings -c 8192 -b 8192 -ub 8192{no_repack}",
         "```", "",
         *([] if proof["repack"] else [
-            "`--no-repack`: on the CPU this was exported on, llama.cpp's weight repacking for this quantization "
-            "crashed (SIGSEGV); without it the file runs, and the figures above were measured so.", ""]),
-        "```python",
-        "from langchain_community.embeddings import LlamaCppEmbeddings",
-        "",
-        f"embeddings = LlamaCppEmbeddings(model_path='{GGUF_DIR}/{name}', n_ctx=512, n_batch=512)",
-        "```", "",
+            f"`--no-repack`: on the CPU this was exported on, llama.cpp's weight repacking for this type crashed "
+            f"({proof['crash']}); without it the file runs, and the figures above were measured so (llama-cpp-python has "
+            "no argument for it: its model params' `use_extra_bufts = False`).", ""]),
         "llama.cpp applies no prompt: pass an instruction as text before the query; its tokens are then pooled with "
         "the text's (sentence-transformers leaves them out). A non-causal batch must fit one ubatch "
-        "(`-ub` >= the longest input, else llama.cpp stops).", "",
+        "(`n_ubatch` >= the longest input, else llama.cpp stops); `embed()` cuts texts longer than `n_batch` tokens.", "",
     ]
     return "\n".join(lines)
 
 
+def check_gguf_proof(proof: dict[str, Any], *, bidirectional: bool, min_cosine: float, force: bool) -> list[str]:
+    """The shared checks (:func:`.pipeline.check_proof`) plus: vectors must not depend on which texts share a batch
+    (alone vs in the list, held to the same threshold, ``force`` turns it into a warning)."""
+    from .pipeline import check_proof
+
+    problems = check_proof(proof, bidirectional=bidirectional, min_cosine=min_cosine, force=force)
+    if not proof["alone_min_cosine"] >= min_cosine:
+        message = (f"texts embedded alone vs in one list differ: min cosine {proof['alone_min_cosine']:.6f} < "
+                   f"{min_cosine}")
+        if force:
+            logger.warning("Forced: %s", message)
+        else:
+            problems.append(message)
+    return problems
+
+
 def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: str = DEFAULT_QUANTIZE,
            min_cosine: float | None = None, force: bool = False, overwrite: bool = False,
-           converter: str | os.PathLike | None = None, texts: list[str] | None = None) -> dict[str, Any]:
-    """Write ``source`` (a portable dir) plus its proven GGUF (``gguf/model-<quantize>.gguf``) to ``output``;
-    returns the report. Built in a temp dir beside ``output``, moved into place only once proven."""
+           converter: str | os.PathLike | None = None, texts: list[str] | None = None,
+           keep: dict[str, str] | None = None, threads: int | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Write ``source`` (a portable dir) plus its proven GGUF (``gguf/model-<type>.gguf``) to ``output``; returns the
+    report. ``quantize``: a type :func:`.gguf_write.parse_type` reads (``q8_0:blocks-f16``); ``keep``: more
+    per-tensor types (tensor-name regex -> ggml type); ``texts``: the proof's texts (default ~200 varied ones).
+    Built in a temp dir beside ``output``, moved into place only once proven."""
     from ..files import atomic_dir, check_output
-    from .pipeline import DEFAULT_MIN_COSINE, HELD_TEXTS, check_proof, copy_model_dir, finish, portable_source
+    from .gguf_proof import prove_gguf
+    from .pipeline import DEFAULT_MIN_COSINE, copy_model_dir, finish, portable_source
 
-    if quantize not in QUANTIZE:
-        raise GGUFExportError(f"unknown GGUF type {quantize!r}; choose one of {', '.join(QUANTIZE)}")
+    gguf_type = parse_type(quantize)
     missing = [name for name in ("llama_cpp", "gguf", "sentencepiece") if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingExtraError(f"GGUF export needs llama-cpp-python, gguf and sentencepiece ({', '.join(missing)} "
@@ -337,36 +237,57 @@ def export(source: str | os.PathLike, output: str | os.PathLike, *, quantize: st
     started = time.perf_counter()
     model = SentenceTransformer(str(source), device="cpu", local_files_only=True)
     model.eval()
-    name = f"model-{quantize}.gguf"
+    name = f"model-{gguf_type.name.replace(':', '.')}.gguf"
     with atomic_dir(output, overwrite) as tmp:
         folder = copy_model_dir(source, tmp, GGUF_DIR)
-        write_gguf(source, folder / name, quantize, pooling, script)
-        proof = prove_gguf(model, folder / name, list(texts or HELD_TEXTS))
-        problems = check_proof(proof, bidirectional=bidirectional, min_cosine=min_cosine, force=force)
+        written = write_gguf(source, folder / name, gguf_type, pooling, script, keep=keep, verbose=verbose)
+        proof = prove_gguf(model, folder / name, texts, threads=threads, verbose=verbose).as_dict()
+        problems = check_gguf_proof(proof, bidirectional=bidirectional, min_cosine=min_cosine, force=force)
         if problems:
-            raise GGUFExportError(f"the {quantize} GGUF failed its proof: " + "; ".join(problems))
+            hint = ("; f32 is exact, and a mixed type keeps the tensors that move the vectors at a wider type "
+                    "(benchmarks/gguf_files.py measures each)" if proof["min_cosine"] < min_cosine else "")
+            raise GGUFExportError(f"the {gguf_type.name} GGUF failed its proof: " + "; ".join(problems) + hint)
+        if not proof["repack"]:
+            logger.warning("llama.cpp crashed running %s with weight repacking (%s on this CPU); it runs with "
+                           "--no-repack, which the proof used and the card records", name, proof["crash"])
+        from .gguf_write import tensor_types
+
         report = {
-            "backend": "gguf", "quantize": quantize, "file": name, "pooling": pooling, "source": source.name,
-            "llama_cpp_python": llama_cpp_version(), "bidirectional": bidirectional, "min_cosine_threshold": min_cosine,
-            "forced": bool(force and proof["min_cosine"] < min_cosine), "proof": proof,
+            "backend": "gguf", "quantize": gguf_type.name, "keep": written.keep, "file": name, "pooling": pooling,
+            "source": source.name, "llama_cpp_python": llama_cpp_version(), "bidirectional": bidirectional,
+            "min_cosine_threshold": min_cosine, "forced": bool(force and proof["min_cosine"] < min_cosine),
+            "proof": proof, "tensor_types": _count(tensor_types(folder / name).values()),
             "seconds": round(time.perf_counter() - started, 1), "bytes": (folder / name).stat().st_size,
         }
         finish(tmp, GGUF_DIR, report, _card_section(report))
     return report
 
 
+def _count(values: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def run(args: Any) -> int:
     """``st-llm2vec export --backend gguf``, its options checked: export and say what was proven and how to serve it."""
     report = export(args.model, args.output, quantize=args.quantize or DEFAULT_QUANTIZE, min_cosine=args.min_cosine,
-                    force=args.force, overwrite=args.overwrite, converter=args.converter)
+                    force=args.force, overwrite=args.overwrite, converter=args.converter,
+                    verbose=bool(getattr(args, "verbose", False)))
     proof = report["proof"]
     path = f"{args.output}/{GGUF_DIR}/{report['file']}"
-    print(f"Exported {args.model} to {path} ({report['quantize']}, pooling {report['pooling']}, "
-          f"{report['bytes'] / 1e6:.1f} MB, {report['seconds']} s)")
-    print(f"Proof through llama.cpp: finite; first-token shift {proof['first_token_shift']:.2e} (torch "
-          f"{proof['torch_first_token_shift']:.2e}); min cosine vs fp32 torch {proof['min_cosine']:.6f} "
-          f"(mean {proof['mean_cosine']:.6f}) over {proof['texts']} texts")
-    no_repack = "" if proof["repack"] else " --no-repack  (llama.cpp's weight repacking crashed on this CPU)"
+    speed = proof["gguf_texts_per_s"] / max(proof["torch_texts_per_s"], 1e-9)
+    print(f"Exported {args.model} to {path} ({report['quantize']}, {proof['architecture']}, pooling "
+          f"{report['pooling']}, {report['bytes'] / 1e6:.1f} MB, {report['seconds']} s)")
+    print(f"Proof through llama-cpp-python as users run it (embed() of {proof['texts']} texts in one list, "
+          f"n_ctx={proof['n_ctx']}): min cosine vs float32 torch {proof['min_cosine']:.5f} (mean "
+          f"{proof['mean_cosine']:.6f}); alone vs in the list {proof['alone_min_cosine']:.5f}; "
+          f"{proof['gguf_texts_per_s']:.1f} texts/s vs torch {proof['torch_texts_per_s']:.1f} ({speed:.2f}x, "
+          f"{proof['threads']} thread(s), one round)")
+    for flag in proof["flagged"][:3]:
+        print(f"  tokenized differently: {flag['text']!r} ({flag['reason']}; cosine {flag['cosine']:.4f})")
+    no_repack = "" if proof["repack"] else f" --no-repack  (llama.cpp's weight repacking crashed: {proof['crash']})"
     print(f"Serve with: llama-server -m {path} --embeddings -ub 8192 -b 8192{no_repack}")
     return 0
 
