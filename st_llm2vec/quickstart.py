@@ -181,7 +181,8 @@ def _run_pipeline(options: QuickstartOptions, plan: Plan, threads: int, start: f
     rows: list[StageRow] = []
 
     # 1. the model
-    say(f"[1/{total}] model")
+    say(f"[1/{total}] model: " + (options.model or "SmolLM2-135M-Instruct (converted into the cache on the first run, "
+                                                  "about a minute)"))
     t0 = time.perf_counter()
     if options.model:
         base = str(Path(options.model).expanduser())
