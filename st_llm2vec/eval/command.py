@@ -60,7 +60,8 @@ def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="st-llm2vec models and decoder LLMs: float32 (default); bf16-mixed: the measured "
                              "precision plan (bf16 where it keeps every calibration vector at cosine >= 0.99 to "
-                             "float32, refused otherwise); auto: bf16-mixed where the CPU or GPU computes bf16 "
+                             "float32, refused otherwise; measured at each load, which encodes the calibration "
+                             "texts several times); auto: bf16-mixed where the CPU or GPU computes bf16 "
                              "natively, else float32; saved: the plan the model dir carries. Stock models stay float32 "
                              "(auto) or are refused. Recorded with the results; embeddings of another precision are "
                              "never reused")
