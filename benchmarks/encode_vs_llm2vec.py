@@ -179,7 +179,11 @@ def compare(args, model_dir: Path, sentences: list[str], workdir: Path) -> int:
     agreement["no_instruction"] = {"min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(emb - ref).max())}
     pairs = [[INSTRUCTION, s] for s in sentences]
     ref_i, _, _ = run_llm2vec(args, view, {"pairs": pairs}, "pairs", workdir)
-    emb_i = encode(ours, INSTRUCTION)
+    # llm2vec's instruction semantics are the exact format's (the portable format pools a short text's own tokens,
+    # which can differ from llm2vec's last-N tokens of the joint string: see the README's portable section)
+    exact = st_llm2vec.from_llm(str(model_dir), dtype=torch.float32, format="exact")
+    emb_i = encode(exact, INSTRUCTION)
+    del exact
     cos_i = cosines(emb_i, ref_i)
     agreement["instruction"] = {"min_cosine": float(cos_i.min()), "max_abs_diff": float(np.abs(emb_i - ref_i).max())}
     if padded is not None:
