@@ -5,6 +5,7 @@ stays a float32 model for stock loaders whose plan file is validated field by fi
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -154,14 +155,21 @@ def test_saved_precision_on_a_dir_without_a_plan_says_what_to_use(saved_dir):
         st_llm2vec.load_model(str(saved_dir), precision="saved")
 
 
+@pytest.fixture(scope="module")
+def planned_dir(planned, tmp_path_factory):
+    """The planned model saved once (a save proves the dir in a fresh process); each case edits its own copy."""
+    out = tmp_path_factory.mktemp("planned") / "model"
+    planned.save(str(out))
+    return out
+
+
 @pytest.mark.parametrize("field, value", [
     ("float32_layers", "all"), ("float32_layers", [99]), ("float32_layers", [0, 0]), ("layers", 999),
     ("layers", "30"), ("dtype", "float8"), ("min_cosine", 2.0), ("threshold", None), ("texts", -1),
     ("precision", "int4"), ("check_used", "yes"), ("surprise", 1),
 ])
-def test_a_plan_file_with_a_bad_field_is_refused_naming_the_file_and_field(planned, tmp_path, field, value):
-    out = tmp_path / "planned"
-    planned.save(str(out))
+def test_a_plan_file_with_a_bad_field_is_refused_naming_the_file_and_field(planned_dir, tmp_path, field, value):
+    out = shutil.copytree(planned_dir, tmp_path / "planned")
     path = out / PLAN_FILE
     data = json.loads(path.read_text())
     data[field] = value
@@ -172,9 +180,8 @@ def test_a_plan_file_with_a_bad_field_is_refused_naming_the_file_and_field(plann
     assert PLAN_FILE in message and repr(field) in message and "\n" not in message
 
 
-def test_a_plan_file_that_is_not_json_is_refused(planned, tmp_path):
-    out = tmp_path / "planned"
-    planned.save(str(out))
+def test_a_plan_file_that_is_not_json_is_refused(planned_dir, tmp_path):
+    out = shutil.copytree(planned_dir, tmp_path / "planned")
     (out / PLAN_FILE).write_text("{not json")
     with pytest.raises(InputError, match=PLAN_FILE):
         st_llm2vec.load_model(str(out), precision="saved", precision_texts=TEXTS)
