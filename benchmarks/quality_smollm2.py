@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     from st_llm2vec import devdata
     from st_llm2vec.eval import tasks as eval_tasks
     from st_llm2vec import quickstart as q
-    from st_llm2vec.runtime import choose_threads, quiet_libraries
+    from st_llm2vec.console import quiet_libraries
+    from st_llm2vec.runtime import choose_threads
     from st_llm2vec.eval.scores import evaluate as evaluate_with
     from st_llm2vec.smollm2 import ensure_smollm2
 

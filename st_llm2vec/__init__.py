@@ -13,6 +13,11 @@ import sys
 from collections.abc import Iterator, Mapping
 from importlib.abc import MetaPathFinder
 
+from .console import silence_import_notices
+
+# Before any submodule imports peft (and with it bitsandbytes, which logs a notice about an optional kernel on import).
+silence_import_notices()
+
 # public name -> submodule that defines it
 _LAZY: dict[str, str] = {
     "BidirectionalityError": "bidirectional",

@@ -1,5 +1,6 @@
-"""Text written for this project: a small STS set scored by hand (evaluation without the shared data) and a seeded
-generator of plain English sentences (training text of the quick start, calibration text of the precision plan).
+"""Text written for this project: a small STS set scored by hand (evaluation without the shared data), a seeded
+generator of plain English sentences (training text of the quick start, calibration text of the precision plan) and
+a seeded generator of scored sentence pairs held out from that training text (the quick start's held-out score).
 
 The quick start has to train without downloads and without the shared data folder. Sixty-four fixed
 sentences were too few for MNTP and SimCSE to improve on the causal baseline on real STS data, so this
@@ -11,6 +12,7 @@ built-in evaluation pairs (:func:`builtin_sts_pairs`).
 from __future__ import annotations
 
 import random
+from collections.abc import Collection, Sequence
 
 _PEOPLE = (
     "a man", "a woman", "a young boy", "a little girl", "an old man", "an elderly woman", "two children",
@@ -134,16 +136,167 @@ def _statement(rng: random.Random) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def builtin_training_text(count: int, seed: int = 0) -> list[str]:
-    """``count`` distinct generated sentences (scenes, news items, statements), deterministic for ``seed``."""
+def builtin_training_text(count: int, seed: int = 0, exclude: Collection[str] = ()) -> list[str]:
+    """``count`` distinct generated sentences (scenes, news items, statements), deterministic for ``seed``; none of
+    them is in ``exclude`` (the quick start passes :func:`heldout_sentences`)."""
     rng = random.Random(seed)
     makers = (_scene, _scene, _scene, _news, _statement)
+    excluded = set(exclude)
     seen: dict[str, None] = {}
     attempts = 0
     while len(seen) < count and attempts < count * 50:
         attempts += 1
-        seen.setdefault(rng.choice(makers)(rng), None)
+        sentence = rng.choice(makers)(rng)
+        if sentence not in excluded:
+            seen.setdefault(sentence, None)
     return list(seen)
+
+
+# --------------------------------------------------------------------------- held-out scored pairs
+#
+# A pair is two renderings of two scenes; its score (0-5, the SemEval scale) is 5 x the weight of the slots the two
+# scenes share (who, doing what, to what, where), whatever the wording: "A man is cutting an onion in the kitchen."
+# and "Inside the kitchen, a guy is slicing an onion." score 5, a changed place costs its weight. The fronted-place
+# form and the other wordings (_SYNONYMS) are never produced by the training generator. A scene paired with a news
+# item scores 0.
+
+HELDOUT_PAIRS = 200  # how many pairs the quick start holds out of its training text
+HELDOUT_SEED = 2029  # fixed: the held-out set is the same whatever seed a run trains with
+_PERSON_WEIGHTS = {"subject": 0.25, "verb": 0.25, "object": 0.3, "place": 0.2}
+_ANIMAL_WEIGHTS = {"subject": 0.45, "verb": 0.35, "place": 0.2}
+_STATEMENT_WEIGHTS = {"subject": 0.45, "verb": 0.45, "place": 0.1}  # thing, quality, reason
+
+
+# Other wordings of the word lists' phrases (none is in the training generator's lists): a held-out sentence says
+# its scene in words the training text never uses half of the time, so that shared words alone do not give the score.
+_SYNONYMS: dict[str, tuple[str, ...]] = {
+    # people and animals
+    "a man": ("a guy", "a gentleman"), "a woman": ("a lady",), "a young boy": ("a little boy", "a small boy"),
+    "a little girl": ("a young girl", "a small girl"), "an old man": ("an elderly man", "an aged man"),
+    "an elderly woman": ("an old woman", "an old lady"), "two children": ("two kids",), "a teenager": ("a teen",),
+    "a student": ("a pupil",), "a doctor": ("a physician",), "a cyclist": ("a bike rider",), "a chef": ("a cook",),
+    "a baby": ("an infant",), "a police officer": ("a policeman", "a cop"), "a tourist": ("a traveller", "a visitor"),
+    "a mechanic": ("a repairman",), "a shop assistant": ("a sales clerk",), "a musician": ("a performer",),
+    "a fisherman": ("an angler",), "a photographer": ("a cameraman",), "a firefighter": ("a fireman",),
+    "a dog": ("a hound",), "a black cat": ("a dark cat",), "two puppies": ("two young dogs",),
+    "a small bird": ("a little bird",), "a large dog": ("a big dog",), "a kitten": ("a young cat",),
+    "a white rabbit": ("a white bunny",), "a brown horse": ("a chestnut horse",),
+    # doings
+    "is cutting": ("is slicing", "is chopping"), "is reading": ("is studying",), "is carrying": ("is hauling", "is lugging"),
+    "is washing": ("is cleaning", "is scrubbing"), "is eating": ("is having",), "is fixing": ("is repairing", "is mending"),
+    "is throwing": ("is tossing",), "is cooking": ("is preparing", "is making"), "is pushing": ("is shoving",),
+    "is holding": ("is clutching",), "is running": ("is sprinting", "is jogging"),
+    "is walking slowly": ("is strolling", "is ambling"), "is sleeping": ("is napping", "is asleep"),
+    "is jumping": ("is leaping",), "is sitting": ("is seated",), "is resting": ("is relaxing",), "is crying": ("is weeping",),
+    "is standing still": ("is not moving",),
+    # things
+    "a newspaper": ("a paper",), "a heavy bag": ("a weighty bag",), "a box": ("a carton",), "a car": ("an automobile",),
+    "the dishes": ("the plates",), "a bicycle": ("a bike",), "a computer": ("a PC",), "a phone": ("a mobile phone",),
+    "the grass": ("the lawn",), "dinner": ("supper",), "a motorbike": ("a motorcycle",), "a pram": ("a baby carriage",),
+    "a shopping trolley": ("a shopping cart",), "a broken chair": ("a damaged chair",), "a car engine": ("an engine",),
+    # places
+    "in the kitchen": ("inside the kitchen",), "on the beach": ("at the seaside",), "in a park": ("at a park",),
+    "on a busy street": ("on a crowded street",), "in the garden": ("in the yard",), "at the station": ("at the train station",),
+    "in a small room": ("in a tiny room",), "near a river": ("close to a river", "by a river"),
+    "in front of a house": ("outside a house",), "on a stage": ("on stage",), "in a forest": ("in the woods",),
+    "by the lake": ("next to the lake",), "on a boat": ("aboard a boat",), "in the city centre": ("downtown",),
+    "on a mountain path": ("on a mountain trail",), "outside a cafe": ("in front of a cafe",),
+    "in a supermarket": ("in a grocery store",), "at the market": ("at the bazaar",),
+    # statements
+    "the new film": ("the new movie",), "the lecture": ("the talk",), "the road": ("the street",), "the exam": ("the test",),
+    "the old car": ("the aging car",), "arrived late": ("came late", "was late"), "broke down again": ("failed again",),
+    "is very expensive": ("costs a lot", "is pricey"), "lasted three hours": ("went on for three hours",),
+    "was cancelled": ("was called off",), "sold out in minutes": ("sold out very quickly",),
+    "is closed for repairs": ("is shut for repairs",), "because of the weather": ("due to the weather",),
+    "without any warning": ("with no warning",), "after a long delay": ("after a lengthy delay",),
+}
+
+
+def _reworded(rng: random.Random, scene: dict[str, str]) -> dict[str, str]:
+    """``scene`` with each phrase in another wording, for half of its phrases that have one (the meaning stays)."""
+    return {slot: rng.choice(_SYNONYMS[text]) if text in _SYNONYMS and rng.random() < 0.5 else text
+            for slot, text in scene.items()}
+
+
+def _other(rng: random.Random, choices: Sequence[str], current: str) -> str:
+    return rng.choice([c for c in choices if c != current])
+
+
+def _render_person(s: dict[str, str], form: int) -> str:
+    subject, verb = s["subject"], _agree(s["subject"], s["verb"])
+    if form == 0:
+        text = f"{subject} {verb} {s['object']} {s['place']}"
+    elif form == 1:
+        there = "there are" if subject.startswith(("two ", "three ")) else "there is"
+        text = f"{there} {subject} who {verb} {s['object']} {s['place']}"
+    else:
+        text = f"{s['place']}, {subject} {verb} {s['object']}"
+    return text[0].upper() + text[1:] + "."
+
+
+def _render_animal(s: dict[str, str], form: int) -> str:
+    verb = _agree(s["subject"], s["verb"])
+    text = f"{s['place']}, {s['subject']} {verb}" if form == 2 else f"{s['subject']} {verb} {s['place']}"
+    return text[0].upper() + text[1:] + "."
+
+
+def _render_statement(s: dict[str, str], form: int) -> str:
+    text = f"{s['place']}, {s['subject']} {s['verb']}" if form == 2 else f"{s['subject']} {s['verb']} {s['place']}"
+    return text[0].upper() + text[1:] + "."
+
+
+def _scored_pair(rng: random.Random) -> tuple[str, str, float]:
+    roll = rng.random()
+    if roll < 0.1:  # unrelated kinds: a scene and a news item
+        return _scene(rng), _news(rng), 0.0
+    if roll < 0.65:
+        verb, objects = rng.choice(_ACTIONS)
+        a = {"subject": rng.choice(_PEOPLE), "verb": verb, "object": rng.choice(objects), "place": rng.choice(_PLACES)}
+        weights, render = _PERSON_WEIGHTS, _render_person
+    elif roll < 0.85:
+        a = {"subject": rng.choice(_ANIMALS), "verb": rng.choice(_MOTIONS), "place": rng.choice(_PLACES)}
+        weights, render = _ANIMAL_WEIGHTS, _render_animal
+    else:
+        a = {"subject": rng.choice(_THINGS), "verb": rng.choice(_QUALITIES), "place": rng.choice(_REASONS)}
+        weights, render = _STATEMENT_WEIGHTS, _render_statement
+    b = dict(a)
+    changed = rng.sample(list(weights), rng.randrange(len(weights)))  # none: same meaning … all but one
+    for slot in weights:
+        if slot not in changed:
+            continue
+        if render is _render_person and slot == "verb":
+            verb, objects = rng.choice([(v, o) for v, o in _ACTIONS if v != a["verb"]])
+            b["verb"], b["object"] = verb, rng.choice(objects)
+        elif render is _render_person and slot == "object":
+            if b["verb"] == a["verb"]:
+                b["object"] = _other(rng, dict(_ACTIONS)[a["verb"]], a["object"])
+        else:
+            pool = {"subject": {_render_person: _PEOPLE, _render_animal: _ANIMALS, _render_statement: _THINGS},
+                    "verb": {_render_animal: _MOTIONS, _render_statement: _QUALITIES},
+                    "place": {_render_person: _PLACES, _render_animal: _PLACES, _render_statement: _REASONS}}[slot][render]
+            b[slot] = _other(rng, pool, a[slot])
+    score = 5.0 * sum(w for slot, w in weights.items() if a[slot] == b[slot])
+    forms = (0, 1, 2) if render is _render_person else (0, 2)  # animals and statements have two forms
+    form_a, form_b = rng.sample(forms, 2)  # never the same sentence form twice
+    return render(_reworded(rng, a), form_a), render(_reworded(rng, b), form_b), round(score, 2)
+
+
+def builtin_heldout_pairs(count: int = HELDOUT_PAIRS, seed: int = HELDOUT_SEED) -> list[tuple[str, str, float]]:
+    """``count`` scored pairs (0-5) generated from the training generator's word lists, deterministic for ``seed``;
+    no two pairs alike. The quick start trains on text without any of their sentences (:func:`heldout_sentences`)."""
+    rng = random.Random(seed)
+    pairs: dict[tuple[str, str], float] = {}
+    attempts = 0
+    while len(pairs) < count and attempts < count * 50:
+        attempts += 1
+        first, second, score = _scored_pair(rng)
+        pairs.setdefault((first, second), score)
+    return [(a, b, s) for (a, b), s in pairs.items()]
+
+
+def heldout_sentences(pairs: Sequence[tuple[str, str, float]] | None = None) -> set[str]:
+    """Every sentence of the held-out pairs (default :func:`builtin_heldout_pairs`): text the quick start never trains on."""
+    return {text for a, b, _ in (builtin_heldout_pairs() if pairs is None else pairs) for text in (a, b)}
 
 
 def builtin_fragments(count: int, seed: int = 0) -> list[str]:

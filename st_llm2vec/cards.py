@@ -1,8 +1,17 @@
-"""Model card text: how to load the model in each save format (ST, LlamaIndex, LangChain), and the citation."""
+"""Model card text: how to load the model in each save format (ST, LlamaIndex, LangChain), how the model was made
+(from the recipe the training stages record in the saved dir, ``st_llm2vec_recipe.json``), and the citation.
+
+Only clients that work with this project's stack are recommended: LangChain's ``HuggingFaceEmbeddings`` from
+``langchain-community`` (every ``langchain-huggingface`` release pins ``huggingface_hub<2``; see the ``clients``
+extra in pyproject.toml, tested by tests/test_clients.py).
+"""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 # The LLM2Vec paper, as every card and the MNTP loss cite it.
@@ -52,10 +61,10 @@ def usage_section(save_format: str, model_id: str | None, prompts: dict[str, str
             f"embed_model = HuggingFaceEmbedding(model_name={ref!r}, device=\"cpu\")",
             "```",
             "",
-            "LangChain (`pip install langchain-huggingface sentence-transformers`):",
+            "LangChain (`pip install langchain-community sentence-transformers`):",
             "",
             "```python",
-            "from langchain_huggingface import HuggingFaceEmbeddings",
+            "from langchain_community.embeddings import HuggingFaceEmbeddings",
             "",
             f"embeddings = HuggingFaceEmbeddings(model_name={ref!r})",
             "```",
@@ -86,8 +95,8 @@ def usage_section(save_format: str, model_id: str | None, prompts: dict[str, str
         "```",
         "",
         "LlamaIndex / LangChain: pass `trust_remote_code=True` (LlamaIndex: `HuggingFaceEmbedding(model_name=..., "
-        "trust_remote_code=True)`; LangChain: `HuggingFaceEmbeddings(model_name=..., model_kwargs={\"trust_remote_code\": "
-        "True})`) with st-llm2vec installed.",
+        "trust_remote_code=True)`; LangChain, from `langchain-community`: `HuggingFaceEmbeddings(model_name=..., "
+        "model_kwargs={\"trust_remote_code\": True})`) with st-llm2vec installed.",
         "",
     ])
 
@@ -107,14 +116,95 @@ def precision_section(plan: Any) -> str:
     ])
 
 
+# --------------------------------------------------------------------------- the recipe
+
+RECIPE_FILE = "st_llm2vec_recipe.json"
+
+
+def read_recipe(directory: str | Path) -> dict[str, Any] | None:
+    """The recipe a saved st_llm2vec dir records (None: none, or not readable as one)."""
+    path = Path(directory) / RECIPE_FILE
+    try:
+        recipe = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("stages"), list):
+        return None
+    return recipe
+
+
+def extend_recipe(start: str, stage: Mapping[str, Any], label: str | None = None) -> dict[str, Any]:
+    """The recipe of a model trained by ``stage`` from ``start`` (a model id or dir as the user gave it): a dir
+    that records its own recipe passes on its start model and stages (so a SimCSE model trained from an MNTP
+    output names the LLM the MNTP run started from, never the MNTP dir); ``label`` names the start model instead."""
+    previous = read_recipe(start) if Path(start).is_dir() else None
+    if previous is not None:
+        return {"start_model": previous.get("start_model"), "stages": [*previous["stages"], dict(stage)]}
+    return {"start_model": label or _display_path(start), "stages": [dict(stage)]}
+
+
+def _display_path(ref: str) -> str:
+    """A path under the home directory as ``~/...`` (no user names on a card); anything else as given."""
+    try:
+        return "~/" + str(Path(ref).expanduser().resolve().relative_to(Path.home().resolve()))
+    except ValueError:
+        return ref
+
+
+def write_recipe(directory: str | Path, recipe: Mapping[str, Any], save_report: Mapping[str, Any] | None) -> None:
+    """``st_llm2vec_recipe.json``: the recipe, and how the dir was saved (its format and proof figures)."""
+    record = {**recipe, "saved": _saved(save_report)}
+    (Path(directory) / RECIPE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _saved(save_report: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not save_report:
+        return {}
+    if save_report.get("proof"):
+        from .portable_save import describe_proof
+
+        return {"format": save_report.get("format"), "proof": describe_proof(save_report["proof"])}
+    return {"format": save_report.get("format"), "reason": save_report.get("reason")}
+
+
+# the figures of a stage the card names, in this order (the rest stays in the recipe file)
+_STAGE_FIGURES = (("steps", "steps"), ("batch_size", "batch size"), ("learning_rate", "learning rate"),
+                  ("lora_r", "LoRA r"), ("max_seq_length", "max tokens"), ("simcse_dropout", "dropout"),
+                  ("mlm_probability", "masked share"))
+
+
+def recipe_section(recipe: Mapping[str, Any]) -> str:
+    """"How this model was made": the start model and each stage with its data and key figures, as recorded."""
+    lines = ["## How this model was made", "",
+             f"Made by st-llm2vec with the [LLM2Vec](https://arxiv.org/abs/2404.05961) recipe from "
+             f"`{recipe.get('start_model')}`:", ""]
+    for number, stage in enumerate(recipe.get("stages", []), 1):
+        figures = ", ".join(f"{label} {stage[key]}" for key, label in _STAGE_FIGURES if stage.get(key) is not None)
+        data = f" on {stage['data']}" if stage.get("data") else ""
+        lines.append(f"{number}. {stage.get('title') or stage.get('stage')}{data}" + (f" ({figures})" if figures else ""))
+    lines += ["", f"The same record, with how the dir was saved (format, proof figures), as JSON: `{RECIPE_FILE}` in this directory.", ""]
+    return "\n".join(lines)
+
+
+# ST's first sentence names the trainer's dataset keys ("trained on the simcse dataset"): not a dataset a reader
+# can find. With a recipe, it says where the card tells what the data was instead.
+_ST_DATASETS = re.compile(r"(This is a \[sentence-transformers\]\(https://www\.SBERT\.net\) model[^.]*?)"
+                          r" on (?:the )?[^.]*? datasets?\.")
+
+
 def patch_card(text: str, save_format: str, model_id: str | None, prompts: dict[str, str] | None,
-               report: dict[str, Any] | None = None, plan: Any = None) -> str:
-    """ST's generated card with the loading section for ``save_format`` and, when proven, the stock architecture."""
+               report: dict[str, Any] | None = None, plan: Any = None, recipe: Mapping[str, Any] | None = None) -> str:
+    """ST's generated card with the loading section for ``save_format``, how the model was made (``recipe``) and,
+    when proven, the stock architecture."""
     if report and report.get("repr"):
         text = _ARCHITECTURE.sub(lambda m: m.group(1) + report["repr"] + m.group(3), text, count=1)
     if save_format == "exact":
         text = _ST_USAGE.sub("", text, count=1)
     section = usage_section(save_format, model_id, prompts, report)
+    if recipe:
+        text = _ST_DATASETS.sub(lambda m: m.group(1) + " (see *How this model was made* for its training data).",
+                                text, count=1)
+        section = recipe_section(recipe) + "\n" + section
     if plan is not None:
         section += "\n" + precision_section(plan)
     marker = "\n## Model Details"

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .console import add_console_options, console_session
 from .errors import UserError
 from .recipe.stages import STAGES
 
@@ -101,6 +102,7 @@ def build_parser(name: str) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if hasattr(module, f"add_arguments_{attr}"):
         getattr(module, f"add_arguments_{attr}")(parser)
+    add_console_options(parser)  # --no-progress, --verbose: every command, read by the console session
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
@@ -108,7 +110,8 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, *, report_errors: bool | None = None) -> int:
     """Run ``st-llm2vec COMMAND [options]``.
 
-    The one error path of every command: a user error (:class:`~st_llm2vec.errors.UserError`, a full disk)
+    Every command runs in one console session (:mod:`st_llm2vec.console`: quiet unless ``--verbose``, bars only
+    on a terminal). The one error path of every command: a user error (:class:`~st_llm2vec.errors.UserError`, a full disk)
     is printed as one line, exit status 2; ``--debug`` (or ST_LLM2VEC_DEBUG=1) shows its traceback instead;
     anything else is a bug and keeps its traceback. Ctrl-C or SIGTERM: exit status 130, with what the command
     guarantees about its output (its module's ``INTERRUPTED``). ``report_errors`` defaults to True for the
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None, *, report_errors: bool | None = None) ->
     args = parser.parse_args(argv[1:])
     debug = debug or args.debug
     try:
-        with _sigterm_interrupts():
+        with console_session(args), _sigterm_interrupts():
             return int(getattr(module, f"run_{attr}")(args) or 0)
     except KeyboardInterrupt:
         if debug or not report_errors:

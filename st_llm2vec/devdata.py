@@ -91,6 +91,12 @@ def _default_candidates() -> Iterator[Path]:
     yield repo_root.parent / "shared" / "data"
 
 
+def default_data_location() -> Path:
+    """Where the shared data folder is looked for first, as a real path for messages: ``../shared/data`` from the
+    current directory."""
+    return (Path.cwd().parent / "shared" / "data").resolve()
+
+
 def find_shared_data(path: str | Path | None = None) -> Path | None:
     """Locate the shared data folder: ``path``, else ``$ST_LLM2VEC_DATA``, else ``<repo>/../shared/data``; None if absent.
 
@@ -114,7 +120,7 @@ def _require_data(data_dir: str | Path | None) -> Path:
     found = find_shared_data(data_dir)
     if found is None:
         raise MissingFileError(
-            f"Shared data folder not found. Put it at <repo>/../shared/data, set {DATA_ENV}=/path/to/shared/data, "
+            f"Shared data folder not found. Put it at {default_data_location()}, set {DATA_ENV} to its path, "
             "or pass data_dir=..."
         )
     return found

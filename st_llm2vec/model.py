@@ -17,7 +17,7 @@ from typing import Any
 from peft import PeftModel
 from sentence_transformers import SentenceTransformer
 
-from .cards import patch_card
+from .cards import patch_card, write_recipe
 from .encoder.tokenize import check_unicode
 from .instructions import EXACT, PORTABLE
 from .portable import PortableFormatError, why_not_portable
@@ -38,6 +38,7 @@ class LLM2VecModel(SentenceTransformer):
 
     portable_required: bool = False
     save_report: dict[str, Any] | None = None
+    st_llm2vec_recipe: dict[str, Any] | None = None  # how it was made (cards.extend_recipe), saved with it
 
     def __init__(self, model_name_or_path: str | None = None, *args: Any, **kwargs: Any) -> None:
         if isinstance(model_name_or_path, str) and os.path.isdir(model_name_or_path):
@@ -59,6 +60,9 @@ class LLM2VecModel(SentenceTransformer):
         with full_precision(self):
             self._save(path, model_name, create_model_card, safe_serialization, plan)
         save_plan(path, plan)
+        recipe = getattr(self, "st_llm2vec_recipe", None)  # set by the training stages (recipe.stage_model)
+        if recipe:
+            write_recipe(path, recipe, self.save_report)
 
     def encode(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         """ST's ``encode``, after refusing a text that is not valid Unicode by its index in ``inputs``."""
@@ -108,4 +112,5 @@ class LLM2VecModel(SentenceTransformer):
             self.model_card_data.model_id = model_name  # as ST's save does
         self.model_card_data.save_dir = str(directory)
         text = generate_model_card(self)
-        return patch_card(text, save_format, self.model_card_data.model_id or model_name, self.prompts, report, plan)
+        return patch_card(text, save_format, self.model_card_data.model_id or model_name, self.prompts, report, plan,
+                          getattr(self, "st_llm2vec_recipe", None))

@@ -39,6 +39,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .console import status
 from .files import move_into, normalize_permissions, temp_dir_beside
 from .pooling_modes import adds_bos
 from .instructions import PORTABLE
@@ -305,6 +306,7 @@ def save_portable(model: Any, path: str | os.PathLike, *, card=None) -> dict[str
         raise PortableFormatError(f"Cannot save in the portable format: {reason or 'the model is in the exact format'}.")
     target = Path(path).expanduser().absolute()
     tmp = temp_dir_beside(target)
+    status(f"saving {target} and proving it loads in stock sentence-transformers (a fresh process)")
     try:
         write_portable(model, tmp)
         report = prove_portable(model, tmp)

@@ -28,12 +28,13 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .precision_apply import PrecisionError, apply_plan, decoder_layers, plan_of, remove_plan
+from .precision_apply import (DEFAULT_MIN_COSINE, PrecisionError, PrecisionPlan, apply_plan, decoder_layers, plan_of,
+                              remove_plan)
 from .precision_search import calibration_texts, plan_precision
 from .runtime import cpu_has_bf16
 
@@ -47,38 +48,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("float32", "bf16-mixed", "auto", "saved")
 PLAN_FILE = "st_llm2vec_precision.json"
-DEFAULT_MIN_COSINE = 0.99
 DTYPES = ("bfloat16",)  # the low precision a plan may name (the only one measured)
-
-
-@dataclass
-class PrecisionPlan:
-    """Which decoder layers stay float32 while the others' blocks run in ``dtype``, and what that measured."""
-
-    dtype: str = "bfloat16"
-    float32_layers: list[int] = field(default_factory=list)
-    layers: int = 0
-    min_cosine: float = 1.0
-    p05_cosine: float = 1.0
-    mean_cosine: float = 1.0
-    texts: int = 0
-    threshold: float = DEFAULT_MIN_COSINE
-    target: float = DEFAULT_MIN_COSINE  # what the plan had to reach: the threshold with its margin
-    check_texts: int = 0
-    check_min_cosine: float | None = None
-    check_used: bool = False  # the checking texts raised the float32 prefix (they were not only a check then)
-
-    def describe(self) -> str:
-        """One line: what runs in which precision and what it measured."""
-        keep = f"layers {self.float32_layers[0]}-{self.float32_layers[-1]}" if self.float32_layers else "no layer"
-        line = (f"{self.dtype} attention and MLP in {self.layers - len(self.float32_layers)} of {self.layers} decoder "
-                f"layers ({keep} float32; residual stream, norms and pooling float32): min cosine "
-                f"{self.min_cosine:.5f} (5th percentile {self.p05_cosine:.5f}, mean {self.mean_cosine:.6f}) vs "
-                f"float32 over {self.texts} calibration texts (target {self.target:.4f} for threshold {self.threshold})")
-        if self.check_texts:
-            how = "also used to choose the plan" if self.check_used else "not used to choose it"
-            line += f"; {self.check_min_cosine:.5f} over {self.check_texts} more ({how})"
-        return line
 
 
 def _plan_from_json(data: Any, path: Path, layers: int | None) -> PrecisionPlan:

@@ -16,6 +16,7 @@ see them), and with grad enabled (training) every block runs its float32 forward
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
@@ -23,10 +24,41 @@ from .errors import InputError
 # The blocks of a decoder layer that run in the plan's dtype (every architecture st_llm2vec supports names them so).
 BLOCKS = ("self_attn", "mlp")
 _FULL = "_st_llm2vec_full_forward"
+DEFAULT_MIN_COSINE = 0.99  # the min cosine to float32 a plan must keep, unless the user sets another
 
 
 class PrecisionError(InputError):
     """No precision plan meets the threshold (or the one asked for cannot be applied); the message says what to use."""
+
+
+@dataclass
+class PrecisionPlan:
+    """Which decoder layers stay float32 while the others' blocks run in ``dtype``, and what that measured."""
+
+    dtype: str = "bfloat16"
+    float32_layers: list[int] = field(default_factory=list)
+    layers: int = 0
+    min_cosine: float = 1.0
+    p05_cosine: float = 1.0
+    mean_cosine: float = 1.0
+    texts: int = 0
+    threshold: float = DEFAULT_MIN_COSINE
+    target: float = DEFAULT_MIN_COSINE  # what the plan had to reach: the threshold with its margin
+    check_texts: int = 0
+    check_min_cosine: float | None = None
+    check_used: bool = False  # the checking texts raised the float32 prefix (they were not only a check then)
+
+    def describe(self) -> str:
+        """One line: what runs in which precision and what it measured."""
+        keep = f"layers {self.float32_layers[0]}-{self.float32_layers[-1]}" if self.float32_layers else "no layer"
+        line = (f"{self.dtype} attention and MLP in {self.layers - len(self.float32_layers)} of {self.layers} decoder "
+                f"layers ({keep} float32; residual stream, norms and pooling float32): min cosine "
+                f"{self.min_cosine:.5f} (5th percentile {self.p05_cosine:.5f}, mean {self.mean_cosine:.6f}) vs "
+                f"float32 over {self.texts} calibration texts (target {self.target:.4f} for threshold {self.threshold})")
+        if self.check_texts:
+            how = "also used to choose the plan" if self.check_used else "not used to choose it"
+            line += f"; {self.check_min_cosine:.5f} over {self.check_texts} more ({how})"
+        return line
 
 
 def decoder_layers(hf_model: Any) -> Sequence[Any]:

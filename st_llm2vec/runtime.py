@@ -1,5 +1,5 @@
-"""How a command runs on this machine: how many torch threads to use, whether the CPU computes bf16 natively, and
-a console kept to the command's own output.
+"""How a command runs on this machine: how many torch threads to use and whether the CPU computes bf16 natively
+(what a command's console shows is :mod:`st_llm2vec.console`).
 
 Every command that runs a model reads these (the quick start, ``st-llm2vec eval``, training's bf16 autocast,
 the precision plan's "auto"), so that they all decide the same way on the same machine.
@@ -7,11 +7,26 @@ the precision plan's "auto"), so that they all decide the same way on the same m
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable
 
 from .errors import InputError
+
+
+def parse_threads(requested: int | str | None) -> int | None:
+    """``requested`` as a thread count (None for "auto" / None); anything else than a positive whole number is an
+    :class:`~st_llm2vec.errors.InputError` in one line (``--threads abc`` is the user's typo, not a bug)."""
+    if requested in (None, "auto"):
+        return None
+    if isinstance(requested, bool):
+        threads = None
+    elif isinstance(requested, int):
+        threads = requested
+    else:
+        text = str(requested).strip()
+        threads = int(text) if text.isdigit() else None
+    if threads is None or threads < 1:
+        raise InputError(f"--threads must be a positive whole number or 'auto', got {requested!r}")
+    return threads
 
 
 def choose_threads(requested: int | str | None = "auto", *, own_load: float = 0.0) -> int:
@@ -24,9 +39,8 @@ def choose_threads(requested: int | str | None = "auto", *, own_load: float = 0.
     """
     cores = os.cpu_count() or 1
     if requested not in (None, "auto"):
-        threads = int(requested)
-        if threads < 1:
-            raise InputError(f"threads must be a positive number or 'auto', got {requested!r}")
+        threads = parse_threads(requested)
+        assert threads is not None
         return threads
     try:
         load = max(0.0, os.getloadavg()[0] - own_load)
@@ -57,49 +71,3 @@ def resolve_bf16(requested: bool | str | None = "auto") -> bool:
     if isinstance(requested, str):
         return requested.lower() in ("1", "true", "yes", "on")
     return bool(requested)
-
-
-def quiet_libraries(progress: bool = True) -> Callable[[], None]:
-    """Keep the console to our progress bars and table: no per-load HF warnings or trainer info spam;
-    ``progress=False``: no progress bar from any library either (weights, datasets, Hub, tqdm). Returns
-    what puts tqdm's default back."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    for name in ("sentence_transformers", "st_llm2vec", "datasets"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("mteb").setLevel(logging.ERROR)  # a line per prompt lookup and per task otherwise
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if progress:
-        return lambda: None
-    import datasets
-    import huggingface_hub.utils
-
-    hf_logging.disable_progress_bar()  # transformers: loading / writing weights
-    datasets.disable_progress_bars()
-    huggingface_hub.utils.disable_progress_bars()
-    return _tqdm_off_by_default()
-
-
-def _tqdm_off_by_default() -> Callable[[], None]:
-    """Every tqdm bar created from now on in this process starts disabled unless its caller asks for it;
-    returns what undoes that.
-
-    Some bars have no switch (ST's model card: "Computing widget examples"), and tqdm reads its
-    ``TQDM_DISABLE`` variable only when it is first imported, so the default is set on the class.
-    """
-    from functools import partialmethod
-
-    import tqdm
-
-    original = tqdm.tqdm.__init__
-    tqdm.tqdm.__init__ = partialmethod(original, disable=True)
-
-    def restore() -> None:
-        tqdm.tqdm.__init__ = original
-
-    return restore

@@ -90,7 +90,7 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
                "a planned layer's attention and MLP blocks run in bf16 at inference: torch has no per-layer precision"),
     PrivateUse(_LINEAR, "forward", "replace per instance (precision_apply.apply_plan)",
                "a planned layer's projections run its bf16 copy at inference: torch has no per-layer precision"),
-    PrivateUse(_TQDM, "__init__", "replace, then restore (runtime.quiet_libraries)",
+    PrivateUse(_TQDM, "__init__", "replace, then restore (console.no_progress_bars)",
                "bars without a switch (ST's model card) stay off with --no-progress; tqdm reads its env once"),
     PrivateUse(_MTEB_HASHES, "hash_item", "call (eval.cached_encoder)",
                "mteb's own key of a cached text, so our embedding cache is mteb's NumpyCache as mteb fills it"),

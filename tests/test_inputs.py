@@ -59,11 +59,11 @@ def test_a_max_seq_length_that_leaves_only_bos_is_refused_instead_of_giving_ever
         assert not np.allclose(a, b)
 
 
-def test_an_eval_task_file_with_a_nan_gold_score_is_refused_naming_the_row(tmp_path, capsys):
+def test_an_eval_task_file_with_a_nan_gold_score_is_refused_naming_the_row(portable_dir, tmp_path, capsys):
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text("sentence1\tsentence2\tscore\na b\tc d\t1\ne f\tg h\tnan\n")
-    err = _cli_error(["eval", str(tmp_path / "no-model-needed"), "--tasks", str(tsv), "--output", str(tmp_path / "o")],
-                     capsys)
+    # a model that exists: a missing one would be named before the task file
+    err = _cli_error(["eval", str(portable_dir), "--tasks", str(tsv), "--output", str(tmp_path / "o")], capsys)
     assert "pairs.tsv:3: score: expected a number, got 'nan'" in err
     from st_llm2vec.eval.task_files import read_scored_pairs
 

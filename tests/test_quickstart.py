@@ -95,9 +95,9 @@ def test_pipeline_on_tiny_model(tmp_path, fake_smollm2, no_shared_data):
     assert torch.get_num_threads() == threads  # restored
     assert [r.stage for r in result.rows] == ["causal baseline", "bidirectional", "+ MNTP", "+ SimCSE"]
     for row in result.rows:
-        assert set(row.scores) == {"builtin-sts", "sts_mean"} and row.seconds >= 0
+        assert set(row.scores) == {"heldout", "handwritten"} and row.seconds >= 0
     # causal and bidirectional differ (same weights, other attention)
-    assert result.rows[0].scores["builtin-sts"] != result.rows[1].scores["builtin-sts"]
+    assert result.rows[0].scores["handwritten"] != result.rows[1].scores["handwritten"]
     assert [m[:5] for m in messages if m.startswith("[")] == ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"]
 
     # the output is an ordinary ST model dir, bidirectional, reloading to the same embeddings
@@ -109,8 +109,18 @@ def test_pipeline_on_tiny_model(tmp_path, fake_smollm2, no_shared_data):
     assert len(result.example) == len(quickstart.EXAMPLE_DOCS)
     assert not list(tmp_path.glob(".out.work-*"))  # intermediate files removed
 
+    # the card and recipe name the start model and text as the user knows them: never the MNTP temp dir
+    recipe = json.loads((out / "st_llm2vec_recipe.json").read_text())
+    assert recipe["start_model"] == quickstart.SMOLLM2_LABEL
+    assert [s["stage"] for s in recipe["stages"]] == ["mntp", "simcse"]
+    assert all(s["data"].startswith("2000 sentences generated for this project") for s in recipe["stages"])
+    card = (out / "README.md").read_text()
+    assert "## How this model was made" in card and ".out.work-" not in card + json.dumps(recipe)
+    assert "the simcse dataset" not in card
+
     table = result.table()
-    assert "| causal baseline |" in table and "| + SimCSE |" in table and "built-in STS" in table
+    assert table.startswith("| step | held-out generated | hand-written | time | notes |")
+    assert "| causal baseline |" in table and "| + SimCSE |" in table and result.public_table() == ""
     report = quickstart.render_report(result, options)
     assert "SentenceTransformer(" in report and quickstart.EXAMPLE_QUERY in report
 
@@ -246,8 +256,89 @@ def test_the_report_says_what_it_trained_and_scored_on_and_what_the_saved_dir_is
     result = quickstart.run_pipeline(options, say=lambda _: None)
     report = quickstart.render_report(result, options)
     assert "your text" in report and "mine.txt (30 of 30 lines)" in report
-    assert "your scored pairs" in report and "(12 pairs)" in report and "cannot show an improvement" in report
-    assert list(result.eval_sets) == ["pairs"]
+    assert "your scored pairs" in report and "(12 pairs)" in report
+    assert list(result.eval_sets) == ["heldout", "handwritten", "pairs"]
+    assert "| step | pairs |" in report  # the user's pairs: the second table
+    verdicts = [line for line in report.splitlines() if line.startswith("- ")]
+    assert [v.split(" (")[0] for v in verdicts] == ["- held-out generated", "- hand-written", "- pairs"]
     fmt = saved_format(result.output)
     assert fmt == result.saved_format == "portable"
     assert "portable format (stock sentence-transformers modules): loaded by stock sentence-transformers" in report
+
+
+_PROBE = """
+import sys
+from st_llm2vec import cli
+rc = cli.main(sys.argv[1:], report_errors=True)
+print(rc, [m for m in ("torch", "transformers", "sentence_transformers", "mteb") if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-file", "/nonexistent/mine.txt"], "/nonexistent/mine.txt: no such file"),
+    (["--dev-pairs", "/nonexistent/pairs.tsv"], "/nonexistent/pairs.tsv: no such file"),
+    (["--model", "/nonexistent/llm"], "--model /nonexistent/llm: no such directory"),
+    (["--eval-pairs", "-3"], "--eval-pairs must be 0 (all) or more"),
+    (["--mntp-steps", "0"], "--mntp-steps must be at least 1"),
+])
+def test_bad_options_are_one_line_before_anything_heavy_is_imported(argv, message, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, "quickstart", "--output", str(tmp_path / "q"), *argv],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout.strip() == "2 []"  # exit status 2, and neither torch nor a model library was imported
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"st-llm2vec quickstart: error: {message}")
+    assert not (tmp_path / "q").exists()
+
+
+# --------------------------------------------------------------------------- held-out pairs and verdicts
+
+
+def test_the_held_out_pairs_are_fixed_graded_and_never_in_the_training_text():
+    from st_llm2vec.builtin_text import builtin_heldout_pairs, heldout_sentences
+
+    pairs = builtin_heldout_pairs()
+    assert len(pairs) == 200 and pairs == builtin_heldout_pairs()  # the same set whatever seed a run trains with
+    scores = [score for _, _, score in pairs]
+    assert min(scores) == 0.0 and max(scores) == 5.0 and len(set(scores)) >= 8
+    assert all(a != b for a, b, _ in pairs)  # a same-meaning pair is worded differently
+    options = QuickstartOptions(seed=42)
+    sentences, _ = quickstart.training_text(options)
+    assert len(sentences) == options.corpus_size and not set(sentences) & heldout_sentences()
+
+
+def test_the_verdict_claims_a_win_only_when_the_whole_interval_is_above_zero():
+    import numpy as np
+
+    from st_llm2vec.quickstart_scores import PairSet, compare
+
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, 120)
+    pairs = PairSet("set", "my set", tuple((f"a{i}", f"b{i}", float(g)) for i, g in enumerate(gold)))
+    noisy = {"set": gold + rng.normal(0, 3, 120)}
+    better = {"set": gold + rng.normal(0, 0.3, 120)}
+    [win] = compare([pairs], noisy, better)
+    assert win.low > 0 and win.verdict("+ SimCSE").endswith(": the final model beats the causal baseline.")
+    [same] = compare([pairs], noisy, noisy)
+    assert same.low <= 0 <= same.high
+    assert same.verdict("+ SimCSE").endswith("this run does not show that the final model beats the causal baseline.")
+    [worse] = compare([pairs], better, noisy)
+    assert worse.verdict("+ SimCSE").endswith(": the final model is worse than the causal baseline.")
+
+
+def test_the_quick_start_scores_are_st_llm2vec_evals(tiny_llm):
+    """The quick start computes cosine Spearman itself (its verdicts need per-pair cosines); it is mteb's figure."""
+    from st_llm2vec import from_llm
+    from st_llm2vec.eval import tasks
+    from st_llm2vec.eval.scores import evaluate
+    from st_llm2vec.builtin_text import builtin_sts_pairs
+    from st_llm2vec.quickstart_scores import HANDWRITTEN, PairSet, pair_cosines, scores
+
+    model = from_llm(str(tiny_llm("llama")), max_seq_length=32, device="cpu")
+    handwritten = PairSet(HANDWRITTEN, "hand-written", tuple(builtin_sts_pairs()))
+    ours = scores([handwritten], pair_cosines(model, [handwritten]))[HANDWRITTEN]
+    mteb_score = evaluate(model, [tasks.builtin_task()], progress=False)["builtin-sts"]
+    assert abs(ours - mteb_score) < 0.01

@@ -24,3 +24,14 @@ def test_bf16_auto_follows_the_cpus_bf16_support(monkeypatch):
     assert runtime.resolve_bf16("auto") is False
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     assert runtime.resolve_bf16(None) is True
+
+
+def test_a_thread_count_that_is_not_a_positive_number_is_an_input_error_naming_the_option():
+    import pytest
+
+    from st_llm2vec.errors import InputError
+
+    for bad in ("abc", "0", "-2", "1.5", "", 0, True):
+        with pytest.raises(InputError, match=r"^--threads must be a positive whole number or 'auto', got"):
+            runtime.choose_threads(bad)
+    assert runtime.parse_threads("auto") is None and runtime.parse_threads(" 3 ") == 3

@@ -47,8 +47,11 @@ class ModelSource:
 
 def _silence_bitsandbytes() -> None:
     """peft (which st_llm2vec's checkpoints and sentence-transformers import) imports bitsandbytes, which logs a
-    warning about an optional CPU kernel at import: nothing an embed job uses."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warning about an optional CPU kernel at import: nothing an embed job uses (that one message is dropped;
+    a Ray worker process may import the stack before st_llm2vec's own import installs the filter)."""
+    from ..console import silence_import_notices
+
+    silence_import_notices()
 
 
 def resolve_model(spec: str) -> ModelSource:

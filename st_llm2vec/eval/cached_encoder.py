@@ -1,6 +1,7 @@
 """A model as mteb calls it during ``st-llm2vec eval``: mteb's own ``SentenceTransformerEncoderWrapper`` with the
 prompts given explicitly and each distinct text embedded once per model and prompt, kept on disk by content hash
 (mteb's ``NumpyCache`` and ``hash_item``): a rerun, or a second task over the same texts, encodes nothing again.
+The texts a call does need are encoded in batches of similar token length (:meth:`EvalEncoder._encode_by_length`).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class EvalEncoder(SentenceTransformerEncoderWrapper):
         self.stores: dict[str, _MemoryStore | _DiskStore] = {}
         self.encoded = 0  # texts encoded by the model
         self.reused = 0  # texts served from the cache
+        self.precision: dict[str, Any] = {"precision": "float32", "plan": None}  # recorded with each task's result
 
     def prompt(self, task_metadata, prompt_type: PromptType | None) -> str:
         """The prompt this model gets for one side of a task (``""``: none)."""
@@ -147,10 +149,59 @@ class EvalEncoder(SentenceTransformerEncoderWrapper):
                 encode = self.model.encode_document
             else:
                 encode = self.model.encode
-            vectors = encode(missing, prompt=prompt, convert_to_numpy=True, **kwargs)
-            store.add(missing, np.asarray(vectors, dtype=np.float32))
+            vectors = self._encode_by_length(encode, missing, prompt, dict(kwargs))
+            store.add(missing, vectors)
             self.encoded += len(missing)
         return np.stack([np.asarray(store.get(t), dtype=np.float32) for t in texts])
+
+    def _encode_by_length(self, encode, texts: list[str], prompt: str, kwargs: dict[str, Any]) -> np.ndarray:
+        """``texts`` encoded in batches of similar token length, the vectors returned in ``texts``' order.
+
+        Sentence Transformers sorts an ``encode`` call's texts by their length in characters; token counts differ
+        from that order (digits, names, other scripts) and every batch is padded to its longest text. Here the
+        texts are tokenized once, ordered by token count (longest first, as ST does: a too large batch fails at
+        once) and each batch of ``batch_size`` is one ``encode`` call, so a batch holds texts of near-equal
+        token length and pads little. Nothing in ST or mteb batches by token length (ST's ``encode`` has no
+        such option), hence this.
+        """
+        batch_size = int(kwargs.pop("batch_size", None) or 32)
+        progress = bool(kwargs.pop("show_progress_bar", False))
+        kwargs.pop("convert_to_numpy", None)
+        kwargs.pop("convert_to_tensor", None)
+        lengths = self._token_lengths(texts)
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        out: np.ndarray | None = None
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(texts), desc="encoding", unit="text", disable=not progress, leave=False) as bar:
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                vectors = np.asarray(encode([texts[i] for i in rows], prompt=prompt, convert_to_numpy=True,
+                                            batch_size=len(rows), show_progress_bar=False, **kwargs),
+                                     dtype=np.float32)
+                if out is None:
+                    out = np.empty((len(texts), *vectors.shape[1:]), dtype=np.float32)
+                out[rows] = vectors
+                bar.update(len(rows))
+        assert out is not None
+        return out
+
+    def _token_lengths(self, texts: list[str]) -> list[int]:
+        """Each text's token count as the model will see it (capped at its ``max_seq_length``); the character
+        count where the model has no tokenizer to ask."""
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if tokenizer is None or not callable(tokenizer):
+            return [len(t) for t in texts]
+        limit = getattr(self.model, "max_seq_length", None) or None
+        cut = {"truncation": True, "max_length": limit} if limit else {"truncation": False}
+        tokenizer_log = logging.getLogger("transformers.tokenization_utils_base")
+        level = tokenizer_log.level
+        tokenizer_log.setLevel(logging.ERROR)  # "longer than the maximum sequence length": these are only counts
+        try:
+            ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, **cut)["input_ids"]
+        finally:
+            tokenizer_log.setLevel(level)
+        return [len(row) for row in ids]
 
     def close(self) -> None:
         for store in self.stores.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..precision import PRECISIONS
 from .instructions import MODES
 from .results import DEFAULT_OUTPUT
 
@@ -56,6 +57,14 @@ def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: what torch picks)")
     parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
                         help="weights dtype (default: each model's loader default)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="st-llm2vec models and decoder LLMs: float32 (default); bf16-mixed: the measured "
+                             "precision plan (bf16 where it keeps every calibration vector at cosine >= 0.99 to "
+                             "float32, refused otherwise; measured at each load, which encodes the calibration "
+                             "texts several times); auto: bf16-mixed where the CPU or GPU computes bf16 "
+                             "natively, else float32; saved: the plan the model dir carries. Stock models stay float32 "
+                             "(auto) or are refused. Recorded with the results; embeddings of another precision are "
+                             "never reused")
     parser.add_argument("--threads", default="auto",
                         help="torch CPU threads: a number, or auto (the cores not busy; default)")
     parser.add_argument("--data-dir", default=None,
@@ -66,6 +75,25 @@ def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Every option and model argument that can be checked without torch or mteb, checked before they are imported
+    (seconds): a typo is named at once, and a model path that does not exist before any task data is looked for."""
+    from ..errors import InputError
+    from ..runtime import parse_threads
+    from .models import check_spec
+
+    parse_threads(args.threads)
+    for name in ("batch_size", "max_seq_length", "max_batch_tokens", "dim"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if args.precision != "float32" and args.dtype not in (None, "auto", "float32"):
+        raise InputError(f"--precision {args.precision} plans bf16 over float32 weights; it cannot be combined with "
+                         f"--dtype {args.dtype}: drop one of the two")
+    for spec in args.models:
+        check_spec(spec)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     import logging
     import warnings
@@ -73,6 +101,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..runtime import choose_threads
     from . import require_mteb
 
+    check_options(args)
     require_mteb()
     import torch
     from datasets.utils import logging as datasets_logging
@@ -100,7 +129,8 @@ def run_eval(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.instruction),
         batch_size=args.batch_size,
         load=LoadSettings(device=args.device, dtype=args.dtype, max_seq_length=args.max_seq_length,
-                          max_batch_tokens=args.max_batch_tokens, truncate_dim=args.dim),
+                          max_batch_tokens=args.max_batch_tokens, truncate_dim=args.dim,
+                          precision=args.precision),
         data_dir=args.data_dir,
         overwrite=args.overwrite,
         progress=not args.no_progress,
@@ -108,6 +138,8 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     run = evaluate_models(args.models, args.tasks, config)
     print(format_table(run))
+    for note in run.notes:
+        print(f"note: {note}")
     cached = sum(s.cached for s in run.scores)
     print(f"\n{len(run.scores)} results ({cached} from earlier runs); texts encoded: "
           + ", ".join(f"{m} {run.encoded.get(m, 0)}" for m in run.models)

@@ -169,15 +169,50 @@ def _download_snapshot(repo_id: str) -> Path:
         raise MissingFileError(f"{repo_id!r} is neither a local directory nor a model on the Hugging Face Hub.") from None
     except Exception as exc:  # offline, no network: huggingface_hub raises several kinds
         raise MissingFileError(
-            f"{repo_id!r} is not in the Hugging Face cache and the Hub cannot be reached ({type(exc).__name__}). "
+            f"{repo_id!r} is no directory here ({os.getcwd()!r}), and as a Hub id it is not in the Hugging Face "
+            f"cache and the Hub cannot be reached ({type(exc).__name__}). "
             f"Download it where there is network (python -c \"from sentence_transformers import SentenceTransformer; "
             f"SentenceTransformer('{repo_id}')\") and copy the cache (~/.cache/huggingface), or pass a local dir."
         ) from exc
 
 
-def load(source: ModelSource, settings: LoadSettings) -> SentenceTransformer:
+def check_spec(spec: str) -> None:
+    """What can be told of a model argument without importing torch or mteb: a path that does not exist and cannot
+    be a Hub id is refused here, before any task data is looked for."""
+    from ..model_files import looks_like_hub_id
+
+    path = Path(spec).expanduser()
+    if not path.exists() and not looks_like_hub_id(spec):
+        raise MissingFileError(f"model {spec!r} does not exist (looked relative to {os.getcwd()!r}): pass a Sentence "
+                               "Transformers model directory or a Hugging Face Hub id such as 'owner/name'.")
+
+
+def precision_of(source: ModelSource, requested: str) -> str:
+    """The precision ``source`` is evaluated in, checked before it loads: "float32", "bf16-mixed" (the plan, measured
+    at load) or "saved" (the plan its dir carries). "auto" is :func:`st_llm2vec.precision.resolve`'s choice for
+    st-llm2vec models and decoder LLMs and float32 for stock models, which the plan does not apply to."""
+    from ..precision import PLAN_FILE, resolve
+
+    if requested == "float32":
+        return "float32"
+    if not source.ours:
+        if requested == "auto":
+            return "float32"
+        raise InputError(f"--precision {requested} applies to models st-llm2vec wrote and to decoder LLMs; "
+                         f"{source.label} is a stock Sentence Transformers model: evaluate it with --precision float32 "
+                         "or auto (float32 for it).")
+    if requested == "saved":
+        if source.llm or source.path is None or not (source.path / PLAN_FILE).is_file():
+            raise InputError(f"--precision saved: {source.label} carries no precision plan ({PLAN_FILE}); pass "
+                             "--precision bf16-mixed to plan one at load, or float32.")
+        return "saved"
+    return resolve(requested)
+
+
+def load(source: ModelSource, settings: LoadSettings, precision: str = "float32") -> SentenceTransformer:
     """The model, in evaluation mode: ours through :func:`st_llm2vec.load_model`, a decoder LLM through
-    :func:`st_llm2vec.from_llm` (causal, mean pooling), any other with ``SentenceTransformer``."""
+    :func:`st_llm2vec.from_llm` (causal, mean pooling), each with ``precision`` (:func:`precision_of`), any other
+    with ``SentenceTransformer`` (float32)."""
     from ..build import parse_dtype
 
     dtype = parse_dtype(settings.dtype) if settings.dtype else None
@@ -187,17 +222,20 @@ def load(source: ModelSource, settings: LoadSettings) -> SentenceTransformer:
 
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = from_llm(target, bidirectional=False, device=settings.device,
-                         max_batch_tokens=settings.max_batch_tokens, **kwargs)
+                         max_batch_tokens=settings.max_batch_tokens, precision=precision, **kwargs)
     elif source.ours:
         from ..build import load_model
 
         kwargs: dict[str, Any] = {"device": settings.device}
         if dtype is not None:
             kwargs["dtype"] = dtype
-        model = load_model(target, **kwargs)
+        model = load_model(target, precision=precision, **kwargs)
         if settings.max_batch_tokens is not None:
             model[0].max_batch_tokens = settings.max_batch_tokens
     else:
+        if precision != "float32":
+            raise InputError(f"{source.label} is a stock Sentence Transformers model: the precision plan does not "
+                             "apply to it; evaluate it in float32")
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(target, device=settings.device,
@@ -212,6 +250,21 @@ def load(source: ModelSource, settings: LoadSettings) -> SentenceTransformer:
         model.truncate_dim = settings.truncate_dim  # ST's own cut, as SentenceTransformer(path, truncate_dim=d)
     model.eval()
     return model
+
+
+def plan_fingerprint(model: SentenceTransformer) -> str | None:
+    """What the precision plan ``model`` runs under computes (None: no plan, float32): its dtype and float32 layers,
+    so embeddings cached under one plan are never served for another."""
+    from ..precision import plan_of
+
+    hf_model = getattr(model[0], "model", None)
+    plan = plan_of(hf_model) if hf_model is not None else None
+    if plan is None:
+        return None
+    kept = sorted(plan.float32_layers)
+    if kept == list(range(len(kept))):  # the plans search makes: a float32 prefix
+        return f"{plan.dtype}-f32-first-{len(kept)}-of-{plan.layers}"
+    return f"{plan.dtype}-f32-{hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:8]}-of-{plan.layers}"
 
 
 def model_prompts(model: SentenceTransformer) -> dict[str, str]:

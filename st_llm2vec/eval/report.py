@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 import tempfile
@@ -21,6 +22,8 @@ from . import INSTALL_HINT
 
 if TYPE_CHECKING:
     from .results import EvalRun
+
+logger = logging.getLogger(__name__)
 
 SUMMARY = "summary"
 
@@ -82,7 +85,9 @@ def markdown(run: EvalRun) -> str:
     lines += ["", "Main score ×100 of each task: " + ", ".join(f"{t}: {metrics.get(t, '?')}" for t in run.tasks)
               + (" (mean: of these)" if len(run.tasks) > 1 else "") + f". Instructions: {run.config.instructions}."
               + (f" Embeddings cut to their first {run.config.load.truncate_dim} dimensions."
-                 if run.config.load.truncate_dim else ""),
+                 if run.config.load.truncate_dim else "")
+              + (f" Precision: {run.config.load.precision} (each task's plan is in summary.json)."
+                 if run.config.load.precision != "float32" else ""),
               "", "| task | instruction | from | applied to |", "|---|---|---|---|"]
     for task, item in _instructions(run).items():
         text = item.get("instruction")
@@ -168,6 +173,11 @@ def write_summary(run: EvalRun, output: Path, *, chart: bool = True) -> dict[str
     write_json_atomic(files["json"], {"models": run.models, "tasks": run.tasks, "config": config,
                                       "scores": [asdict(s) for s in run.scores]})
     if chart:
-        files["chart"] = output / f"{SUMMARY}.png"
-        draw_chart(run, files["chart"])
+        try:
+            draw_chart(run, output / f"{SUMMARY}.png")
+        except MissingExtraError as exc:  # the table is the result; a missing plotting library costs only the picture
+            run.notes.append(f"{SUMMARY}.png not drawn: matplotlib is missing ({INSTALL_HINT}; --no-chart skips it)")
+            logger.debug("chart skipped: %s", exc)
+        else:
+            files["chart"] = output / f"{SUMMARY}.png"
     return files

@@ -40,7 +40,7 @@ from mteb.types import PromptType  # noqa: E402
 
 from .cached_encoder import EvalEncoder  # noqa: E402
 from .instructions import LLM2VEC, TaskInstruction, task_instruction  # noqa: E402
-from .models import ModelSource, load, prompts_for, resolve_model  # noqa: E402
+from .models import ModelSource, load, plan_fingerprint, precision_of, prompts_for, resolve_model  # noqa: E402
 from .results import EvalConfig, EvalRun, TaskScore  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -160,9 +160,11 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str | AbsTask], confi
         raise InputError("no model to evaluate")
     if not tasks:
         raise InputError("no task to evaluate (--tasks)")
+    # the models first: a model path that does not exist is the error to name, before any task data is looked for
+    sources = _unique_labels([resolve_model(m) for m in models])
+    precisions = {s.label: precision_of(s, config.load.precision) for s in sources}
     task_list = resolve_tasks([t for t in tasks if isinstance(t, str)], config.data_dir) + \
         [t for t in tasks if not isinstance(t, str)]
-    sources = _unique_labels([resolve_model(m) for m in models])
     instructions = {t.metadata.name: task_instruction(t, config.overrides) for t in task_list}
     unknown = set(config.overrides) - set(instructions)
     if unknown:
@@ -180,7 +182,8 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str | AbsTask], confi
         loaded: set[str] = set()
         try:
             for source in sources:
-                scores += _evaluate_source(source, task_list, instructions, config, cache, output, loaded, run)
+                scores += _evaluate_source(source, task_list, instructions, config, cache, output, loaded, run,
+                                           precisions[source.label])
         finally:
             for task in task_list:
                 if task.metadata.name in loaded:
@@ -205,11 +208,11 @@ def _unique_labels(sources: list[ModelSource]) -> list[ModelSource]:
 
 
 def _evaluate_source(source: ModelSource, task_list: list[AbsTask], instructions: Mapping[str, TaskInstruction],
-                     config: EvalConfig, cache: _ResultCache, output: Path, loaded: set[str], run: EvalRun
-                     ) -> list[TaskScore]:
+                     config: EvalConfig, cache: _ResultCache, output: Path, loaded: set[str], run: EvalRun,
+                     precision: str = "float32") -> list[TaskScore]:
     from tqdm.auto import tqdm
 
-    experiment = config.experiment()
+    experiment = config.experiment(precision)
     meta = _meta(source.label, source.revision, experiment)
     record_path = _results_dir(cache, meta) / MARKER
     records: dict[str, Any] = (MARKER_SCHEMA.read_whole(record_path.parent) or {}).get("tasks") or {}
@@ -237,10 +240,14 @@ def _evaluate_source(source: ModelSource, task_list: list[AbsTask], instructions
             if task.metadata.name not in loaded:
                 _load_data(task)
                 loaded.add(task.metadata.name)
-        model = load(source, config.load)
+        model = load(source, config.load, precision)
         full_meta = _meta(source.label, source.revision, experiment, model)
-        cache_dir = output / "embeddings" / full_meta.model_name_as_path() / source.revision / (full_meta.experiment_name or "default")
+        # the embeddings of a precision plan are kept apart per plan (which layers stay float32 is measured at load)
+        plan = plan_fingerprint(model)
+        cache_dir = (output / "embeddings" / full_meta.model_name_as_path() / source.revision
+                     / ((full_meta.experiment_name or "default") + (f"-plan-{plan}" if plan else "")))
         encoder = EvalEncoder(model, full_meta, prompts_for(model, instructions, config.instructions), cache_dir)
+        encoder.precision = {"precision": precision, "plan": _plan_description(model)}
     bar = tqdm(task_list, desc=source.label, unit="task", disable=not config.progress)
     try:
         for task in bar:
@@ -250,7 +257,8 @@ def _evaluate_source(source: ModelSource, task_list: list[AbsTask], instructions
                 scores.append(_score(source.label, task, done[name], records.get(name, {}), cached=True))
                 continue
             # recorded before mteb writes the task's result, so a result never lacks the instruction it was made with
-            records[name] = _task_record(task, instructions[name], _side_prompts(encoder, task))
+            records[name] = {**_task_record(task, instructions[name], _side_prompts(encoder, task)),
+                             **encoder.precision}
             record_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(record_path, {"model": source.spec, "revision": source.revision, "settings": experiment,
                                             "tasks": records})
@@ -262,6 +270,14 @@ def _evaluate_source(source: ModelSource, task_list: list[AbsTask], instructions
             encoder.close()
             run.encoded[source.label], run.reused[source.label] = encoder.encoded, encoder.reused
     return scores
+
+
+def _plan_description(model) -> str | None:
+    """The precision plan ``model`` runs under, in one line (None: float32)."""
+    from ..precision import plan_of
+
+    plan = plan_of(getattr(model[0], "model", None))
+    return plan.describe() if plan is not None else None
 
 
 def _run_task(encoder: EvalEncoder, task: AbsTask, config: EvalConfig, cache: mteb.ResultCache | None) -> TaskResult:

@@ -229,7 +229,8 @@ def shared_task(name: str, data_dir: str | Path | None = None, *, max_pairs: int
     root = devdata.find_shared_data(data_dir)
     if root is None:
         raise MissingFileError(
-            f"task {name!r} reads the shared dev data folder, which is not here: put it at <repo>/../shared/data or set "
+            f"task {name!r} reads the shared dev data folder, which is not here: put it at "
+            f"{Path.cwd().parent / 'shared' / 'data'} (beside the folder you run from) or set "
             f"{devdata.DATA_ENV}=/path/to/data (it holds sts/, anssel/: SemEval STS, SICK, Wang TREC-QA). Without it, "
             "evaluate on your own files (--tasks pairs.tsv, a BEIR dir, reranking.jsonl) or on mteb tasks (--tasks STS12).")
     reference = SHARED_SOURCE

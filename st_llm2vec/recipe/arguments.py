@@ -73,6 +73,11 @@ class RecipeArguments:
     resume_from_checkpoint: str | None = key(
         None, kind="any", check=resume_value, cli={"nargs": "?", "const": "latest"},
         help="a checkpoint dir, or (no value) the last complete one in output_dir")
+    # how the model card and st_llm2vec_recipe.json name what was used (they describe the run, not train it)
+    model_label: str | None = key(None, help="the start model's name in the model card (default: model_name_or_path "
+                                             "as given, or the start dir's own recorded start model)")
+    data_label: str | None = key(None, help="the training data's name in the model card (default: the dataset "
+                                            "name or files as given)")
 
     def check(self, training: Mapping[str, Any]) -> None:
         """What the stage refuses beyond one key at a time (``training``: the trainer kwargs)."""

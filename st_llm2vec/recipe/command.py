@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
@@ -52,11 +53,18 @@ def overrides_from_cli(cls: type[RecipeArguments], args: argparse.Namespace) -> 
 
 def run_cli(cls: type[RecipeArguments], args: argparse.Namespace, train: Callable[..., Any]) -> int:
     """``st-llm2vec STAGE``: train from the config and options; print the result on the main process."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    from .. import console
+
+    # the run's own INFO lines (data, probe losses, saves) with --verbose; its warnings always
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if console.verbose() else logging.WARNING)
     result = train(args.config, overrides_from_cli(cls, args))
     if is_main_process():
         if result.already_complete:
             print(f"The {cls.TITLE} run in {result.output_dir} is already complete: nothing trained, nothing re-saved")
-        else:
+        elif console.verbose():
             print(json.dumps(result.summary(), indent=2, default=str))
+        else:  # the run's figures were its console line; the whole summary is in the dir
+            print(f"{cls.TITLE} model saved to {result.output_dir} (summary: "
+                  f"{Path(result.output_dir) / cls.RESULT_FILE})")
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .pair_data import TEACHER_COLUMN
+from .pair_data import TEACHER_COLUMN, negative_columns
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ def score_rows(teacher: Any, subset: Any, prompts: dict[str, Any], batch_size: i
     Every distinct text is encoded once."""
     import torch
 
-    from .mining import negative_columns
 
     ds = subset.dataset
     documents = ["positive", *negative_columns(ds.column_names)]

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .keys import key
+from .pair_data import PairData, PairSubset, negative_columns
 from .scorer import INSTRUCTION_MODES, SELF
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,6 @@ class MinedSet:
     report: str = ""  # ST's statistics table (positive vs negative scores)
 
 
-def negative_columns(column_names: list[str]) -> list[str]:
-    """The negative columns of a pair dataset, in order: ``negative`` or ``negative_1..n``."""
-    return [c for c in column_names if c == "negative" or re.fullmatch(r"negative_\d+", c)]
-
-
 # ST's mine_hard_negatives prints what it dropped (its lines "Skipped 1,234 potential negatives (5.00%) due to the
 # relative_margin of 0.05." and "Could not find enough negatives for 12 samples") and returns only the dataset.
 _SKIPPED = re.compile(r"Skipped ([\d,]+) potential negatives \([\d.]+%\) due to the (\w+) of")
@@ -99,7 +95,6 @@ def mine_subset(subset: Any, model: Any, settings: MiningSettings, mode: str) ->
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
-    from .pair_data import PairSubset
     from .scorer import subset_prompts
 
     ds = subset.dataset
@@ -125,7 +120,6 @@ def mine_subset(subset: Any, model: Any, settings: MiningSettings, mode: str) ->
 def mine_pair_data(data: Any, model: Any, settings: MiningSettings, mode: str | None = None) -> tuple[Any, dict[str, MinedSet]]:
     """Every dataset of ``data`` (:class:`~.pair_data.PairData`) mined with ``model``; datasets left without rows
     are dropped (and reported)."""
-    from .pair_data import PairData
     from .scorer import resolve_mode
 
     mode = resolve_mode(mode or settings.instructions, settings.mine_with)

@@ -29,6 +29,7 @@ supervised sets of the shared data (SICK entailment triplets, MSR paraphrase pai
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetDict
@@ -86,6 +87,11 @@ def join_instruction(instruction: str) -> str:
     return f"{instruction}; "
 
 
+def negative_columns(column_names: list[str]) -> list[str]:
+    """The negative columns of a pair dataset, in order: ``negative`` or ``negative_1..n``."""
+    return [c for c in column_names if c == "negative" or re.fullmatch(r"negative_\d+", c)]
+
+
 @dataclass
 class PairSubset:
     """One dataset of a supervised mixture: rows, the instruction for it and where it applies."""
@@ -98,8 +104,6 @@ class PairSubset:
 
     @property
     def has_negatives(self) -> bool:
-        from .mining import negative_columns
-
         return bool(negative_columns(self.dataset.column_names))
 
     def digest(self) -> str:
@@ -154,8 +158,6 @@ class PairData:
         for s in self.subsets:
             where = "all columns" if s.symmetric else "query"
             instr = f"{s.instruction!r} on {where}" if s.instruction else "no instruction"
-            from .mining import negative_columns
-
             negatives = len(negative_columns(s.dataset.column_names))
             kind = "pairs" if not s.has_negatives else "triplets" if negatives == 1 else f"rows with {negatives} negatives"
             lines.append(f"  {s.name}: {len(s.dataset)} {kind}, {instr}")

@@ -23,6 +23,7 @@ from .pair_data import (
     SYMMETRIC_SPLITS,
     PairData,
     PairSubset,
+    negative_columns,
 )
 
 logger = logging.getLogger(__name__)
@@ -241,7 +242,6 @@ def pair_data_from_rows(
 def subset_rows(subset: PairSubset) -> list[dict]:
     """A dataset's rows in the layout :func:`read_pair_folder` reads: ``{"query", "positive"[, "negative"]}``, with
     ``negative`` a list when there are several (``negative_1..n``); other columns (a teacher's ``label``) kept."""
-    from .mining import negative_columns
 
     ds = subset.dataset
     negatives = negative_columns(ds.column_names)

@@ -48,7 +48,7 @@ RUN_CONTROL_KEYS = frozenset({
     "dataloader_persistent_workers", "dataloader_prefetch_factor", "use_cpu", "ddp_backend", "ddp_timeout",
     "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
     "hub_revision", "preprocessing_num_workers", "overwrite_cache", "merge_lora", "save_mode",
-    "skip_memory_metrics", "include_num_input_tokens_seen",
+    "skip_memory_metrics", "include_num_input_tokens_seen", "model_label", "data_label",
     # memory / speed only: the same training either way
     "gradient_checkpointing", "gradient_checkpointing_kwargs", "mini_batch_size", "torch_compile",
     "torch_compile_backend", "torch_compile_mode",

@@ -181,6 +181,7 @@ def _prepare(arguments: ContrastiveArguments, training: dict[str, Any], callback
         data_collator=collator,
         callbacks=[*callbacks, *stop_callbacks(arguments)],
     )
+    trainer.st_llm2vec_stage = arguments.TITLE
     return Stage(arguments, training, data, model, start, trainer, resume, restore, run=run, options=options)
 
 
@@ -240,7 +241,8 @@ def _run(stage: Stage) -> StageResult:
         "save_mode": arguments.save_mode, "instructions": data.prompts() or None,
         "matryoshka_dims": arguments.matryoshka_dims, "hard_negatives": getattr(arguments, "hard_negatives", None),
         "teacher": getattr(arguments, "teacher", None),
-    })
+    }, {"steps": trainer.state.global_step, "batch_size": args.per_device_train_batch_size * args.world_size,
+        "learning_rate": args.learning_rate})
     result = StageResult(
         stage=stage.name,
         output_dir=str(args.output_dir),

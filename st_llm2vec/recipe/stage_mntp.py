@@ -218,6 +218,7 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
 
     trainer = LLM2VecTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss,
                              evaluator=evaluator, data_collator=collator, callbacks=stop_callbacks(arguments))
+    trainer.st_llm2vec_stage = MNTPArguments.TITLE
     metrics: dict[str, Any] = {}
     adapter_dir = None
     run.start(trainer)
@@ -238,7 +239,9 @@ def _train(arguments: MNTPArguments, training: dict[str, Any], run: Any) -> tupl
             if arguments.merge_lora:
                 merge_trained_lora(model, arguments)
         describe_in_card(model, arguments, start, {"mlm_probability": arguments.mlm_probability,
-                                                   "mask_token_type": arguments.mask_token_type})
+                                                   "mask_token_type": arguments.mask_token_type},
+                         {"steps": trainer.state.global_step, "batch_size": args.per_device_train_batch_size,
+                          "learning_rate": args.learning_rate})
         model.save(output_dir)
         write_result(output_dir, "mntp_config.json", {**dataclasses.asdict(arguments), **jsonable(training)})
         write_result(output_dir, MNTPArguments.RESULT_FILE, {"metrics": metrics, "data": dataclasses.asdict(stats)})

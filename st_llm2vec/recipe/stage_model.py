@@ -174,14 +174,25 @@ def merge_trained_lora(model: Any, arguments: RecipeArguments) -> None:
 # -- the model card ------------------------------------------------------------------------------------
 
 
-def describe_in_card(model: Any, arguments: RecipeArguments, start: StartModel, extra: Mapping[str, Any] = ()) -> None:
-    """Add the LLM2Vec stage, its settings and the paper to ST's model card (which has data, loss, trainer args)."""
+def describe_in_card(model: Any, arguments: RecipeArguments, start: StartModel, extra: Mapping[str, Any] = (),
+                     figures: Mapping[str, Any] = ()) -> None:
+    """Add the LLM2Vec stage, its settings and the paper to ST's model card (which has data, loss, trainer args), and
+    the recipe so far (``model.st_llm2vec_recipe``, saved as ``st_llm2vec_recipe.json`` and rendered in the card):
+    the start model and data as the user named them, ``figures`` (steps, batch size, learning rate) and ``extra``."""
+    from ..cards import extend_recipe
+
+    stage = {"stage": arguments.STAGE, "title": arguments.TITLE, "data": training_data_name(arguments),
+             **dict(figures), "lora_r": arguments.lora_r, "max_seq_length": arguments.max_seq_length,
+             **{k: v for k, v in dict(extra).items() if v is not None}}
+    model.st_llm2vec_recipe = extend_recipe(start.model_name_or_path, stage, arguments.model_label)
     card = model.model_card_data
     card.tags = sorted(set((card.tags or []) + ["llm2vec", "st-llm2vec", arguments.STAGE]))
-    start_name = start.model_name_or_path
+    start_name = model.st_llm2vec_recipe["start_model"] or start.model_name_or_path
     if not card.model_name or card.model_name == card.get_default_model_name():
         card.model_name = f"LLM2Vec {arguments.STAGE} model from {Path(start_name).name or start_name}"
-    if not os.path.exists(start_name) and "/" in start_name:
+    from ..model_files import looks_like_hub_id
+
+    if not os.path.exists(os.path.expanduser(start_name)) and "/" in start_name and looks_like_hub_id(start_name):
         card.base_model = start_name  # a Hub id
     recipe = {
         "llm2vec_stage": arguments.STAGE,
@@ -198,3 +209,14 @@ def describe_in_card(model: Any, arguments: RecipeArguments, start: StartModel, 
     card.all_hyperparameters = {**recipe, **(card.all_hyperparameters or {})}
     card.citations = {**(card.citations or {}), "LLM2Vec": LLM2VEC_CITATION}
 
+
+def training_data_name(arguments: RecipeArguments) -> str | None:
+    """The training data as the user named it: ``data_label``, else the dataset name and files of the config."""
+    if arguments.data_label:
+        return arguments.data_label
+    name = getattr(arguments, "dataset_name", None)
+    files = getattr(arguments, "train_file", None) or getattr(arguments, "dataset_file_path", None)
+    files = ", ".join(files) if isinstance(files, (list, tuple)) else files
+    if name and files:
+        return f"{name} ({files})"
+    return name or files

@@ -17,6 +17,10 @@ What the stock trainer (ST 6.2 + transformers 5.2x) gets wrong for us, and nothi
   ``train`` takes the wrapper off when it returns, so the trained model is the model its weights describe
   (a portable save proves the in-memory model against a stock load of those weights).
 
+Console (:mod:`st_llm2vec.console`): run from the command line without ``--verbose``, the per-step log dicts
+that transformers' printer / progress callbacks print are left out, and the run says in one line what it trains
+and in one line what it did (steps, time, first and last logged loss).
+
 Also here: the ``stop_after_n_steps`` callback (:class:`StopAfterNSteps`). Importing this module
 imports the trainer stack (seconds); ``import st_llm2vec`` does not import it.
 """
@@ -25,14 +29,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from accelerate.utils import extract_model_from_parallel
 from peft import PeftModel, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
+from .. import console
 from ..errors import InputError
 from ..files import normalize_permissions
 from .run_record import remove_checkpoint_marker, write_checkpoint_marker
@@ -76,12 +83,28 @@ class StopAfterNSteps(TrainerCallback):
             control.should_save = str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
 
 
+class _BarOnly(ProgressCallback):
+    """transformers' progress bar without the log dict it writes under the bar at every logging step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return
+
+
 class LLM2VecTrainer(SentenceTransformerTrainer):
     """``SentenceTransformerTrainer`` with adapter-aware resume, main-process-only saves, an end guard for
     resumed runs and checkpoint completion markers (see the module docstring)."""
 
     # The run fingerprint (st_llm2vec.recipe.run_record) written into every checkpoint's completion marker.
     st_llm2vec_run = None
+    # What the console's lines call this run ("MNTP", "SimCSE", ...); set by the stage that builds the trainer.
+    st_llm2vec_stage = "training"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not console.verbose():  # the command line without --verbose: one line per run instead of a dict per step
+            self.remove_callback(PrinterCallback)
+            if self.pop_callback(ProgressCallback) is not None:
+                self.add_callback(_BarOnly())
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         if not self.args.should_save:
@@ -91,8 +114,15 @@ class LLM2VecTrainer(SentenceTransformerTrainer):
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         guard = _EndGuard(self.callback_handler.callbacks)
         self.add_callback(guard)
+        if self.is_world_process_zero():
+            console.status(f"training {self.st_llm2vec_stage}: {self.args.max_steps if self.args.max_steps > 0 else 'all'}"
+                           " steps")
+        start = time.perf_counter()
         try:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+            if self.is_world_process_zero():
+                console.status(self._summary_line(time.perf_counter() - start))
+            return output
         except _NothingToTrain as done:
             logger.warning(
                 "The resumed checkpoint is at step %d, the end of this run (step %d): nothing left to train.",
@@ -107,6 +137,12 @@ class LLM2VecTrainer(SentenceTransformerTrainer):
             self.remove_callback(guard)
             # the autocast wrapper accelerate put on forward for mixed precision (see the module docstring)
             extract_model_from_parallel(self.model, keep_fp32_wrapper=False)
+
+    def _summary_line(self, seconds: float) -> str:
+        """What the run did, in one line: steps, time, and the first and last logged training loss."""
+        losses = [entry["loss"] for entry in self.state.log_history if "loss" in entry]
+        loss = f", loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else ""
+        return f"{self.st_llm2vec_stage}: {self.state.global_step} steps in {seconds:.0f} s{loss}"
 
     def _save_checkpoint(self, model, trial) -> None:
         """HF's checkpoint, then (every process done) a completion marker written last, and umask modes."""
