@@ -10,7 +10,8 @@ as ``llama-embed``, llama.cpp's quantizer with the type's per-tensor overrides) 
 sentence-transformers on DIR (``encode(texts, batch_size=32)``). Speed: ``--rounds`` rounds in this process, each
 timing torch and every type once in turn (the order rotating by round), the median texts/s and the median of the
 per-round ratios to torch. A type whose weight repacking crashes llama.cpp (probed in a child process first) runs
-without repacking, as the export's proof does, and says so. Sentences: ``-n`` distinct sentences (seeded sample) of
+without repacking, as the export's proof does, and says so. ``--flash-attn``: llama.cpp with flash attention (off by
+default in llama-cpp-python and so in LangChain). Sentences: ``-n`` distinct sentences (seeded sample) of
 STS 2012 + 2013 test and SICK trial from ../shared/data, stripped. Prints a markdown table and a JSON line.
 """
 
@@ -59,7 +60,7 @@ def repack_crashes(path: Path) -> bool:
     return proc.returncode < 0
 
 
-def load_gguf(path: Path, threads: int, repack: bool):
+def load_gguf(path: Path, threads: int, repack: bool, flash_attn: bool = False):
     import llama_cpp
     import llama_cpp.llama
 
@@ -73,7 +74,7 @@ def load_gguf(path: Path, threads: int, repack: bool):
         llama_cpp.llama.llama_cpp.llama_model_default_params = without_repack
     try:
         return llama_cpp.Llama(str(path), embedding=True, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=threads,
-                               verbose=False)
+                               flash_attn=flash_attn, verbose=False)
     finally:
         llama_cpp.llama.llama_cpp.llama_model_default_params = original
 
@@ -100,6 +101,8 @@ def main() -> None:
     parser.add_argument("-n", "--texts", type=int, default=256, help="held-out STS sentences (default 256)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--flash-attn", action="store_true",
+                        help="run llama.cpp with flash attention (llama-cpp-python's default, and LangChain's: off)")
     parser.add_argument("--workdir", default=None, help="keep the GGUF files here (default: a temp dir)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
@@ -132,7 +135,7 @@ def main() -> None:
             print(f"wrote {path.name} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
         repack = not repack_crashes(path)
         notes[gguf_type.name] = "" if repack else "no repack (repacking crashed)"
-        files[gguf_type.name] = (path, load_gguf(path, args.threads, repack))
+        files[gguf_type.name] = (path, load_gguf(path, args.threads, repack, args.flash_attn))
 
     def run_torch():
         return model.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False)
@@ -172,7 +175,8 @@ def main() -> None:
                        worst_text=texts[worst], tensor_types=counts, note=notes[name])
         rows.append(row)
 
-    print(f"\n{len(texts)} held-out STS sentences, {args.threads} thread(s), {args.rounds} alternating rounds; "
+    print(f"\n{len(texts)} held-out STS sentences, {args.threads} thread(s), {args.rounds} alternating rounds, flash "
+          f"attention {'on' if args.flash_attn else 'off'}; "
           f"{cpu_line()}")
     print("\n| type | size MB | texts/s | vs torch fp32 | min cosine | mean cosine | < 0.99 |")
     print("|---|---|---|---|---|---|---|")
@@ -184,6 +188,7 @@ def main() -> None:
         else:
             print(f"| {row['type']} | | {row['texts_per_s']} | 1.00x | | | |")
     result = {"model": str(model_dir), "texts": len(texts), "threads": args.threads, "rounds": args.rounds,
+              "flash_attn": args.flash_attn,
               "cpu": cpu_line(), "rows": rows}
     print(json.dumps(result))
     if args.out:
