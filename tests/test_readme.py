@@ -152,3 +152,9 @@ def test_readme_figures_are_what_the_commands_print(readme_run):
         problems = _differences(table, readme_run[table.source])
         assert not problems, (f"README.md:{table.line}: figures differ by more than ±{table.tolerance} from what "
                               f"{table.source!r} printed: {problems}")
+
+
+def test_no_placeholder_is_left_in_the_readme():
+    text = README.read_text(encoding="utf-8")
+    for mark in ("⟨", "TODO", "<repo>", "/tmp/exp"):
+        assert mark not in text, f"README.md holds {mark!r} at line {text[:text.index(mark)].count(chr(10)) + 1}"

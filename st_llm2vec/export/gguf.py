@@ -286,6 +286,10 @@ def run(args: Any) -> int:
           f"{proof['mean_cosine']:.6f}); alone vs in the list {proof['alone_min_cosine']:.5f}; "
           f"{proof['gguf_texts_per_s']:.1f} texts/s vs torch {proof['torch_texts_per_s']:.1f} ({speed:.2f}x, "
           f"{proof['threads']} thread(s), one round)")
+    # the same figures as one Markdown table (what the README quotes and tests/test_readme.py compares)
+    print("| type | MB | min cosine | mean cosine | texts/s vs torch float32 |\n|---|---:|---:|---:|---:|")
+    print(f"| {report['quantize']} | {report['bytes'] / 1e6:.1f} | {proof['min_cosine']:.5f} | "
+          f"{proof['mean_cosine']:.6f} | {speed:.2f}x |")
     for flag in proof["flagged"][:3]:
         print(f"  tokenized differently: {flag['text']!r} ({flag['reason']}; cosine {flag['cosine']:.4f})")
     no_repack = "" if proof["repack"] else f" --no-repack  (llama.cpp's weight repacking crashed: {proof['crash']})"
