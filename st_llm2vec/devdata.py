@@ -22,10 +22,7 @@ from .builtin_text import builtin_sts_pairs
 from .errors import InputError, MissingFileError
 
 if TYPE_CHECKING:
-    from sentence_transformers.sentence_transformer.evaluation import (
-        EmbeddingSimilarityEvaluator,
-        RerankingEvaluator,
-    )
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator, RerankingEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +89,13 @@ def _default_candidates() -> Iterator[Path]:
 
 
 def default_data_location() -> Path:
-    """Where the shared data folder is looked for first, as a real path for messages: ``../shared/data`` from the
-    current directory."""
-    return (Path.cwd().parent / "shared" / "data").resolve()
+    """The first place the shared data folder is looked for (``../shared/data`` from the cwd), for messages."""
+    return next(_default_candidates()).resolve()
 
 
 def find_shared_data(path: str | Path | None = None) -> Path | None:
-    """Locate the shared data folder: ``path``, else ``$ST_LLM2VEC_DATA``, else ``<repo>/../shared/data``; None if absent.
-
-    An explicit ``path`` or env var that points nowhere raises, so a typo is not mistaken for "no data".
-    """
+    """The shared data folder: ``path``, else ``$ST_LLM2VEC_DATA``, else ``../shared/data``; None if absent. An
+    explicit ``path`` or env var that points nowhere raises, so a typo is not mistaken for "no data"."""
     for explicit, origin in ((path, "data_dir"), (os.environ.get(DATA_ENV) or None, f"${DATA_ENV}")):
         if explicit is None:
             continue
