@@ -49,6 +49,7 @@ class FigureTable:
     tolerance: float
     line: int
     rows: dict[str, list[str]]  # first cell -> the other cells
+    header: list[str] = field(default_factory=list)  # the output's table with this header (its first cells) holds them
 
 
 def _marks_above(lines: list[str], index: int) -> list[tuple[str, str]]:
@@ -121,7 +122,7 @@ def figure_tables(text: str | None = None) -> list[FigureTable]:
             if kind == "figures":
                 name, _, tol = value.partition(" ")
                 tolerance = float(tol.strip().lstrip("±+-") or 0)
-                out.append(FigureTable(name, tolerance, line, {r[0]: r[1:] for r in rows}))
+                out.append(FigureTable(name, tolerance, line, {r[0]: r[1:] for r in rows[1:]}, header=rows[0]))
     return out
 
 
