@@ -288,22 +288,10 @@ def _run_pipeline(options: QuickstartOptions, plan: Plan, threads: int, start: f
     first, last = rows[0].stage, rows[-1].stage
     comparisons = compare(sets, cosines[first], cosines[last], seed=options.seed)
     return QuickstartResult(
-        rows=rows,
-        output=str(output),
-        model_path=base,
-        seconds=time.perf_counter() - start,
-        threads=threads,
-        bf16=bf16,
-        eval_sets={s.name: len(s.pairs) for s in sets},
-        corpus=plan.corpus_desc,
-        reload_max_diff=max_diff,
-        example=example,
-        setup_seconds=setup_seconds,
-        eval_desc=plan.eval_desc,
-        saved_format=fmt,
-        proof=proof,
-        headers={s.name: s.header for s in sets},
-        public=[s.name for s in sets if s.public],
+        rows=rows, output=str(output), model_path=base, seconds=time.perf_counter() - start, threads=threads,
+        bf16=bf16, eval_sets={s.name: len(s.pairs) for s in sets}, corpus=plan.corpus_desc, reload_max_diff=max_diff,
+        example=example, setup_seconds=setup_seconds, eval_desc=plan.eval_desc, saved_format=fmt, proof=proof,
+        headers={s.name: s.header for s in sets}, public=[s.name for s in sets if s.public],
         verdicts=[c.verdict(last) for c in comparisons],
     )
 
