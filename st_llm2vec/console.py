@@ -70,14 +70,15 @@ def status(message: str) -> None:
 
 
 def add_console_options(parser: argparse.ArgumentParser) -> None:
-    """``--no-progress`` and ``--verbose``, unless the command declares them itself."""
-    taken = {option for action in parser._actions for option in action.option_strings}
-    if "--no-progress" not in taken:
-        parser.add_argument("--no-progress", action="store_true",
-                            help="no progress bars (they are shown only on a terminal anyway)")
-    if "--verbose" not in taken:
-        parser.add_argument("--verbose", action="store_true",
-                            help="also show the libraries' logs and the trainer's per-step losses")
+    """``--no-progress`` and ``--verbose``, unless the command declares them itself (argparse refuses a second
+    declaration of an option string: that refusal is how we see it, without reading the parser's private list)."""
+    options = {"--no-progress": "no progress bars (they are shown only on a terminal anyway)",
+               "--verbose": "also show the libraries' logs and the trainer's per-step losses"}
+    for option, help_text in options.items():
+        try:
+            parser.add_argument(option, action="store_true", help=help_text)
+        except argparse.ArgumentError:  # the command's own option of that name stays
+            pass
 
 
 def wants_progress(no_progress: bool, stream=None) -> bool:
