@@ -196,6 +196,7 @@ def _benchmark_module():
     return module
 
 
+@pytest.mark.slow  # the full-recipe benchmark's plumbing (benchmarks/quality_smollm2.py), not the quick start
 def test_benchmark_runs_in_pieces_and_reports(tmp_path, tiny_llm, capsys):
     if devsets.find_shared_data() is None:
         pytest.skip("the benchmark needs the shared data folder")

@@ -191,9 +191,12 @@ def test_cached_loss_and_gradient_checkpointing_train(tiny_llm, tmp_path):
 @pytest.mark.parametrize("stage, config, options", [
     ("simcse", "tiny.json", []),
     ("supervised", "tiny.json", []),
-    ("supervised", "tiny_mined.json", []),
-    ("supervised", "tiny_matryoshka.json", ["--matryoshka_dims", "32", "16", "8"]),  # the tiny LLM's hidden size: 32
-    ("supervised", "tiny_distill.json", ["--teacher", "TEACHER", "--teacher_cache_dir", "CACHE"]),
+    # the three option configs: ~20 s each; their options are proven by test_recipe_{mining,matryoshka,distill}.py
+    pytest.param("supervised", "tiny_mined.json", [], marks=pytest.mark.slow),
+    pytest.param("supervised", "tiny_matryoshka.json", ["--matryoshka_dims", "32", "16", "8"],  # hidden size 32
+                 marks=pytest.mark.slow),
+    pytest.param("supervised", "tiny_distill.json", ["--teacher", "TEACHER", "--teacher_cache_dir", "CACHE"],
+                 marks=pytest.mark.slow),
 ])
 def test_the_repos_tiny_configs_need_no_shared_data(stage, config, options, tiny_llm, tmp_path, monkeypatch):
     """A clone has no ../shared: the tiny configs read their data from the repo; only the model (and the

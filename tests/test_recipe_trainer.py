@@ -4,6 +4,7 @@ both stages, and after bf16 training the model returned is the plain model its w
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from st_llm2vec.recipe.stage_contrastive import train_simcse
@@ -14,6 +15,7 @@ from conftest import mntp_history as history
 from conftest import mntp_recipe as recipe
 
 
+@pytest.mark.slow  # 60+ s; test_resume_from_checkpoint_matches_an_uninterrupted_run proves resume in the default suite
 def test_resume_continues_the_same_loss_curve(tiny_llama, tmp_path):
     common = {"max_steps": 8, "save_strategy": "steps", "save_steps": 4}
     train_mntp(recipe(tiny_llama, tmp_path / "straight", stop_after_n_steps=8, **common))
