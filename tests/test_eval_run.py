@@ -20,6 +20,8 @@ from st_llm2vec.eval import runner as run  # noqa: E402
 from st_llm2vec.eval.results import LoadSettings  # noqa: E402
 from st_llm2vec.instructions import stored_prompt  # noqa: E402
 
+from conftest import save_stock_model  # noqa: E402
+
 SENTENCES = [
     "A man is playing a guitar on the street.", "Two dogs are running through a field of grass.",
     "The children are building a sand castle at the beach.", "A woman is slicing tomatoes in the kitchen.",
@@ -30,20 +32,12 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_llm):
     """Our portable dir, a stock ST dir (Transformer + mean Pooling, not written by st-llm2vec) and a causal LM dir."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-
     import st_llm2vec
 
     root = tmp_path_factory.mktemp("eval-models")
     llm = tiny_llm("llama")
     st_llm2vec.from_llm(str(llm), max_seq_length=64).save(str(root / "ours"))
-    torch.manual_seed(0)
-    word = Transformer(str(llm), max_seq_length=64)
-    word.tokenizer.pad_token = word.tokenizer.eos_token
-    SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), "mean")]).save(str(root / "stock"))
-    return {"ours": root / "ours", "stock": root / "stock", "llm": llm}
+    return {"ours": root / "ours", "stock": save_stock_model(llm, root / "stock"), "llm": llm}
 
 
 @pytest.fixture
