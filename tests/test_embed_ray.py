@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embed_models import assert_same_vectors, corpus_rows, kill_after, portable_dir, read_out, reference, run, write_jsonl
@@ -42,16 +43,18 @@ def local_out(portable, corpus, tmp_path_factory) -> Path:
 
 def test_ray_engine_with_one_worker_writes_the_local_engines_shards_and_encodes_vectors(cluster, portable, corpus,
                                                                                          local_out, tmp_path):
-    report = run(portable, corpus, tmp_path / "out", rows_per_shard=12, engine="ray", workers=1, threads=2)
+    report = run(portable, corpus, tmp_path / "out", rows_per_shard=12, engine="ray", workers=1, threads=1)
     assert report.embedded == 48
     ids, vectors = read_out(tmp_path / "out")
     local_ids, local = read_out(local_out)
     assert ids == local_ids and len(set(ids)) == 48  # the same plan: shard by shard, row by row
-    assert_same_vectors(vectors, local)
+    # Bit for bit at the same threads: the actor gets each shard whole, so it runs the local engine's batches (Ray
+    # Data splitting the shards into pieces gave other batches, hence other rounding).
+    assert np.array_equal(vectors, local)
     texts = {r["id"]: r["text"] for r in ROWS}
     assert_same_vectors(vectors, reference(portable, [texts[i] for i in ids]))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["engine"] == {"name": "ray", "workers": 1, "threads": 2, "gpus_per_worker": 0.0, "address": None}
+    assert manifest["engine"] == {"name": "ray", "workers": 1, "threads": 1, "gpus_per_worker": 0.0, "address": None}
     assert {s["engine"] for s in manifest["shards"]} == {"ray"} and manifest["complete"]
 
 
