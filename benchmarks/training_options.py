@@ -5,8 +5,10 @@ batches and seed (a second seed for the baseline gives the spread).
 
 Held-out-style: STS 2012 *train* (MSRpar + SMTeuroparl, cosine Spearman) and Wang TREC-QA *train* (reranking each
 question's candidates: MAP, MRR@10) — splits no stage trains or is tuned on (the dev sets are STS12/13 test, SICK
-trial, Wang dev). Each trained model is loaded as stock ``SentenceTransformer(dir, truncate_dim=d)`` and scored by
-Sentence Transformers' evaluators, with llm2vec's instructions ("Retrieve semantically similar text:" on both STS
+trial, Wang dev). Each trained model is loaded as stock ``SentenceTransformer(dir)`` and scored by Sentence
+Transformers' evaluators at full size and with the evaluators' ``truncate_dim=64`` (the cut vectors are the full
+ones' first 64 columns, so they are encoded once; a stock ``SentenceTransformer(dir, truncate_dim=64)`` is checked
+to give the same), with llm2vec's instructions ("Retrieve semantically similar text:" on both STS
 sides, "Given a question, retrieve sentences that answer the question:" on Wang queries); all-MiniLM-L6-v2, the
 teacher and retriever, is scored as it is used, without instructions.
 
@@ -65,27 +67,70 @@ def held_out(data_dir: Path) -> dict:
     return {"sts": [(p.sentence1, p.sentence2, p.score) for p in sts], "wang": devdata.wang_samples(data_dir, "train")}
 
 
-def scores(path: str, dim: int | None, data: dict, instructions: bool) -> dict[str, float]:
-    """×100: cosine Spearman on STS12 train, MAP and MRR@10 on Wang train, of stock ST at ``truncate_dim=dim``."""
+class EncodeOnce:
+    """A loaded model whose encode / encode_query / encode_document run once per (function, prompts, texts) at full
+    size; a call with ``truncate_dim=d`` gets the first d columns of those vectors — what Sentence Transformers'
+    truncate_dim does (it slices before any normalisation; :func:`check_cut` compares it with a stock
+    ``SentenceTransformer(path, truncate_dim=d)``). Halves the scoring: the 64-dim scores reuse the full vectors."""
+
+    def __init__(self, model) -> None:
+        self.model, self.memo = model, {}
+        for name in ("encode", "encode_query", "encode_document"):
+            setattr(model, name, self._wrap(name, getattr(model, name)))
+
+    def _wrap(self, name: str, encode):
+        def run(*args, truncate_dim=None, show_progress_bar=None, batch_size=32, **kwargs):
+            sentences = args[0] if args else kwargs.pop("inputs", None) or kwargs.pop("sentences")
+            key = (name, tuple(sentences), repr(sorted(self.model.prompts.items())), self.model.default_prompt_name,
+                   repr(sorted(kwargs.items())))
+            if key not in self.memo:
+                self.memo[key] = encode(list(sentences), batch_size=batch_size, show_progress_bar=False, **kwargs)
+            full = self.memo[key]
+            return full[..., :truncate_dim] if truncate_dim else full
+        return run
+
+
+def check_cut(path: str, model, texts: list[str], dim: int) -> None:
+    """Stock ``SentenceTransformer(path, truncate_dim=dim)`` gives the memo's full vectors cut to ``dim``."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    stock = SentenceTransformer(path, device="cpu", truncate_dim=dim)
+    stock.prompts, stock.default_prompt_name = dict(model.prompts), model.default_prompt_name
+    ours, theirs = model.encode(texts, truncate_dim=dim), stock.encode(texts, batch_size=32)
+    cosines = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
+    if theirs.shape[1] != dim or cosines.min() < 0.99999:
+        raise SystemExit(f"{path}: truncate_dim={dim} is not the full vectors cut (min cosine {cosines.min():.6f})")
+
+
+def scores(path: str, dims: tuple[int | None, ...], data: dict, instructions: bool) -> dict:
+    """dim → ×100 scores: cosine Spearman on STS12 train, MAP and MRR@10 on Wang train, of stock ST cut to dim."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator, RerankingEvaluator
 
     from st_llm2vec.instructions import prompt_for
 
-    model = SentenceTransformer(path, device="cpu", truncate_dim=dim)
-    sts = EmbeddingSimilarityEvaluator([p[0] for p in data["sts"]], [p[1] for p in data["sts"]],
-                                       [p[2] / 5.0 for p in data["sts"]], main_similarity="cosine", batch_size=32)
-    qa = RerankingEvaluator(data["wang"], batch_size=32, at_k=10)
-    if instructions:
-        model.prompts = {"sts": prompt_for(model, STS_INSTRUCTION)}
-        model.default_prompt_name = "sts"
-    sts_score = sts(model)["spearman_cosine"]
-    if instructions:
+    model = SentenceTransformer(path, device="cpu")
+    EncodeOnce(model)
+    results = {}
+    for dim in dims:
+        sts = EmbeddingSimilarityEvaluator([p[0] for p in data["sts"]], [p[1] for p in data["sts"]],
+                                           [p[2] / 5.0 for p in data["sts"]], main_similarity="cosine", batch_size=32,
+                                           truncate_dim=dim)
+        qa = RerankingEvaluator(data["wang"], batch_size=32, at_k=10, truncate_dim=dim)
+        model.prompts, model.default_prompt_name = {}, None
+        if instructions:
+            model.prompts = {"sts": prompt_for(model, STS_INSTRUCTION)}
+            model.default_prompt_name = "sts"
+        sts_score = sts(model)["spearman_cosine"]
+        if dim:
+            check_cut(path, model, [p[0] for p in data["sts"][:16]], dim)
         model.default_prompt_name = None
-        model.prompts = {"query": prompt_for(model, QA_INSTRUCTION)}  # RerankingEvaluator encodes queries as queries
-    qa_scores = qa(model)
-    return {"dims": model.get_embedding_dimension(), "sts12-train": 100 * sts_score,
-            "wang-train MAP": 100 * qa_scores["map"], "wang-train MRR@10": 100 * qa_scores["mrr@10"]}
+        model.prompts = {"query": prompt_for(model, QA_INSTRUCTION)} if instructions else {}
+        qa_scores = qa(model)  # RerankingEvaluator encodes queries as queries
+        results[dim] = {"dims": dim or model.get_embedding_dimension(), "sts12-train": 100 * sts_score,
+                        "wang-train MAP": 100 * qa_scores["map"], "wang-train MRR@10": 100 * qa_scores["mrr@10"]}
+    return results
 
 
 def main() -> None:
@@ -112,11 +157,12 @@ def main() -> None:
     table: list[dict] = []
 
     def score(name: str, seed: int, path: str, instructed: bool) -> None:
-        for dim in (None, 64):
-            file = work / "scores" / f"{Path(path).name}-{dim or 'full'}.json"
-            if not file.is_file():
-                file.parent.mkdir(exist_ok=True)
-                file.write_text(json.dumps(scores(path, dim, data, instructed)))
+        files = {dim: work / "scores" / f"{Path(path).name}-{dim or 'full'}.json" for dim in (None, 64)}
+        if not all(file.is_file() for file in files.values()):
+            files[None].parent.mkdir(exist_ok=True)
+            for dim, result in scores(path, tuple(files), data, instructed).items():
+                files[dim].write_text(json.dumps(result))
+        for file in files.values():
             table.append({"variant": name, "seed": seed, **json.loads(file.read_text())})
             print(json.dumps(table[-1]), flush=True)
 
@@ -127,16 +173,18 @@ def main() -> None:
 
         st_llm2vec.from_llm(smollm2, pooling_mode="mean").save(str(untrained))
     score("SmolLM2-135M bidirectional, untrained", 0, str(untrained), True)
-    for name, (keys, seeds) in variants(teacher).items():
-        for seed in seeds:
-            if args.only and name not in args.only:
-                continue
-            out = work / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-s{seed}"
-            started = time.time()
-            result = train_supervised({**base_config(smollm2, out, args.steps, seed), **keys})
-            if not result.already_complete:
-                (out / "bench_time.json").write_text(json.dumps({"train_seconds": time.time() - started}))
-            score(name, seed, str(out), True)
+    # Every variant's first seed, then the extra seeds (the spread): a cut-short run still compares every option.
+    runs = sorted(((rank, name, keys, seed) for name, (keys, seeds) in variants(teacher).items()
+                   for rank, seed in enumerate(seeds)), key=lambda run: run[0])
+    for _, name, keys, seed in runs:
+        if args.only and name not in args.only:
+            continue
+        out = work / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-s{seed}"
+        started = time.time()
+        result = train_supervised({**base_config(smollm2, out, args.steps, seed), **keys})
+        if not result.already_complete:
+            (out / "bench_time.json").write_text(json.dumps({"train_seconds": time.time() - started}))
+        score(name, seed, str(out), True)
 
     (work / "results.json").write_text(json.dumps({
         "steps": args.steps, "threads": args.threads, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
