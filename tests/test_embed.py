@@ -97,6 +97,28 @@ def test_identical_texts_are_embedded_once_longest_first_and_written_for_every_r
     assert vectors[:, 0].tolist() == [2, 1, 0, 4, 1, 2, 2]
 
 
+
+class WordTokenizer:
+    """A tokenizer that makes one token of each space-separated word (so token order differs from character order)."""
+
+    def __call__(self, texts, add_special_tokens=True, truncation=False, max_length=None):
+        ids = [list(range(len(t.split()))) for t in texts]
+        return {"input_ids": [i[:max_length] if truncation else i for i in ids]}
+
+
+class TokenizingModel(RecordingModel):
+    tokenizer = WordTokenizer()
+    max_seq_length = 4
+
+
+def test_batches_are_cut_in_token_order_capped_at_the_models_length_not_in_character_order():
+    model = TokenizingModel()
+    texts = ["x" * 50, "a b c", "y" * 40, "p q r s t u", "m n o p q r s", "k l"]
+    embed_texts(model, texts, ModelSettings("unused", batch_size=2))
+    # 4, 4 (both cut at max_seq_length: ties in input order), 3, 2, then the one-word texts however long
+    assert model.calls == [["p q r s t u", "m n o p q r s"], ["a b c", "k l"], ["x" * 50, "y" * 40]]
+
+
 # --------------------------------------------------------------------------- inputs
 
 
