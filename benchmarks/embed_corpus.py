@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -164,7 +165,10 @@ def _memory(pids: list[int]) -> tuple[int, int]:
 
 
 def run_once(engine: str, corpus: Path, out: Path, args: argparse.Namespace, model: Path) -> dict:
-    """One run in a fresh interpreter, its process tree's memory sampled: seconds, peak PSS / RSS, load average."""
+    """One run in a fresh interpreter, its process tree's memory sampled: seconds, peak PSS / RSS, load average.
+    ``out`` is removed first: an OUT left by an earlier run in the same --work-dir would be resumed, not embedded."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.with_name(out.name + ".npy").unlink(missing_ok=True)
     spec = {"engine": engine, "corpus": str(corpus), "out": str(out), "model": str(model), "threads": args.threads,
             "gpus_per_worker": args.gpus_per_worker}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
