@@ -119,6 +119,24 @@ def test_batches_are_cut_in_token_order_capped_at_the_models_length_not_in_chara
     assert model.calls == [["p q r s t u", "m n o p q r s"], ["a b c", "k l"], ["x" * 50, "y" * 40]]
 
 
+
+class ImageProcessor:
+    """What a multimodal model's ``tokenizer`` may be: it refuses a plain list of texts."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError("expected images and text")
+
+
+class ProcessorModel(RecordingModel):
+    tokenizer = ImageProcessor()
+
+
+def test_a_model_whose_tokenizer_refuses_plain_texts_gets_batches_in_character_order():
+    model = ProcessorModel()
+    embed_texts(model, ["k l", "x" * 50, "a b c"], ModelSettings("unused", batch_size=2))
+    assert model.calls == [["x" * 50, "a b c"], ["k l"]]
+
+
 # --------------------------------------------------------------------------- inputs
 
 
