@@ -101,7 +101,7 @@ def test_identical_texts_are_embedded_once_longest_first_and_written_for_every_r
 class WordTokenizer:
     """A tokenizer that makes one token of each space-separated word (so token order differs from character order)."""
 
-    def __call__(self, texts, add_special_tokens=True, truncation=False, max_length=None):
+    def __call__(self, texts, add_special_tokens=True, truncation=False, max_length=None, **kwargs):
         ids = [list(range(len(t.split()))) for t in texts]
         return {"input_ids": [i[:max_length] if truncation else i for i in ids]}
 

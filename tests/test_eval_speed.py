@@ -80,7 +80,9 @@ def test_sorted_batches_give_each_text_its_own_vector_in_the_callers_order(model
     got = encoder._encode_by_length(spy, texts, "", {"batch_size": 3, "show_progress_bar": False})
     expected = model.encode(texts, batch_size=64, convert_to_numpy=True)
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    lengths = dict(zip(texts, encoder._token_lengths(texts)))
+    from st_llm2vec.length_batches import token_lengths
+
+    lengths = dict(zip(texts, token_lengths(model, texts)))
     flat = [lengths[t] for batch in calls for t in batch]
     assert [len(b) for b in calls] == [3, 3, 3, 1] and flat == sorted(flat, reverse=True)  # longest first
     assert sorted(t for batch in calls for t in batch) == sorted(texts)  # each text once

@@ -7,15 +7,12 @@ empty text, where stock ST's ``WordWeights`` leave a zero vector: not the same a
 bf16-mixed`` / ``auto`` apply st_llm2vec's measured plan (:mod:`st_llm2vec.precision`) to the loaded model,
 which needs decoder layers: a model without them is refused for bf16-mixed and stays float32 for auto.
 
-:func:`embed_texts` embeds a shard: identical texts (same BLAKE2b-128 of their UTF-8) once, the distinct texts
-sorted by their token count as the model truncates them (longest first, ties in input order; character length
-for a model without a tokenizer) and cut into batches of ``batch_size``, each batch one ``encode`` call; results
-go back to input order. Token counts, not ``encode``'s own character-length order: on the embed benchmark's
-20 000 mixed texts, batches of 32 cut in character order were 15 % padding for all-MiniLM-L6-v2, in token order
-0.3 %; counting tokens costs one more pass of the fast tokenizer. The batches depend only on the shard's texts,
-so a shard computed again (a resume, another engine) gets the same batches. Duplicates are found within a shard only:
-across shards a text is embedded again (the same vector up to float rounding), which keeps memory bounded by
-the shard and each shard independent of the others.
+:func:`embed_texts` embeds a shard: identical texts (same BLAKE2b-128 of their UTF-8) once, the distinct texts in
+batches of ``batch_size`` cut in token-count order (:mod:`st_llm2vec.length_batches`, which the eval wing uses
+too), each batch one ``encode`` call; results go back to input order. The batches depend only on the shard's
+texts, so a shard computed again (a resume, another engine) gets the same batches. Duplicates are found within a
+shard only: across shards a text is embedded again (the same vector up to float rounding), which keeps memory
+bounded by the shard and each shard independent of the others.
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingFileError
+from ..length_batches import encode_by_token_length
 from ..model_files import MODULE_DIMENSIONS, MODULES, ST_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -191,20 +189,6 @@ def load(settings: ModelSettings) -> Any:
     return model
 
 
-def token_lengths(model: Any, texts: list[str]) -> list[int]:
-    """Each text's token count as ``model`` tokenizes it (special tokens and the prompt left out: the same for every
-    text), capped at its ``max_seq_length``; a model without a text tokenizer: each text's length in characters."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if not callable(tokenizer) or not texts:
-        return [len(t) for t in texts]
-    limit = getattr(model, "max_seq_length", None)
-    try:
-        ids = tokenizer(texts, add_special_tokens=False, truncation=limit is not None, max_length=limit)["input_ids"]
-    except (TypeError, ValueError, KeyError):  # a multimodal processor, not a text tokenizer: the order is only speed
-        return [len(t) for t in texts]
-    return [len(i) for i in ids]
-
-
 def embed_texts(model: Any, texts: list[str], settings: ModelSettings,
                 hashes: list[bytes] | None = None, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """(len(texts), dim) float32 vectors of one shard (see the module docstring for the batches)."""
@@ -217,20 +201,8 @@ def embed_texts(model: Any, texts: list[str], settings: ModelSettings,
         if h not in slot:
             slot[h] = len(distinct)
             distinct.append(i)
-    lengths = token_lengths(model, [texts[i] for i in distinct])
-    order = sorted(range(len(distinct)), key=lambda j: -lengths[j])
-    vectors: np.ndarray | None = None
-    for begin in range(0, len(order), settings.batch_size):
-        chosen = order[begin:begin + settings.batch_size]
-        batch = model.encode([texts[distinct[j]] for j in chosen], prompt=settings.prompt, batch_size=len(chosen),
-                             normalize_embeddings=settings.normalize, convert_to_numpy=True, show_progress_bar=False)
-        if vectors is None:
-            vectors = np.empty((len(distinct), batch.shape[1]), dtype=np.float32)
-        vectors[chosen] = batch
-        if on_batch is not None:
-            on_batch(len(chosen))
+    vectors = encode_by_token_length(model.encode, model, [texts[i] for i in distinct], settings.batch_size,
+                                     on_batch, prompt=settings.prompt, normalize_embeddings=settings.normalize)
     if on_batch is not None and len(texts) > len(distinct):
         on_batch(len(texts) - len(distinct))
-    if vectors is None:
-        return np.zeros((0, 0), dtype=np.float32)
     return vectors[[slot[h] for h in hashes]]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..files import write_json_atomic
+from ..length_batches import encode_by_token_length
 from . import require_mteb
 
 require_mteb()
@@ -155,53 +156,16 @@ class EvalEncoder(SentenceTransformerEncoderWrapper):
         return np.stack([np.asarray(store.get(t), dtype=np.float32) for t in texts])
 
     def _encode_by_length(self, encode, texts: list[str], prompt: str, kwargs: dict[str, Any]) -> np.ndarray:
-        """``texts`` encoded in batches of similar token length, the vectors returned in ``texts``' order.
-
-        Sentence Transformers sorts an ``encode`` call's texts by their length in characters; token counts differ
-        from that order (digits, names, other scripts) and every batch is padded to its longest text. Here the
-        texts are tokenized once, ordered by token count (longest first, as ST does: a too large batch fails at
-        once) and each batch of ``batch_size`` is one ``encode`` call, so a batch holds texts of near-equal
-        token length and pads little. Nothing in ST or mteb batches by token length (ST's ``encode`` has no
-        such option), hence this.
-        """
+        """``texts`` encoded in batches of similar token length (:mod:`st_llm2vec.length_batches`), the vectors
+        returned in ``texts``' order; mteb's batch size and progress-bar wish are honoured around it."""
         batch_size = int(kwargs.pop("batch_size", None) or 32)
         progress = bool(kwargs.pop("show_progress_bar", False))
         kwargs.pop("convert_to_numpy", None)
         kwargs.pop("convert_to_tensor", None)
-        lengths = self._token_lengths(texts)
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        out: np.ndarray | None = None
         from tqdm.auto import tqdm
 
         with tqdm(total=len(texts), desc="encoding", unit="text", disable=not progress, leave=False) as bar:
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                vectors = np.asarray(encode([texts[i] for i in rows], prompt=prompt, convert_to_numpy=True,
-                                            batch_size=len(rows), show_progress_bar=False, **kwargs),
-                                     dtype=np.float32)
-                if out is None:
-                    out = np.empty((len(texts), *vectors.shape[1:]), dtype=np.float32)
-                out[rows] = vectors
-                bar.update(len(rows))
-        assert out is not None
-        return out
-
-    def _token_lengths(self, texts: list[str]) -> list[int]:
-        """Each text's token count as the model will see it (capped at its ``max_seq_length``); the character
-        count where the model has no tokenizer to ask."""
-        tokenizer = getattr(self.model, "tokenizer", None)
-        if tokenizer is None or not callable(tokenizer):
-            return [len(t) for t in texts]
-        limit = getattr(self.model, "max_seq_length", None) or None
-        cut = {"truncation": True, "max_length": limit} if limit else {"truncation": False}
-        tokenizer_log = logging.getLogger("transformers.tokenization_utils_base")
-        level = tokenizer_log.level
-        tokenizer_log.setLevel(logging.ERROR)  # "longer than the maximum sequence length": these are only counts
-        try:
-            ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, **cut)["input_ids"]
-        finally:
-            tokenizer_log.setLevel(level)
-        return [len(row) for row in ids]
+            return encode_by_token_length(encode, self.model, texts, batch_size, bar.update, prompt=prompt, **kwargs)
 
     def close(self) -> None:
         for store in self.stores.values():
